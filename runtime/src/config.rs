@@ -1,0 +1,256 @@
+//! The runtime's settings, checked before anything connects.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::{Error, Runtime};
+
+/// The key prefix used unless [`Config::key_prefix`] sets another: the Redis key of
+/// `key = "daily-email"` is `singleton:daily-email`.
+pub const DEFAULT_KEY_PREFIX: &str = "singleton:";
+
+/// How long one Redis node may take to answer one command before its vote counts as missing.
+///
+/// Redlock wants this small against the ttl, so that a slow or dead node costs little of the
+/// lock's validity; a quorum of fast nodes answers without waiting for it anyway.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How long opening a connection to one node may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The share of the ttl that Redlock subtracts from a lock's validity for clock drift between
+/// the client and the Redis nodes (the Redlock paper's 1 %).
+pub const DEFAULT_CLOCK_DRIFT_FACTOR: f64 = 0.01;
+
+/// The largest accepted drift factor: beyond it a lock would spend most of its ttl on drift.
+const MAX_CLOCK_DRIFT_FACTOR: f64 = 0.5;
+
+/// The settings of a [`Runtime`]: which Redis nodes, and how to talk to them.
+///
+/// `runtime::init(urls)` is `Config::new(urls).init()`; build a `Config` yourself to change a
+/// default. Nothing is checked or connected until [`Config::build`] or [`Config::init`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cluster_singleton_runtime::Config;
+///
+/// # async fn start() -> Result<(), cluster_singleton_runtime::Error> {
+/// Config::new(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
+///     .key_prefix("billing:singleton:")
+///     .node_timeout(Duration::from_millis(100))
+///     .init()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) urls: Vec<String>,
+    pub(crate) key_prefix: String,
+    pub(crate) node_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) drift_factor: f64,
+}
+
+impl Config {
+    /// Settings for these Redis nodes, with every other setting at its default.
+    ///
+    /// Give one URL per independent Redis primary (`redis://[user:password@]host[:port][/db]`);
+    /// an odd number of at least three tolerates the loss of a minority. One URL is the classic
+    /// single-instance lock.
+    ///
+    /// ```
+    /// let config = cluster_singleton_runtime::Config::new(["redis://:secret@10.0.0.1:6379"]);
+    /// assert!(!format!("{config:?}").contains("secret"));
+    /// ```
+    pub fn new<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Config {
+            urls: urls
+                .into_iter()
+                .map(|url| url.as_ref().to_owned())
+                .collect(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            drift_factor: DEFAULT_CLOCK_DRIFT_FACTOR,
+        }
+    }
+
+    /// The prefix put before every key in Redis (default [`DEFAULT_KEY_PREFIX`]); give each
+    /// application its own when they share Redis nodes.
+    ///
+    /// ```
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"]).key_prefix("app1:");
+    /// ```
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// How long one node may take to answer one command (default [`DEFAULT_NODE_TIMEOUT`]).
+    /// When a majority is down, calls fail after about this long.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    ///     .node_timeout(Duration::from_millis(50));
+    /// ```
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection to one node may take (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    ///     .connect_timeout(Duration::from_millis(500));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The share of the ttl subtracted from a lock's validity for clock drift (default
+    /// [`DEFAULT_CLOCK_DRIFT_FACTOR`]); 2 ms more are always subtracted. Must be at least 0 and
+    /// below 0.5.
+    ///
+    /// ```
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"]).drift_factor(0.02);
+    /// ```
+    pub fn drift_factor(mut self, factor: f64) -> Self {
+        self.drift_factor = factor;
+        self
+    }
+
+    /// Checks the settings and builds a [`Runtime`] that uses them, without connecting: nodes
+    /// connect on first use, and a node that is down is retried on later calls.
+    ///
+    /// Fails with [`Error::InvalidConfig`] on no URLs, an invalid URL, the same node listed twice,
+    /// a zero timeout or a drift factor out of range.
+    ///
+    /// ```
+    /// use cluster_singleton_runtime::{Config, Error};
+    ///
+    /// let err = Config::new(["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/"]).build().unwrap_err();
+    /// assert!(matches!(err, Error::InvalidConfig(_)));
+    /// assert!(err.to_string().contains("listed twice"));
+    /// ```
+    pub fn build(self) -> Result<Runtime, Error> {
+        self.check_settings()?;
+        Runtime::from_config(self)
+    }
+
+    /// Builds the runtime and makes it the process-wide one that `#[singleton]` functions use,
+    /// then opens a connection to each node (waiting at most the connect timeout; a node that is
+    /// down is retried on later calls and does not fail `init`).
+    ///
+    /// Fails with [`Error::AlreadyInitialised`] when a global runtime is already set, and as
+    /// [`Config::build`] does.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cluster_singleton_runtime::Error> {
+    /// cluster_singleton_runtime::Config::new(["redis://127.0.0.1:6379"]).init().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn init(self) -> Result<(), Error> {
+        let runtime = self.build()?;
+        runtime.clone().set_global()?;
+        runtime.connect().await;
+        Ok(())
+    }
+
+    fn check_settings(&self) -> Result<(), Error> {
+        if self.urls.is_empty() {
+            return Err(Error::InvalidConfig(
+                "no Redis URLs given; pass at least one, like `redis://127.0.0.1:6379`".into(),
+            ));
+        }
+        if self.node_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "`node_timeout` must be greater than zero".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "`connect_timeout` must be greater than zero".into(),
+            ));
+        }
+        if !(0.0..MAX_CLOCK_DRIFT_FACTOR).contains(&self.drift_factor) {
+            return Err(Error::InvalidConfig(format!(
+                "`drift_factor` must be at least 0 and below {MAX_CLOCK_DRIFT_FACTOR}, got {}",
+                self.drift_factor
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|url| redact(url)).collect();
+        f.debug_struct("Config")
+            .field("urls", &urls)
+            .field("key_prefix", &self.key_prefix)
+            .field("node_timeout", &self.node_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("drift_factor", &self.drift_factor)
+            .finish()
+    }
+}
+
+/// A URL fit to print: its password, if any, replaced by `***`. A string that does not parse as
+/// a URL could hide a password anywhere, so it is not shown at all.
+pub(crate) fn redact(url: &str) -> String {
+    const HIDDEN: &str = "<unparsable URL hidden>";
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+                return HIDDEN.to_owned();
+            }
+            parsed.to_string()
+        }
+        Err(_) => HIDDEN.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("redis://:hunter2@10.0.0.1:6379/0"),
+            "redis://:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://app:hunter2@10.0.0.1"),
+            "redis://app:***@10.0.0.1"
+        );
+        assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(redact("not a url hunter2"), "<unparsable URL hidden>");
+    }
+
+    #[test]
+    fn out_of_range_settings_are_rejected() {
+        let base = || Config::new(["redis://127.0.0.1"]);
+        for (config, needle) in [
+            (Config::new(Vec::<String>::new()), "no Redis URLs"),
+            (base().node_timeout(Duration::ZERO), "`node_timeout`"),
+            (base().connect_timeout(Duration::ZERO), "`connect_timeout`"),
+            (base().drift_factor(0.5), "`drift_factor`"),
+            (base().drift_factor(-0.1), "`drift_factor`"),
+            (base().drift_factor(f64::NAN), "`drift_factor`"),
+        ] {
+            let err = config.build().unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The Redlock engine behind [`cluster-singleton`](https://docs.rs/cluster-singleton).
+//!
+//! Use it through the `cluster-singleton` crate, which re-exports everything here together with
+//! the `#[singleton]` attribute. This crate's version is pinned exactly by the facade.
+
+mod config;
+mod error;
+mod lease;
+mod node;
+mod outcome;
+mod redlock;
+mod runtime;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use config::{
+    Config, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
+    DEFAULT_NODE_TIMEOUT,
+};
+pub use error::{Error, NoQuorum, NodeFailure};
+pub use lease::Lease;
+pub use outcome::{Outcome, Skip};
+pub use runtime::{init, Runtime};

@@ -1,0 +1,321 @@
+//! The runtime: the nodes, the global and task-scoped handles, and the crate's own thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::runtime::Handle;
+
+use crate::node::Node;
+use crate::redlock::{acquire, quorum};
+use crate::{Config, Error, Lease, Outcome, Skip};
+
+/// The crate's own tokio runtime: one background thread that owns every Redis connection and
+/// runs every release. Connections made on a caller's runtime die with it (each
+/// `#[tokio::test]` has its own; redis-rs/redis-rs#1678), and a release spawned there during
+/// shutdown might never run; this one lives as long as the process.
+static ENGINE: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(ENGINE_THREADS)
+        .thread_name("cluster-singleton")
+        .enable_all()
+        .build()
+        .map_err(|err| format!("could not start the background thread: {err}"))
+});
+
+/// Threads of the crate's own runtime: the work there is tiny (encode a command, read a reply).
+const ENGINE_THREADS: usize = 1;
+
+/// The runtime `runtime::init` sets.
+static GLOBAL: OnceLock<Runtime> = OnceLock::new();
+
+tokio::task_local! {
+    /// The runtime `Runtime::scope` sets for one future.
+    static SCOPED: Runtime;
+}
+
+/// A set of Redis nodes and how to lock on them; cheap to clone (all clones share connections).
+///
+/// Most programs call `runtime::init` once and never see this type. Build one from a [`Config`]
+/// to use several sets of nodes in one process (tests that each start their own Redis, say), and
+/// run the code that should use it inside [`Runtime::scope`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cluster_singleton_runtime::{Config, Runtime};
+///
+/// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
+/// let runtime = Config::new(["redis://127.0.0.1:7000"]).build()?;
+/// let outcome = runtime
+///     .scope(async { Runtime::current()?.run("report", Duration::from_secs(30), async { 42 }).await })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    quorum: usize,
+    key_prefix: String,
+    drift_factor: f64,
+    engine: Handle,
+}
+
+impl Runtime {
+    pub(crate) fn from_config(config: Config) -> Result<Runtime, Error> {
+        let engine = ENGINE
+            .as_ref()
+            .map_err(|err| Error::Internal(err.clone()))?;
+        // The connection managers spawn their tasks on the runtime they are made in.
+        let _in_engine = engine.enter();
+        let mut seen = HashMap::new();
+        let mut nodes = Vec::with_capacity(config.urls.len());
+        for (index, url) in config.urls.iter().enumerate() {
+            let position = index + 1;
+            let node = Node::new(position, url, &config)?;
+            if let Some(identity) = Node::identity(url) {
+                if let Some(first) = seen.insert(identity, position) {
+                    return Err(Error::InvalidConfig(format!(
+                        "Redis node {} is listed twice (URLs #{first} and #{position}); \
+                         list each independent node once",
+                        node.name()
+                    )));
+                }
+            }
+            nodes.push(node);
+        }
+        if nodes.len() > 1 && nodes.len().is_multiple_of(2) {
+            tracing::warn!(
+                nodes = nodes.len(),
+                "an even number of Redis nodes tolerates no more failures than one node fewer; use an odd number"
+            );
+        }
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                quorum: quorum(nodes.len()),
+                nodes,
+                key_prefix: config.key_prefix,
+                drift_factor: config.drift_factor,
+                engine: engine.handle().clone(),
+            }),
+        })
+    }
+
+    /// The runtime in effect here: the one [`Runtime::scope`] set for this task, else the one
+    /// `runtime::init` set, else [`Error::NotInitialised`].
+    ///
+    /// ```
+    /// use cluster_singleton_runtime::{Error, Runtime};
+    ///
+    /// // Nothing was initialised in this program.
+    /// assert!(matches!(Runtime::current(), Err(Error::NotInitialised)));
+    /// ```
+    pub fn current() -> Result<Runtime, Error> {
+        SCOPED
+            .try_with(Runtime::clone)
+            .ok()
+            .or_else(|| GLOBAL.get().cloned())
+            .ok_or(Error::NotInitialised)
+    }
+
+    /// Runs `future` with this runtime in effect: `#[singleton]` functions and
+    /// [`Runtime::current`] called inside it (in the same task) use this runtime rather than the
+    /// global one.
+    ///
+    /// ```no_run
+    /// # use cluster_singleton_runtime::{Config, Runtime};
+    /// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
+    /// let runtime = Config::new(["redis://127.0.0.1:7000"]).build()?;
+    /// let prefix = runtime.scope(async { Runtime::current().map(|rt| rt.key_prefix().to_owned()) }).await?;
+    /// assert_eq!(prefix, "singleton:");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        SCOPED.scope(self.clone(), future)
+    }
+
+    /// Tries once to take the lock on `key` (the runtime's prefix is put before it) for `ttl`.
+    ///
+    /// `Ok(Some(lease))` when this call holds it now, `Ok(None)` when another holder has it. An
+    /// error when too few nodes answered to tell ([`Error::NoQuorum`]), or for a ttl under one
+    /// millisecond or not a whole number of milliseconds ([`Error::InvalidConfig`]).
+    ///
+    /// If the returned future is dropped before it finishes, a lock it took is released.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// match runtime.lock("invoices", Duration::from_secs(60)).await? {
+    ///     Some(lease) => {
+    ///         // ... the work ...
+    ///         lease.release().await?;
+    ///     }
+    ///     None => println!("another machine is doing it"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lock(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, Error> {
+        check_ttl(ttl)?;
+        let key = format!("{}{key}", self.inner.key_prefix);
+        // A task of its own on the engine: a caller that gives up mid-way drops only the join
+        // handle, and a lease the task still wins is dropped there, which releases it.
+        self.spawn(acquire(self.clone(), key, ttl)).await?
+    }
+
+    /// Runs `body` only if this call takes the lock on `key` for `ttl`; what `#[singleton]`
+    /// functions do.
+    ///
+    /// The lock is released when the body is done; if the body panics or the returned future is
+    /// dropped, it is released in the background at once.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Outcome;
+    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// let outcome = runtime.run("cache-warmup", Duration::from_secs(300), async { 7 }).await?;
+    /// if let Outcome::Ran(warmed) = outcome {
+    ///     println!("warmed {warmed} entries");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run<F: Future>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        body: F,
+    ) -> Result<Outcome<F::Output>, Error> {
+        let Some(lease) = self.lock(key, ttl).await? else {
+            return Ok(Outcome::Skipped(Skip::Busy));
+        };
+        let value = body.await;
+        if let Err(err) = lease.release().await {
+            // The body ran; a release that could not reach a quorum leaves copies that expire
+            // with the ttl, which is the caller's to know about but not an error of the call.
+            tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
+        }
+        Ok(Outcome::Ran(value))
+    }
+
+    /// How many nodes this runtime locks on.
+    ///
+    /// ```
+    /// let runtime = cluster_singleton_runtime::Config::new(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]).build()?;
+    /// assert_eq!((runtime.node_count(), runtime.quorum()), (3, 2));
+    /// # Ok::<(), cluster_singleton_runtime::Error>(())
+    /// ```
+    pub fn node_count(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// How many nodes must grant a lock: a strict majority.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// The prefix put before every key in Redis.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.key_prefix
+    }
+
+    /// Opens a connection to every node, waiting at most the connect timeout; failures are left
+    /// for later calls to retry.
+    pub(crate) async fn connect(&self) {
+        let runtime = self.clone();
+        let opened = self.spawn(async move {
+            let attempts = runtime.inner.nodes.iter().map(|node| async move {
+                if let Err(err) = node.connect().await {
+                    tracing::warn!(node = node.name(), error = %err, "cannot reach a Redis node yet; later calls retry it");
+                }
+            });
+            join_all(attempts).await;
+        });
+        // The connections stay open whether or not this wait is cut short.
+        let _ = opened.await;
+    }
+
+    pub(crate) fn set_global(self) -> Result<(), Error> {
+        GLOBAL.set(self).map_err(|_| Error::AlreadyInitialised)
+    }
+
+    pub(crate) fn node(&self, index: usize) -> &Node {
+        &self.inner.nodes[index]
+    }
+
+    pub(crate) fn drift_factor(&self) -> f64 {
+        self.inner.drift_factor
+    }
+
+    pub(crate) fn engine(&self) -> &Handle {
+        &self.inner.engine
+    }
+
+    /// Runs `future` as a task on the crate's own runtime and waits for it.
+    pub(crate) async fn spawn<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.inner
+            .engine
+            .spawn(future)
+            .await
+            .map_err(|err| Error::Internal(format!("a background task failed: {err}")))
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<&str> = self.inner.nodes.iter().map(Node::name).collect();
+        f.debug_struct("Runtime")
+            .field("nodes", &nodes)
+            .field("quorum", &self.inner.quorum)
+            .field("key_prefix", &self.inner.key_prefix)
+            .finish()
+    }
+}
+
+/// A ttl Redis can take as `PX`: at least one millisecond, in whole milliseconds.
+fn check_ttl(ttl: Duration) -> Result<(), Error> {
+    const MILLISECOND: Duration = Duration::from_millis(1);
+    if ttl < MILLISECOND
+        || !ttl
+            .subsec_nanos()
+            .is_multiple_of(MILLISECOND.subsec_nanos())
+    {
+        return Err(Error::InvalidConfig(format!(
+            "the ttl must be a whole number of milliseconds and at least 1ms, got {ttl:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Sets the process-wide runtime to these Redis nodes, with every other setting at its default;
+/// the same as `Config::new(urls).init()`.
+///
+/// Call it once at start-up, inside a tokio runtime, before the first `#[singleton]` call. A node
+/// that is down does not fail it: later calls retry it, and its failures count as missing votes.
+/// Fails with [`Error::AlreadyInitialised`] on a second call and [`Error::InvalidConfig`] on bad
+/// URLs.
+///
+/// ```no_run
+/// # async fn start() -> Result<(), cluster_singleton_runtime::Error> {
+/// cluster_singleton_runtime::init(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn init<I, S>(urls: I) -> Result<(), Error>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    Config::new(urls).init().await
+}
