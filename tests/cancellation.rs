@@ -1,0 +1,110 @@
+//! A body that panics and a call that is dropped release the lock at once, not after the ttl.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cluster_singleton::singleton;
+use common::{eventually, Nodes, PROMPTLY};
+use futures_util::FutureExt;
+
+const KEY: &str = "singleton:fragile";
+
+#[singleton(key = "fragile", ttl = "60s")]
+async fn panics_midway(nodes: &Nodes) {
+    assert!(nodes.get(0, KEY).is_some(), "the body runs under the lock");
+    panic!("the job failed");
+}
+
+#[singleton(key = "fragile", ttl = "60s")]
+async fn never_finishes(entered: tokio::sync::oneshot::Sender<()>) {
+    let _ = entered.send(());
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test]
+async fn a_panicking_body_releases_the_lock() {
+    let nodes = Nodes::start(3);
+
+    let result = nodes
+        .scope(std::panic::AssertUnwindSafe(panics_midway(&nodes)).catch_unwind())
+        .await;
+
+    assert!(result.is_err(), "the panic reaches the caller");
+    assert!(
+        eventually(PROMPTLY, || nodes.absent(KEY, &[])).await,
+        "the key must be gone within a second, not after its 60 s ttl: {:?}",
+        nodes.values(KEY, &[])
+    );
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_spawned_task_releases_the_lock() {
+    let nodes = Nodes::start(3);
+
+    let task = tokio::spawn(nodes.runtime.scope(panics_after_lock()));
+
+    assert!(task.await.unwrap_err().is_panic());
+    assert!(eventually(PROMPTLY, || nodes.absent(KEY, &[])).await);
+}
+
+#[singleton(key = "fragile", ttl = "60s")]
+async fn panics_after_lock() {
+    panic!("the job failed");
+}
+
+#[tokio::test]
+async fn a_dropped_call_releases_the_lock() {
+    let nodes = Nodes::start(3);
+    let (entered, body_started) = tokio::sync::oneshot::channel();
+    let call = tokio::spawn(nodes.runtime.scope(never_finishes(entered)));
+    body_started.await.expect("the body started under the lock");
+    assert!(!nodes.absent(KEY, &[]), "held while the body runs");
+
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    assert!(
+        eventually(PROMPTLY, || nodes.absent(KEY, &[])).await,
+        "the key must be gone within a second, not after its 60 s ttl: {:?}",
+        nodes.values(KEY, &[])
+    );
+    let next = nodes
+        .runtime
+        .lock("fragile", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(next.is_some(), "the next caller gets the lock");
+}
+
+#[tokio::test]
+async fn a_call_dropped_while_acquiring_leaves_no_key() {
+    let nodes = Nodes::start(3);
+    for _ in 0..20 {
+        let (entered, _started) = tokio::sync::oneshot::channel();
+        // Polled once, which starts taking the lock, then dropped before any node can answer.
+        let call = nodes.runtime.scope(never_finishes(entered));
+        assert!(call.now_or_never().is_none());
+    }
+    // The dropped attempts finish on the crate's own thread, some after this point; whatever
+    // they took must be released within a second, not held for the 60 s ttl.
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        let attempt = nodes
+            .runtime
+            .lock("fragile", Duration::from_secs(1))
+            .await
+            .unwrap();
+        if let Some(lease) = attempt {
+            lease.release().await.unwrap();
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still held: {:?}",
+            nodes.values(KEY, &[])
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(eventually(PROMPTLY, || nodes.absent(KEY, &[])).await);
+}

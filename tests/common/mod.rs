@@ -1,0 +1,109 @@
+//! What every behaviour test needs: real Redis nodes, a runtime on them, and polling with a
+//! deadline instead of sleeping and hoping.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use cluster_singleton::runtime::{Config, Runtime};
+use cluster_singleton_testkit::Cluster;
+
+/// Short, so that tests of dead and frozen nodes stay fast; loopback answers in microseconds.
+pub const NODE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long a test waits for something that should happen "at once" (a background release).
+pub const PROMPTLY: Duration = Duration::from_secs(1);
+
+/// How often polling looks again.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// `n` real redis-server nodes and a runtime that locks on them.
+pub struct Nodes {
+    pub cluster: Cluster,
+    pub runtime: Runtime,
+}
+
+impl Nodes {
+    pub fn start(n: usize) -> Nodes {
+        let cluster = Cluster::start(n).expect("start redis-server nodes");
+        let runtime = runtime_for(&cluster);
+        Nodes { cluster, runtime }
+    }
+
+    /// Runs `future` with this runtime in scope, as `#[singleton]` functions need.
+    pub async fn scope<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.scope(future).await
+    }
+
+    /// The value of the Redis key `key` on node `i`.
+    pub fn get(&self, i: usize, key: &str) -> Option<String> {
+        let mut connection = self.cluster.connection(i).expect("connect to node");
+        redis::cmd("GET")
+            .arg(key)
+            .query(&mut connection)
+            .expect("GET")
+    }
+
+    /// The value of `key` on every node that is not in `skip` (frozen or killed nodes).
+    pub fn values(&self, key: &str, skip: &[usize]) -> Vec<Option<String>> {
+        (0..self.cluster.len())
+            .filter(|i| !skip.contains(i))
+            .map(|i| self.get(i, key))
+            .collect()
+    }
+
+    /// Whether no reachable node has `key`.
+    pub fn absent(&self, key: &str, skip: &[usize]) -> bool {
+        self.values(key, skip).iter().all(Option::is_none)
+    }
+
+    /// How many scripts (`EVALSHA`) node `i` has run: how a test knows that a release reached a
+    /// node, so that it can look at what the release did without sleeping.
+    pub fn scripts_run(&self, i: usize) -> u64 {
+        let mut connection = self.cluster.connection(i).expect("connect to node");
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut connection)
+            .expect("INFO commandstats");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("a count"))
+    }
+
+    /// Sets `key` to `value` on every node, as another holder would.
+    pub fn set_everywhere(&self, key: &str, value: &str) {
+        for i in 0..self.cluster.len() {
+            let mut connection = self.cluster.connection(i).expect("connect to node");
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query(&mut connection)
+                .expect("SET");
+        }
+    }
+}
+
+/// A runtime on `cluster`'s nodes with the tests' short node timeout.
+pub fn runtime_for(cluster: &Cluster) -> Runtime {
+    Config::new(cluster.urls())
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .expect("valid configuration")
+}
+
+/// Polls `condition` until it holds or `within` has passed; returns whether it held.
+pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
