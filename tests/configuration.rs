@@ -103,7 +103,10 @@ async fn a_password_protected_node_works_with_the_right_password_only() {
         .password(PASSWORD)
         .start()
         .unwrap();
-    let right = Config::new(cluster.urls()).build().unwrap();
+    let right = Config::new(cluster.urls())
+        .restart_grace(Duration::ZERO)
+        .build()
+        .unwrap();
     let lease = right.lock("job", Duration::from_secs(5)).await.unwrap();
     assert!(lease.is_some());
 

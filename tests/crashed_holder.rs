@@ -33,7 +33,10 @@ async fn holder_process() {
     let Ok(urls) = std::env::var(URLS_VAR) else {
         return; // run by hand with --ignored: nothing to hold
     };
-    cluster_singleton::runtime::init(urls.split(','))
+    // Fresh nodes: see `common::fresh_nodes`.
+    cluster_singleton::runtime::Config::new(urls.split(','))
+        .restart_grace(Duration::ZERO)
+        .init()
         .await
         .unwrap();
     let _ = hold_until_killed().await;

@@ -14,7 +14,14 @@ static INITIALISED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new
 async fn initialised() -> &'static Cluster {
     let cluster = CLUSTER.get_or_init(|| Cluster::start(3).expect("start redis-server nodes"));
     INITIALISED
-        .get_or_init(|| async { runtime::init(cluster.urls()).await.expect("first init") })
+        .get_or_init(|| async {
+            // Fresh nodes: their votes count at once (see `Config::restart_grace`).
+            runtime::Config::new(cluster.urls())
+                .restart_grace(Duration::ZERO)
+                .init()
+                .await
+                .expect("first init")
+        })
         .await;
     cluster
 }
@@ -94,6 +101,7 @@ async fn a_scoped_runtime_takes_precedence_over_the_global_one() {
     initialised().await;
     let other = Cluster::start(1).unwrap();
     let scoped = runtime::Config::new(other.urls())
+        .restart_grace(Duration::ZERO)
         .key_prefix("scoped:")
         .build()
         .unwrap();

@@ -93,7 +93,7 @@ async fn key_held_on_a_minority_still_runs() {
 #[tokio::test]
 async fn the_redis_key_is_the_prefix_then_the_key() {
     let nodes = Nodes::start(1);
-    let runtime = cluster_singleton::runtime::Config::new(nodes.cluster.urls())
+    let runtime = common::fresh_nodes(&nodes.cluster)
         .key_prefix("app1:")
         .build()
         .unwrap();

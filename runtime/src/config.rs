@@ -50,6 +50,7 @@ pub struct Config {
     pub(crate) node_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) drift_factor: f64,
+    pub(crate) restart_grace: Option<Duration>,
 }
 
 impl Config {
@@ -77,6 +78,7 @@ impl Config {
             node_timeout: DEFAULT_NODE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             drift_factor: DEFAULT_CLOCK_DRIFT_FACTOR,
+            restart_grace: None,
         }
     }
 
@@ -125,6 +127,33 @@ impl Config {
     /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
+        self
+    }
+
+    /// How long a Redis node must have been up before its votes count (default: the ttl of the
+    /// lock being taken).
+    ///
+    /// A node restarted without persistence has forgotten the locks it held; if its fresh vote
+    /// counted at once, it could hand a second caller a majority while the first still holds the
+    /// lock. The runtime reads each node's uptime whenever it connects (a restart always breaks
+    /// the connection, so this costs nothing per lock) and ignores the node's votes until it has
+    /// been up for the grace. By default the grace is the lock's own ttl: every holder of a key
+    /// takes it with the same ttl, so a node up for longer has either seen the current lock or
+    /// outlived it.
+    ///
+    /// The cost: for one grace after a node restarts, the cluster tolerates one failure fewer;
+    /// right after a whole cluster starts, nothing can be locked for one ttl (the error says
+    /// which node counts again when). `Duration::ZERO` turns the check off: right for nodes
+    /// that persist every write (`appendfsync always`), and for tests that start fresh nodes.
+    /// The check needs the `INFO` command; with the check off, it is never sent.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    ///     .restart_grace(Duration::from_secs(600));
+    /// ```
+    pub fn restart_grace(mut self, grace: Duration) -> Self {
+        self.restart_grace = Some(grace);
         self
     }
 
@@ -201,6 +230,7 @@ impl fmt::Debug for Config {
             .field("node_timeout", &self.node_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("drift_factor", &self.drift_factor)
+            .field("restart_grace", &self.restart_grace)
             .finish()
     }
 }

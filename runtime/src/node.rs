@@ -1,11 +1,18 @@
-//! One Redis node: its connection and the two commands a lock sends it.
+//! One Redis node: its connection, what we know of the server behind it, and the two commands a
+//! lock sends it.
+//!
+//! The connection is one multiplexed connection per node, opened on first use and opened again
+//! after it breaks. Each opening reads `INFO server`, so the node's restarts are seen for free: a
+//! restart always breaks the connection, and the fresh `uptime_in_seconds` tells how long the new
+//! server has been up (see [`Node::set_nx`] for why that matters).
 
 use std::fmt;
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
 
 use crate::config::redact;
 use crate::{Config, Error};
@@ -22,44 +29,88 @@ end"#,
     )
 });
 
-/// How many times the connection manager retries a failed connect before the command that
-/// waited for it fails; later commands start a fresh attempt. Kept low because a Redlock vote
-/// that waits for reconnects is a vote that misses its deadline anyway.
-const CONNECT_RETRIES: usize = 1;
-
-/// The first back-off between connect retries.
-const CONNECT_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// After a failed attempt to connect, calls fail at once with its cause for this long before the
+/// next attempt, so that a dead node costs nothing per call and is not hammered.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// One Redis node, named by its URL with the password hidden.
 pub(crate) struct Node {
     name: String,
-    connection: ConnectionManager,
+    client: redis::Client,
     timeout: Duration,
     connect_timeout: Duration,
+    /// `None` skips reading the server's uptime: every vote counts at once.
+    restart_grace: Option<RestartGrace>,
+    link: Mutex<Link>,
+    /// The `run_id` of the server last connected to, to tell a restart from a reconnect.
+    last_run_id: Mutex<Option<String>>,
 }
 
-/// Why one node gave no answer.
+/// How long a restarted node must be up before its votes count.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RestartGrace {
+    /// The ttl of the lock being taken: every holder of a key takes it with the same ttl, so a
+    /// node up for longer than that has either seen the current lock or outlived it.
+    Ttl,
+    /// A fixed time, from [`Config::restart_grace`].
+    Fixed(Duration),
+}
+
+/// The state of the connection to a node.
+enum Link {
+    Up(Arc<Session>),
+    /// An attempt to connect, running as a task of its own so that it goes on (up to the connect
+    /// timeout) when the calls waiting for it give up at their shorter per-node deadline.
+    Connecting(Shared<BoxFuture<'static, Opened>>),
+    Down {
+        cause: String,
+        retry_after: Instant,
+    },
+}
+
+/// A connection attempt's result: the session and the server's `run_id`, or why it failed.
+type Opened = Result<(Arc<Session>, Option<String>), String>;
+
+/// One open connection and the server behind it.
+struct Session {
+    connection: MultiplexedConnection,
+    /// When the server started, by its own `uptime_in_seconds` (rounded down, so this errs late,
+    /// which only makes the grace longer); `None` when not read.
+    up_since: Option<Instant>,
+}
+
+/// Why one node gave no vote.
 #[derive(Debug)]
 pub(crate) enum NodeError {
     /// No reply within the per-node timeout; the command may still have been applied.
     Timeout(Duration),
+    /// Not connected: the last attempt failed for this reason.
+    Down(String),
     /// The connection failed or the server answered with an error.
     Redis(RedisError),
+    /// The server restarted too recently for its vote to count.
+    Restarted { up: Duration, grace: Duration },
 }
 
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeError::Timeout(after) => write!(f, "no answer within {after:?}"),
+            NodeError::Down(cause) => write!(f, "cannot connect: {cause}"),
             NodeError::Redis(err) => write!(f, "{err}"),
+            NodeError::Restarted { up, grace } => write!(
+                f,
+                "the server has been up for {}s only; its vote counts once it has been up for {grace:?}, \
+                 so that it cannot grant a lock it forgot when it restarted (see `Config::restart_grace`)",
+                up.as_secs()
+            ),
         }
     }
 }
 
 impl Node {
-    /// Checks `url` (the `position`-th of the configuration, counted from 1) and prepares its
-    /// connection, without connecting. Must run inside the engine's tokio context: the
-    /// connection manager spawns its tasks on the runtime it was made in.
+    /// Checks `url` (the `position`-th of the configuration, counted from 1), without
+    /// connecting.
     pub(crate) fn new(position: usize, url: &str, config: &Config) -> Result<Node, Error> {
         let name = redact(url);
         let client = redis::Client::open(url).map_err(|err| {
@@ -68,21 +119,22 @@ impl Node {
                  expected `redis://[user:password@]host[:port][/db]`"
             ))
         })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.node_timeout))
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_min_delay(CONNECT_RETRY_DELAY)
-            .set_max_delay(config.connect_timeout);
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|err| {
-                Error::InvalidConfig(format!("Redis URL #{position} ({name}): {err}"))
-            })?;
+        let restart_grace = match config.restart_grace {
+            None => Some(RestartGrace::Ttl),
+            Some(grace) if grace.is_zero() => None,
+            Some(grace) => Some(RestartGrace::Fixed(grace)),
+        };
         Ok(Node {
             name,
-            connection,
+            client,
             timeout: config.node_timeout,
             connect_timeout: config.connect_timeout,
+            restart_grace,
+            link: Mutex::new(Link::Down {
+                cause: "not connected yet".into(),
+                retry_after: Instant::now(),
+            }),
+            last_run_id: Mutex::new(None),
         })
     }
 
@@ -100,56 +152,216 @@ impl Node {
 
     /// `SET key token NX PX ttl`: `Ok(true)` when this node granted the lock, `Ok(false)` when
     /// the key was already set.
+    ///
+    /// A node that restarted without persistence has forgotten the locks it held, and its fresh
+    /// vote could hand a second caller a majority while the first still holds the lock. So a
+    /// node that has been up for less than the restart grace (by default the ttl) is not asked
+    /// at all: it answers [`NodeError::Restarted`], a missing vote.
     pub(crate) async fn set_nx(
         &self,
         key: &str,
         token: &str,
         ttl: Duration,
     ) -> Result<bool, NodeError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(token).arg("NX").arg("PX").arg(millis(ttl));
-        let reply: Option<String> =
-            within(self.timeout, cmd.query_async(&mut self.connection.clone())).await?;
-        Ok(reply.is_some())
+        within(self.timeout, async {
+            let session = self.session().await?;
+            if let (Some(up_since), Some(grace)) = (session.up_since, self.restart_grace) {
+                let grace = match grace {
+                    RestartGrace::Ttl => ttl,
+                    RestartGrace::Fixed(grace) => grace,
+                };
+                let up = up_since.elapsed();
+                if up < grace {
+                    return Err(NodeError::Restarted { up, grace });
+                }
+            }
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(token).arg("NX").arg("PX").arg(millis(ttl));
+            let reply: Option<String> = self
+                .query(&session, cmd.query_async(&mut session.connection.clone()))
+                .await?;
+            Ok(reply.is_some())
+        })
+        .await
     }
 
     /// The compare-and-delete script: `Ok(true)` when our key was deleted, `Ok(false)` when the
     /// key was gone or held another token.
     pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool, NodeError> {
-        let mut invocation = RELEASE.key(key);
-        invocation.arg(token);
-        let deleted: i64 = within(
-            self.timeout,
-            invocation.invoke_async(&mut self.connection.clone()),
-        )
-        .await?;
-        Ok(deleted == 1)
+        within(self.timeout, async {
+            let session = self.session().await?;
+            let mut invocation = RELEASE.key(key);
+            invocation.arg(token);
+            let deleted: i64 = self
+                .query(
+                    &session,
+                    invocation.invoke_async(&mut session.connection.clone()),
+                )
+                .await?;
+            Ok(deleted == 1)
+        })
+        .await
     }
 
     /// Opens the connection now rather than on the first lock, so that the first lock is as fast
-    /// as the others; a failure here is retried on the next command.
+    /// as the others; a failure here is retried by later calls.
     pub(crate) async fn connect(&self) -> Result<(), NodeError> {
-        let ping = redis::cmd("PING");
-        let _pong: String = within(
-            self.connect_timeout,
-            ping.query_async(&mut self.connection.clone()),
-        )
-        .await?;
-        Ok(())
+        within(self.connect_timeout, self.session()).await.map(drop)
+    }
+
+    /// The open connection, or the one being opened, or a fresh attempt to open one.
+    async fn session(&self) -> Result<Arc<Session>, NodeError> {
+        let attempt = {
+            let mut link = self
+                .link
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &*link {
+                Link::Up(session) => return Ok(session.clone()),
+                Link::Connecting(attempt) => attempt.clone(),
+                Link::Down { cause, retry_after } if Instant::now() < *retry_after => {
+                    return Err(NodeError::Down(cause.clone()));
+                }
+                Link::Down { .. } => {
+                    let attempt = tokio::spawn(open(
+                        self.client.clone(),
+                        self.connect_timeout,
+                        self.restart_grace.is_some(),
+                    ))
+                    .map(|joined| {
+                        joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}")))
+                    })
+                    .boxed()
+                    .shared();
+                    *link = Link::Connecting(attempt.clone());
+                    attempt
+                }
+            }
+        };
+        let opened = attempt.clone().await;
+        let mut link = self
+            .link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Whoever sees the attempt end first records its result; later waiters find it there.
+        if matches!(&*link, Link::Connecting(current) if current.ptr_eq(&attempt)) {
+            *link = match &opened {
+                Ok((session, run_id)) => {
+                    self.note_run_id(run_id.as_deref());
+                    Link::Up(session.clone())
+                }
+                Err(cause) => Link::Down {
+                    cause: cause.clone(),
+                    retry_after: Instant::now() + RECONNECT_PAUSE,
+                },
+            };
+        }
+        opened
+            .map(|(session, _run_id)| session)
+            .map_err(NodeError::Down)
+    }
+
+    /// Awaits a command on `session`; a broken connection is dropped, so that the next call
+    /// opens a fresh one (and reads the server's uptime again: it may have restarted).
+    async fn query<T>(
+        &self,
+        session: &Arc<Session>,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, NodeError> {
+        let result = command.await;
+        if let Err(err) = &result {
+            if err.is_unrecoverable_error() || err.is_connection_dropped() || err.is_io_error() {
+                let mut link = self
+                    .link
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+                    *link = Link::Down {
+                        cause: err.to_string(),
+                        retry_after: Instant::now(),
+                    };
+                }
+            }
+        }
+        result.map_err(NodeError::Redis)
+    }
+
+    /// Logs a restart, told apart from a mere reconnect by a new `run_id`.
+    fn note_run_id(&self, run_id: Option<&str>) {
+        let Some(run_id) = run_id else { return };
+        let mut last = self
+            .last_run_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.as_deref().is_some_and(|last| last != run_id) {
+            tracing::warn!(
+                node = self.name,
+                "Redis node restarted (new run_id); its votes count again once it has been up for the restart grace"
+            );
+        }
+        *last = Some(run_id.to_owned());
     }
 }
 
-/// Bounds one command by a deadline, whatever the connection is doing (connecting,
-/// reconnecting, waiting on a frozen server).
+/// Opens a connection (its driver task lives on the runtime this runs on: the crate's own) and,
+/// unless `read_uptime` is off, reads when the server started and its `run_id`.
+async fn open(client: redis::Client, connect_timeout: Duration, read_uptime: bool) -> Opened {
+    let opening = async {
+        // No response timeout inside: every command has the node's deadline around it already.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(None);
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        if !read_uptime {
+            return Ok((
+                Arc::new(Session {
+                    connection,
+                    up_since: None,
+                }),
+                None,
+            ));
+        }
+        let opened_at = Instant::now();
+        let info: InfoDict = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await?;
+        let uptime = info.get::<u64>("uptime_in_seconds").ok_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "`INFO server` has no `uptime_in_seconds`",
+            ))
+        })?;
+        let up_since = opened_at
+            .checked_sub(Duration::from_secs(uptime))
+            .unwrap_or(opened_at);
+        let run_id = info.get::<String>("run_id");
+        Ok::<_, RedisError>((
+            Arc::new(Session {
+                connection,
+                up_since: Some(up_since),
+            }),
+            run_id,
+        ))
+    };
+    match tokio::time::timeout(connect_timeout, opening).await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_elapsed) => Err(format!("no connection within {connect_timeout:?}")),
+    }
+}
+
+/// Bounds one call by a deadline, whatever the connection is doing (connecting, waiting on a
+/// frozen server).
 async fn within<T>(
     timeout: Duration,
-    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    call: impl std::future::Future<Output = Result<T, NodeError>>,
 ) -> Result<T, NodeError> {
-    match tokio::time::timeout(timeout, command).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(NodeError::Redis(err)),
-        Err(_elapsed) => Err(NodeError::Timeout(timeout)),
-    }
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or(Err(NodeError::Timeout(timeout)))
 }
 
 /// A duration as whole milliseconds for `PX`, saturating far beyond any real ttl.

@@ -88,10 +88,16 @@ impl Nodes {
 
 /// A runtime on `cluster`'s nodes with the tests' short node timeout.
 pub fn runtime_for(cluster: &Cluster) -> Runtime {
-    Config::new(cluster.urls())
+    fresh_nodes(cluster)
         .node_timeout(NODE_TIMEOUT)
         .build()
         .expect("valid configuration")
+}
+
+/// A configuration for nodes the test has just started: they hold no lock that a restart could
+/// have made them forget, so their votes count at once rather than after the restart grace.
+pub fn fresh_nodes(cluster: &Cluster) -> Config {
+    Config::new(cluster.urls()).restart_grace(Duration::ZERO)
 }
 
 /// Polls `condition` until it holds or `within` has passed; returns whether it held.

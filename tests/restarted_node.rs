@@ -1,0 +1,150 @@
+//! A node restarted without persistence has forgotten the locks it held. If its fresh vote
+//! counted at once, a second caller could win a majority while the first still holds the lock.
+//! The runtime counts a node's votes only once it has been up for the restart grace (by default
+//! the lock's ttl).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cluster_singleton::runtime::{Config, Runtime};
+use cluster_singleton::Error;
+use cluster_singleton_testkit::Cluster;
+use common::{fresh_nodes, NODE_TIMEOUT};
+
+const KEY: &str = "restart-job";
+const TTL: Duration = Duration::from_secs(3);
+/// `uptime_in_seconds` is whole seconds, so a node's age is known to within one second.
+const UPTIME_RESOLUTION: Duration = Duration::from_secs(1);
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// A restarted server starts a little before the test kit reports it ready.
+const RESTART_SLACK: Duration = Duration::from_millis(500);
+
+/// Leaves the first caller's lock on nodes 0 and 1 only, then makes both of the nodes that
+/// could complete a second majority (0 and 2) forget everything: node 2 was down while the lock
+/// was taken and comes back empty, node 0 restarts without persistence.
+async fn lock_then_lose_it_on_a_majority(
+    cluster: &mut Cluster,
+    first: &Runtime,
+) -> cluster_singleton::Lease {
+    cluster.kill(2).unwrap();
+    let lease = first
+        .lock(KEY, TTL)
+        .await
+        .unwrap()
+        .expect("nodes 0 and 1 grant it");
+    cluster.start_node(2).unwrap();
+    cluster.restart(0).unwrap();
+    lease
+}
+
+#[tokio::test]
+async fn without_the_grace_a_restarted_node_lets_a_second_holder_in() {
+    let mut cluster = Cluster::start(3).unwrap();
+    let no_grace = || {
+        fresh_nodes(&cluster)
+            .node_timeout(NODE_TIMEOUT)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (no_grace(), no_grace());
+
+    let held = lock_then_lose_it_on_a_majority(&mut cluster, &first).await;
+    let intruder = second.lock(KEY, TTL).await.unwrap();
+
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lock is still valid"
+    );
+    assert!(
+        intruder.is_some(),
+        "this is the double holding that the restart grace prevents"
+    );
+}
+
+#[tokio::test]
+async fn with_the_default_grace_a_restarted_node_cannot_let_a_second_holder_in() {
+    let mut cluster = Cluster::start(3).unwrap();
+    let default_config = || {
+        Config::new(cluster.urls())
+            .node_timeout(NODE_TIMEOUT)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (default_config(), default_config());
+
+    // Fresh nodes count only once they have been up for the ttl.
+    let young = first.lock(KEY, TTL).await.unwrap_err();
+    assert!(
+        young
+            .to_string()
+            .contains("its vote counts once it has been up for 3s"),
+        "{young}"
+    );
+    let deadline = Instant::now() + TTL + UPTIME_RESOLUTION * 3;
+    while first.lock("warm-up", TTL).await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes never came of age");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+
+    let held = lock_then_lose_it_on_a_majority(&mut cluster, &first).await;
+    let restarted_at = Instant::now();
+    let held_until = restarted_at + held.validity();
+
+    // The second caller is refused until the restarted nodes have been up for the grace, which
+    // is after the first lock ran out.
+    let mut refusals = 0;
+    let deadline = restarted_at + TTL + UPTIME_RESOLUTION * 3;
+    loop {
+        match second.lock(KEY, TTL).await {
+            Ok(Some(lease)) => {
+                let won_at = Instant::now();
+                assert!(
+                    won_at >= held_until,
+                    "a second holder {:?} before the first lock ran out",
+                    held_until - won_at
+                );
+                assert!(
+                    won_at + RESTART_SLACK >= restarted_at + TTL,
+                    "a restarted node counted {:?} after its restart, before the grace",
+                    won_at - restarted_at
+                );
+                lease.release().await.unwrap();
+                break;
+            }
+            Ok(None) => {}
+            Err(Error::NoQuorum(no_quorum)) => {
+                let reason = no_quorum.to_string();
+                assert!(
+                    reason.contains("its vote counts once it has been up for 3s"),
+                    "{reason}"
+                );
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+        refusals += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the restarted nodes never counted again"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    assert!(refusals > 0);
+}
+
+#[tokio::test]
+async fn a_fixed_grace_replaces_the_ttl() {
+    let cluster = Cluster::start(1).unwrap();
+    let runtime = Config::new(cluster.urls())
+        .restart_grace(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let err = runtime
+        .lock(KEY, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("once it has been up for 3600s"),
+        "{err}"
+    );
+}
