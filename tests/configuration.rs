@@ -71,7 +71,7 @@ fn debug_output_hides_passwords() {
 #[tokio::test]
 async fn a_ttl_redis_cannot_take_is_an_error() {
     let runtime = Config::new(["redis://127.0.0.1:1"]).build().unwrap();
-    for ttl in [Duration::ZERO, Duration::from_micros(1500)] {
+    for ttl in [Duration::ZERO, Duration::from_micros(1500), Duration::MAX] {
         let err = runtime.lock("job", ttl).await.unwrap_err();
         assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
     }

@@ -283,16 +283,16 @@ impl fmt::Debug for Runtime {
     }
 }
 
-/// A ttl Redis can take as `PX`: at least one millisecond, in whole milliseconds.
+/// A ttl Redis can take as `PX`: whole milliseconds, from one to `i64::MAX` (the largest expiry
+/// Redis accepts, and small enough that the validity arithmetic cannot overflow).
 fn check_ttl(ttl: Duration) -> Result<(), Error> {
     const MILLISECOND: Duration = Duration::from_millis(1);
-    if ttl < MILLISECOND
-        || !ttl
-            .subsec_nanos()
-            .is_multiple_of(MILLISECOND.subsec_nanos())
-    {
+    const LONGEST: Duration = Duration::from_millis(i64::MAX as u64);
+    let whole_millis = ttl.subsec_nanos().is_multiple_of(MILLISECOND.subsec_nanos());
+    if ttl < MILLISECOND || ttl > LONGEST || !whole_millis {
         return Err(Error::InvalidConfig(format!(
-            "the ttl must be a whole number of milliseconds and at least 1ms, got {ttl:?}"
+            "the ttl must be a whole number of milliseconds from 1ms to {}ms, got {ttl:?}",
+            i64::MAX
         )));
     }
     Ok(())
