@@ -288,7 +288,9 @@ impl fmt::Debug for Runtime {
 fn check_ttl(ttl: Duration) -> Result<(), Error> {
     const MILLISECOND: Duration = Duration::from_millis(1);
     const LONGEST: Duration = Duration::from_millis(i64::MAX as u64);
-    let whole_millis = ttl.subsec_nanos().is_multiple_of(MILLISECOND.subsec_nanos());
+    let whole_millis = ttl
+        .subsec_nanos()
+        .is_multiple_of(MILLISECOND.subsec_nanos());
     if ttl < MILLISECOND || ttl > LONGEST || !whole_millis {
         return Err(Error::InvalidConfig(format!(
             "the ttl must be a whole number of milliseconds from 1ms to {}ms, got {ttl:?}",
