@@ -38,7 +38,9 @@
 
 #[doc(inline)]
 pub use cluster_singleton_macros::singleton;
-pub use cluster_singleton_runtime::{Error, Lease, NoQuorum, NodeFailure, Outcome, Skip};
+pub use cluster_singleton_runtime::{
+    lease, Error, Lease, LeaseInfo, LostReason, NoQuorum, NodeFailure, Outcome, Skip,
+};
 
 /// Setting up the Redis nodes: [`init`](runtime::init) once at start-up, or a
 /// [`Config`](runtime::Config) for other settings, or a [`Runtime`](runtime::Runtime) scoped to
@@ -57,8 +59,8 @@ pub use cluster_singleton_runtime::{Error, Lease, NoQuorum, NodeFailure, Outcome
 /// ```
 pub mod runtime {
     pub use cluster_singleton_runtime::{
-        init, Config, Runtime, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT,
-        DEFAULT_KEY_PREFIX, DEFAULT_NODE_TIMEOUT,
+        init, lock, Config, OnLost, Options, Runtime, DEFAULT_CLOCK_DRIFT_FACTOR,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_NODE_TIMEOUT,
     };
 }
 

@@ -55,6 +55,28 @@ pub enum Error {
         ttl: Duration,
     },
 
+    /// The lease was lost while the body ran: renewal could not keep a quorum, the key was taken
+    /// over, or `max_hold` ran out. The body may have run alongside another holder's; with
+    /// `on_lost = "cancel"` (the default) it was dropped at its next `.await`.
+    #[error(
+        "the lock `{key}` was lost {after:?} after it was taken, because {reason}; {}",
+        if *body_finished {
+            "the body ran to its end, but not all of it under the lock"
+        } else {
+            "the body was cancelled"
+        }
+    )]
+    LeaseLost {
+        /// The Redis key, with its prefix.
+        key: String,
+        /// Why it was lost.
+        reason: crate::LostReason,
+        /// How long after it was taken.
+        after: Duration,
+        /// Whether the body ran to its end (`on_lost = "continue"`) or was cancelled.
+        body_finished: bool,
+    },
+
     /// Something inside the crate failed that is not the caller's doing: the OS random source or
     /// the background thread. Nothing was locked.
     #[error(

@@ -1,29 +1,114 @@
-//! A held lock, released when it is done with or dropped.
+//! A held lock: released when done with or dropped, renewed while a body runs, and visible to
+//! that body through [`lease()`].
 
 use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::redlock::release;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::{Error, NoQuorum, Runtime};
+use crate::redlock::{extend, release, Extension};
+use crate::{Error, NoQuorum, Options, Runtime};
+
+/// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
+/// before the lease would run out.
+const RENEW_AFTER_TTL_DIVISOR: u32 = 3;
+
+/// After a renewal that could not reach a quorum, the next try comes this fraction of the ttl
+/// later, for as long as the lease is still valid.
+const RENEW_RETRY_TTL_DIVISOR: u32 = 10;
+
+tokio::task_local! {
+    /// The lease of the `#[singleton]` body running in this task.
+    static CURRENT: LeaseInfo;
+}
+
+/// Why a lease was lost before its holder was done with it.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LostReason {
+    /// Renewal could not reach a quorum of nodes before the lease ran out.
+    NoQuorum,
+    /// A majority of nodes no longer holds our token: the key expired there, or another holder
+    /// has it now.
+    TakenOver,
+    /// The body ran longer than `max_hold`.
+    MaxHold,
+    /// The body ran longer than the ttl, with renewal off.
+    Expired,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LostReason::NoQuorum => "renewing it could not reach a quorum of Redis nodes",
+            LostReason::TakenOver => "a majority of Redis nodes no longer holds it",
+            LostReason::MaxHold => "the body ran longer than `max_hold`",
+            LostReason::Expired => "the body ran longer than the ttl, with renewal off",
+        })
+    }
+}
+
+/// What the holder of a lease and the body running under it share.
+struct Held {
+    key: String,
+    token: String,
+    ttl: Duration,
+    acquired_at: Instant,
+    valid_until: Mutex<Instant>,
+    lost: watch::Sender<Option<LostReason>>,
+}
+
+impl Held {
+    fn valid_until(&self) -> Instant {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_valid_until(&self, valid_until: Instant) {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = valid_until;
+    }
+
+    fn lose(&self, reason: LostReason) {
+        self.lost
+            .send_if_modified(|lost| lost.replace(reason).is_none());
+    }
+
+    fn lost(&self) -> Option<LostReason> {
+        *self.lost.borrow()
+    }
+
+    fn validity(&self) -> Duration {
+        if self.lost().is_some() {
+            return Duration::ZERO;
+        }
+        self.valid_until().saturating_duration_since(Instant::now())
+    }
+}
 
 /// A lock held on a quorum of Redis nodes, from [`Runtime::lock`].
 ///
-/// Release it with [`Lease::release`] when the work is done. A lease that is dropped without
-/// (the task was cancelled, the code panicked) is released in the background at once, on the
-/// crate's own thread, so it never waits for its ttl; only a process that dies leaves the key to
-/// expire with the ttl.
+/// Release it with [`Lease::release`] when the work is done, and [`Lease::extend`] it when the
+/// work takes longer than the ttl. A lease that is dropped without a release (the task was
+/// cancelled, the code panicked) is released in the background at once, on the crate's own
+/// thread, so it never waits for its ttl; only a process that dies leaves the key to expire with
+/// the ttl.
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use cluster_singleton_runtime::Runtime;
 ///
 /// # async fn job() -> Result<(), cluster_singleton_runtime::Error> {
-/// let runtime = Runtime::current()?;
-/// if let Some(lease) = runtime.lock("nightly-report", Duration::from_secs(60)).await? {
+/// if let Some(mut lease) = cluster_singleton_runtime::lock("nightly-report", Duration::from_secs(60)).await? {
 ///     println!("holding {} with token {}", lease.key(), lease.token());
-///     // ... the work ...
+///     // ... the first half of the work ...
+///     lease.extend().await?;
+///     // ... the second half ...
 ///     lease.release().await?;
 /// }
 /// # Ok(())
@@ -31,39 +116,78 @@ use crate::{Error, NoQuorum, Runtime};
 /// ```
 pub struct Lease {
     runtime: Runtime,
-    key: String,
-    token: String,
-    valid_until: Instant,
+    held: Arc<Held>,
     /// Cleared by `release`, so that `Drop` knows there is nothing left to do.
-    held: bool,
+    holding: bool,
 }
 
 impl Lease {
-    pub(crate) fn new(runtime: Runtime, key: String, token: String, valid_until: Instant) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        key: String,
+        token: String,
+        ttl: Duration,
+        acquired_at: Instant,
+        valid_until: Instant,
+    ) -> Self {
         Lease {
             runtime,
-            key,
-            token,
-            valid_until,
-            held: true,
+            held: Arc::new(Held {
+                key,
+                token,
+                ttl,
+                acquired_at,
+                valid_until: Mutex::new(valid_until),
+                lost: watch::Sender::new(None),
+            }),
+            holding: true,
         }
     }
 
     /// The Redis key, with the runtime's prefix (`singleton:daily-email`).
     pub fn key(&self) -> &str {
-        &self.key
+        &self.held.key
     }
 
     /// This acquisition's random token (128 bits, hex): the value of the key on the nodes, unique
     /// to this acquisition, usable as an idempotency key downstream.
     pub fn token(&self) -> &str {
-        &self.token
+        &self.held.token
     }
 
-    /// How much longer the lock is safe to rely on: the ttl less the time taking it took and the
-    /// clock-drift allowance, counted down since. Zero once it has run out.
+    /// How much longer the lock is safe to rely on: what was left of the ttl after taking (or
+    /// last extending) it, less the clock-drift allowance, counted down since. Zero once it has
+    /// run out or was lost.
     pub fn validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
+        self.held.validity()
+    }
+
+    /// Extends the lock to expire one ttl from now, on every node where the key still holds
+    /// this lease's token.
+    ///
+    /// Fails with [`Error::LeaseLost`] when a majority of nodes no longer holds our token (the
+    /// lease ran out and someone may have taken the key since: stop relying on it), and with
+    /// [`Error::NoQuorum`] when too few nodes answered to tell (the lease stands until
+    /// [`Lease::validity`] runs out; try again).
+    pub async fn extend(&mut self) -> Result<(), Error> {
+        let (runtime, held) = (self.runtime.clone(), self.held.clone());
+        let extension = self
+            .runtime
+            .spawn(
+                async move { extend(&runtime, &held.key, &held.token, held.ttl, held.ttl).await },
+            )
+            .await?;
+        match extension {
+            Extension::Extended { valid_until } => {
+                self.held.set_valid_until(valid_until);
+                Ok(())
+            }
+            Extension::Gone => {
+                self.held.lose(LostReason::TakenOver);
+                Err(self.lost_error(LostReason::TakenOver, false))
+            }
+            Extension::Undecided(no_quorum) => Err(Error::NoQuorum(no_quorum)),
+        }
     }
 
     /// Deletes the key on every node where it still holds this lease's token, and waits until a
@@ -73,10 +197,16 @@ impl Lease {
     /// completes, and it goes on to the slower nodes after this returns. Fails with
     /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered; the copies left behind
     /// expire with the ttl.
-    pub async fn release(mut self) -> Result<(), Error> {
-        self.held = false;
+    pub async fn release(self) -> Result<(), Error> {
+        self.release_keeping(Duration::ZERO).await
+    }
+
+    /// Like [`Lease::release`], but a non-zero `keep` leaves the key to expire that long from
+    /// now instead of deleting it (`min_hold`).
+    pub(crate) async fn release_keeping(mut self, keep: Duration) -> Result<(), Error> {
+        self.holding = false;
         let (settled, outcome) = oneshot::channel();
-        self.spawn_release(Some(settled));
+        self.spawn_release(keep, Some(settled));
         match outcome.await {
             Ok(result) => result.map_err(Error::NoQuorum),
             Err(_gone) => Err(Error::Internal(
@@ -87,21 +217,60 @@ impl Lease {
 
     /// Starts the release on the crate's own runtime, which outlives whichever runtime, task or
     /// panic is dropping the lease.
-    fn spawn_release(&mut self, settled: Option<oneshot::Sender<Result<(), NoQuorum>>>) {
-        let runtime = self.runtime.clone();
-        let key = std::mem::take(&mut self.key);
-        let token = std::mem::take(&mut self.token);
+    fn spawn_release(
+        &mut self,
+        keep: Duration,
+        settled: Option<oneshot::Sender<Result<(), NoQuorum>>>,
+    ) {
+        let (runtime, held) = (self.runtime.clone(), self.held.clone());
         self.runtime.engine().spawn(async move {
             let all = (0..runtime.node_count()).collect();
-            release(&runtime, &key, &token, all, settled).await;
+            release(&runtime, &held.key, &held.token, all, keep, settled).await;
         });
+    }
+
+    /// What a body running under this lease sees of it.
+    pub(crate) fn info(&self) -> LeaseInfo {
+        LeaseInfo {
+            held: self.held.clone(),
+        }
+    }
+
+    /// Why the lease was lost, if it was.
+    pub(crate) fn lost(&self) -> Option<LostReason> {
+        self.held.lost()
+    }
+
+    /// How long ago the lock was taken.
+    pub(crate) fn held_for(&self) -> Duration {
+        self.held.acquired_at.elapsed()
+    }
+
+    pub(crate) fn lost_error(&self, reason: LostReason, body_finished: bool) -> Error {
+        Error::LeaseLost {
+            key: self.held.key.clone(),
+            reason,
+            after: self.held_for(),
+            body_finished,
+        }
+    }
+
+    /// Starts keeping the lease for a body: renewing it (unless `options` turn renewal off) and
+    /// noticing when it is lost. Dropping the returned guard stops it, so renewal never outlives
+    /// the call.
+    pub(crate) fn keep(&self, options: &Options) -> Keeper {
+        let task =
+            self.runtime
+                .engine()
+                .spawn(keep(self.runtime.clone(), self.held.clone(), *options));
+        Keeper { task }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.held {
-            self.spawn_release(None);
+        if self.holding {
+            self.spawn_release(Duration::ZERO, None);
         }
     }
 }
@@ -109,9 +278,168 @@ impl Drop for Lease {
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("key", &self.key)
-            .field("token", &self.token)
+            .field("key", &self.held.key)
+            .field("token", &self.held.token)
             .field("validity", &self.validity())
+            .field("lost", &self.held.lost())
             .finish()
     }
+}
+
+/// Stops the renewal task when the call is done with the lease, however it ends.
+pub(crate) struct Keeper {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Renews `held` every third of its ttl while the body runs, and marks it lost when renewal
+/// finds the key taken over, or cannot reach a quorum before the lease runs out, or `max_hold`
+/// is reached (renewal off: when the lease runs out).
+async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
+    let renew_after = held.ttl / RENEW_AFTER_TTL_DIVISOR;
+    let retry_after = held.ttl / RENEW_RETRY_TTL_DIVISOR;
+    let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
+    let mut next = held.acquired_at + renew_after;
+    loop {
+        // How long the next extension may keep the key: a ttl, cut short by `max_hold`.
+        let keep = match hold_until {
+            Some(until) => until.saturating_duration_since(next).min(held.ttl),
+            None => held.ttl,
+        };
+        if !options.renew || keep.is_zero() {
+            tokio::time::sleep_until(held.valid_until().into()).await;
+            held.lose(if options.renew {
+                LostReason::MaxHold
+            } else {
+                LostReason::Expired
+            });
+            return;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let started = Instant::now();
+        match extend(&runtime, &held.key, &held.token, keep, held.ttl).await {
+            Extension::Extended { valid_until } => {
+                held.set_valid_until(valid_until);
+                next = started + renew_after;
+            }
+            Extension::Gone => {
+                tracing::warn!(
+                    key = held.key,
+                    "lease lost: a majority of nodes no longer holds our token"
+                );
+                held.lose(LostReason::TakenOver);
+                return;
+            }
+            Extension::Undecided(no_quorum) => {
+                tracing::debug!(key = held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
+                next = Instant::now() + retry_after;
+                if next >= held.valid_until() {
+                    tokio::time::sleep_until(held.valid_until().into()).await;
+                    tracing::warn!(
+                        key = held.key,
+                        "lease lost: renewal could not reach a quorum in time"
+                    );
+                    held.lose(LostReason::NoQuorum);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What a `#[singleton]` body sees of the lease it runs under; from [`lease()`].
+///
+/// ```no_run
+/// use cluster_singleton_runtime::lease;
+///
+/// async fn charge_invoices() {
+///     let lease = lease().expect("called inside a #[singleton] body");
+///     println!("idempotency key for this run: {}", lease.token());
+///     if !lease.is_held() {
+///         return; // stop: another machine may be running this job now
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct LeaseInfo {
+    held: Arc<Held>,
+}
+
+impl LeaseInfo {
+    /// The Redis key, with the runtime's prefix.
+    pub fn key(&self) -> &str {
+        &self.held.key
+    }
+
+    /// This acquisition's random token (128 bits, hex): unique to this run, usable as an
+    /// idempotency key downstream.
+    pub fn token(&self) -> &str {
+        &self.held.token
+    }
+
+    /// How much longer the lock is safe to rely on, renewals included; zero once lost.
+    pub fn validity(&self) -> Duration {
+        self.held.validity()
+    }
+
+    /// Whether the lease is still held: not lost, and still valid.
+    pub fn is_held(&self) -> bool {
+        !self.held.validity().is_zero()
+    }
+
+    /// Why the lease was lost, if it was.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.held.lost()
+    }
+
+    /// Resolves when the lease is lost, with the reason; never, if it is kept to the end.
+    pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        let mut lost = self.held.lost.subscribe();
+        async move {
+            let reason = match lost.wait_for(Option::is_some).await {
+                Ok(reason) => *reason,
+                Err(_closed) => None,
+            };
+            match reason {
+                Some(reason) => reason,
+                // The lease is gone with its holder: nothing is left to lose.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Runs `future` with this lease as the task's current one.
+    pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+}
+
+impl fmt::Debug for LeaseInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseInfo")
+            .field("key", &self.held.key)
+            .field("token", &self.held.token)
+            .field("validity", &self.validity())
+            .field("lost", &self.held.lost())
+            .finish()
+    }
+}
+
+/// The lease of the `#[singleton]` body running in this task (or of
+/// [`Runtime::run_with`](crate::Runtime::run_with)'s body); `None` elsewhere.
+///
+/// ```no_run
+/// # async fn body() {
+/// if let Some(lease) = cluster_singleton_runtime::lease() {
+///     println!("running under {} until at least {:?} from now", lease.key(), lease.validity());
+/// }
+/// # }
+/// ```
+pub fn lease() -> Option<LeaseInfo> {
+    CURRENT.try_with(LeaseInfo::clone).ok()
 }

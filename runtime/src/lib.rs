@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod lease;
 mod node;
+mod options;
 mod outcome;
 mod redlock;
 mod runtime;
@@ -19,6 +20,7 @@ pub use config::{
     DEFAULT_NODE_TIMEOUT,
 };
 pub use error::{Error, NoQuorum, NodeFailure};
-pub use lease::Lease;
+pub use lease::{lease, Lease, LeaseInfo, LostReason};
+pub use options::{OnLost, Options};
 pub use outcome::{Outcome, Skip};
-pub use runtime::{init, Runtime};
+pub use runtime::{init, lock, Runtime};

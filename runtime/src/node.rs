@@ -17,21 +17,28 @@ use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
 use crate::config::redact;
 use crate::{Config, Error};
 
-/// Compare-and-delete: removes the key only while it still holds our token, so a release that
-/// comes after our ttl ran out never deletes the lock that someone else took since.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+/// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
+/// sets it to expire in `ARGV[2]` milliseconds; returns 1 when the key was ours. Release, renewal
+/// and `min_hold` are all this one script, so none of them ever touches a lock that someone else
+/// took after ours ran out.
+static EXPIRE_IF_OURS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-else
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
-end"#,
+end
+if ARGV[2] == "0" then
+    return redis.call("DEL", KEYS[1])
+end
+return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#,
     )
 });
 
 /// After a failed attempt to connect, calls fail at once with its cause for this long before the
 /// next attempt, so that a dead node costs nothing per call and is not hammered.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
+const MILLISECOND: Duration = Duration::from_millis(1);
 
 /// One Redis node, named by its URL with the password hidden.
 pub(crate) struct Node {
@@ -164,17 +171,7 @@ impl Node {
         ttl: Duration,
     ) -> Result<bool, NodeError> {
         within(self.timeout, async {
-            let session = self.session().await?;
-            if let (Some(up_since), Some(grace)) = (session.up_since, self.restart_grace) {
-                let grace = match grace {
-                    RestartGrace::Ttl => ttl,
-                    RestartGrace::Fixed(grace) => grace,
-                };
-                let up = up_since.elapsed();
-                if up < grace {
-                    return Err(NodeError::Restarted { up, grace });
-                }
-            }
+            let session = self.voting_session(ttl).await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(key).arg(token).arg("NX").arg("PX").arg(millis(ttl));
             let reply: Option<String> = self
@@ -185,22 +182,74 @@ impl Node {
         .await
     }
 
-    /// The compare-and-delete script: `Ok(true)` when our key was deleted, `Ok(false)` when the
-    /// key was gone or held another token.
-    pub(crate) async fn release(&self, key: &str, token: &str) -> Result<bool, NodeError> {
+    /// Extends our lock on `key` to expire `keep` from now: `Ok(true)` when the key still held
+    /// our token, `Ok(false)` when it did not. Like a vote, it counts only from a node up for
+    /// longer than the restart grace: a restarted node has forgotten our token and would report
+    /// it taken.
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        keep: Duration,
+        ttl: Duration,
+    ) -> Result<bool, NodeError> {
         within(self.timeout, async {
-            let session = self.session().await?;
-            let mut invocation = RELEASE.key(key);
-            invocation.arg(token);
-            let deleted: i64 = self
-                .query(
-                    &session,
-                    invocation.invoke_async(&mut session.connection.clone()),
-                )
-                .await?;
-            Ok(deleted == 1)
+            let session = self.voting_session(ttl).await?;
+            self.expire_if_ours(&session, key, token, keep.max(MILLISECOND))
+                .await
         })
         .await
+    }
+
+    /// Gives back our lock on `key`: deletes it, or with a non-zero `keep` lets it expire that
+    /// long from now. `Ok(true)` when the key was ours, `Ok(false)` when it was gone or held
+    /// another token.
+    pub(crate) async fn release(
+        &self,
+        key: &str,
+        token: &str,
+        keep: Duration,
+    ) -> Result<bool, NodeError> {
+        within(self.timeout, async {
+            let session = self.session().await?;
+            self.expire_if_ours(&session, key, token, keep).await
+        })
+        .await
+    }
+
+    async fn expire_if_ours(
+        &self,
+        session: &Arc<Session>,
+        key: &str,
+        token: &str,
+        keep: Duration,
+    ) -> Result<bool, NodeError> {
+        let mut invocation = EXPIRE_IF_OURS.key(key);
+        invocation.arg(token).arg(millis(keep));
+        let ours: i64 = self
+            .query(
+                session,
+                invocation.invoke_async(&mut session.connection.clone()),
+            )
+            .await?;
+        Ok(ours == 1)
+    }
+
+    /// The session, if the server behind it has been up long enough for its vote to count on a
+    /// lock of `ttl`.
+    async fn voting_session(&self, ttl: Duration) -> Result<Arc<Session>, NodeError> {
+        let session = self.session().await?;
+        if let (Some(up_since), Some(grace)) = (session.up_since, self.restart_grace) {
+            let grace = match grace {
+                RestartGrace::Ttl => ttl,
+                RestartGrace::Fixed(grace) => grace,
+            };
+            let up = up_since.elapsed();
+            if up < grace {
+                return Err(NodeError::Restarted { up, grace });
+            }
+        }
+        Ok(session)
     }
 
     /// Opens the connection now rather than on the first lock, so that the first lock is as fast

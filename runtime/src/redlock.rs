@@ -163,14 +163,22 @@ pub(crate) async fn acquire(
 
         if tally.won() {
             if let Some(left) = validity(ttl, took, runtime.drift_factor()) {
-                return Ok(Some(Lease::new(runtime, key, token, Instant::now() + left)));
+                let valid_until = Instant::now() + left;
+                return Ok(Some(Lease::new(
+                    runtime,
+                    key,
+                    token,
+                    ttl,
+                    started,
+                    valid_until,
+                )));
             }
         }
 
         let maybe_ours = tally.maybe_ours();
         if tally.split() {
             // Given back before the pause, so that our grants don't split the next round too.
-            release(&runtime, &key, &token, maybe_ours, None).await;
+            release(&runtime, &key, &token, maybe_ours, Duration::ZERO, None).await;
             window = window.max(took).min(SPLIT_VOTE_MAX_WINDOW);
             tokio::time::sleep(random_below(window)?).await;
             window *= 2;
@@ -181,7 +189,7 @@ pub(crate) async fn acquire(
         if !maybe_ours.is_empty() {
             let (runtime, key) = (runtime.clone(), key.clone());
             runtime.engine().clone().spawn(async move {
-                release(&runtime, &key, &token, maybe_ours, None).await;
+                release(&runtime, &key, &token, maybe_ours, Duration::ZERO, None).await;
             });
         }
         return decide_failed(tally, ttl, took, key);
@@ -191,7 +199,7 @@ pub(crate) async fn acquire(
 }
 
 /// A random pause in `[0, window)`, from the OS random source.
-fn random_below(window: Duration) -> Result<Duration, Error> {
+pub(crate) fn random_below(window: Duration) -> Result<Duration, Error> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes)
         .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
@@ -245,7 +253,8 @@ async fn vote(runtime: &Runtime, key: &str, token: &str, ttl: Duration) -> Tally
     tally
 }
 
-/// Runs the compare-and-delete script on `nodes` at once. A node that fails keeps our key until
+/// Runs the compare-and-delete script on `nodes` at once (or, with a non-zero `keep`, lets our
+/// key expire that long from now instead: `min_hold`). A node that fails keeps our key until
 /// its ttl runs out; that is logged, never retried past the per-node timeout.
 ///
 /// `settled`, when given, hears as soon as a quorum answered (the lock is then free for others
@@ -256,13 +265,14 @@ pub(crate) async fn release(
     key: &str,
     token: &str,
     nodes: Vec<usize>,
+    keep: Duration,
     mut settled: Option<oneshot::Sender<Result<(), NoQuorum>>>,
 ) {
     let mut answered = 0;
     let mut failures = Vec::new();
     let mut answers: FuturesUnordered<_> = nodes
         .into_iter()
-        .map(|node| async move { (node, runtime.node(node).release(key, token).await) })
+        .map(|node| async move { (node, runtime.node(node).release(key, token, keep).await) })
         .collect();
     while let Some((node, answer)) = answers.next().await {
         match answer {
@@ -291,6 +301,64 @@ pub(crate) async fn release(
             needed: runtime.quorum(),
             failures,
         }));
+    }
+}
+
+/// What an attempt to extend a lease found.
+pub(crate) enum Extension {
+    /// A quorum still held our token and now holds it until `valid_until`.
+    Extended { valid_until: Instant },
+    /// So many nodes hold another token (or none) that a quorum can no longer be ours: the lock
+    /// was taken over, or expired.
+    Gone,
+    /// Too few nodes answered to tell; the lease stands until its validity runs out.
+    Undecided(NoQuorum),
+}
+
+/// Extends our lock on `key` to expire `keep` from now on every node where it is still ours, and
+/// says whether a quorum confirmed it in time to count.
+pub(crate) async fn extend(
+    runtime: &Runtime,
+    key: &str,
+    token: &str,
+    keep: Duration,
+    ttl: Duration,
+) -> Extension {
+    let started = Instant::now();
+    let nodes = runtime.node_count();
+    let quorum = runtime.quorum();
+    let (mut ours, mut not_ours) = (0, 0);
+    let mut failures = Vec::new();
+    let mut answers: FuturesUnordered<_> = (0..nodes)
+        .map(|node| async move { (node, runtime.node(node).extend(key, token, keep, ttl).await) })
+        .collect();
+    while let Some((node, answer)) = answers.next().await {
+        match answer {
+            Ok(true) => ours += 1,
+            Ok(false) => not_ours += 1,
+            Err(err) => failures.push(NodeFailure {
+                node: runtime.node(node).name().to_owned(),
+                cause: err.to_string(),
+            }),
+        }
+        if ours >= quorum || not_ours > nodes - quorum {
+            break;
+        }
+    }
+    if not_ours > nodes - quorum {
+        return Extension::Gone;
+    }
+    match validity(keep, started.elapsed(), runtime.drift_factor()) {
+        Some(left) if ours >= quorum => Extension::Extended {
+            valid_until: Instant::now() + left,
+        },
+        _ => Extension::Undecided(NoQuorum {
+            key: key.to_owned(),
+            nodes,
+            answered: ours + not_ours,
+            needed: quorum,
+            failures,
+        }),
     }
 }
 

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, LazyLock, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::runtime::Handle;
 
 use crate::node::Node;
 use crate::redlock::{acquire, quorum};
-use crate::{Config, Error, Lease, Outcome, Skip};
+use crate::{Config, Error, Lease, OnLost, Options, Outcome, Skip};
 
 /// The crate's own tokio runtime: one background thread that owns every Redis connection and
 /// runs every release. Connections made on a caller's runtime die with it (each
@@ -29,6 +29,14 @@ static ENGINE: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLock::new
 /// Threads of the crate's own runtime: the work there is tiny (encode a command, read a reply).
 const ENGINE_THREADS: usize = 1;
 
+/// The first window of random pauses between attempts under `wait`; it doubles up to
+/// [`WAIT_MAX_WINDOW`].
+const WAIT_FIRST_WINDOW: Duration = Duration::from_millis(10);
+
+/// The widest window between attempts under `wait`: a waiter notices a freed lock within about
+/// this long.
+const WAIT_MAX_WINDOW: Duration = Duration::from_millis(500);
+
 /// The runtime `runtime::init` sets.
 static GLOBAL: OnceLock<Runtime> = OnceLock::new();
 
@@ -44,7 +52,7 @@ tokio::task_local! {
 /// run the code that should use it inside [`Runtime::scope`].
 ///
 /// ```no_run
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use cluster_singleton_runtime::{Config, Runtime};
 ///
 /// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
@@ -151,7 +159,7 @@ impl Runtime {
     /// If the returned future is dropped before it finishes, a lock it took is released.
     ///
     /// ```no_run
-    /// # use std::time::Duration;
+    /// # use std::time::{Duration, Instant};
     /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
     /// match runtime.lock("invoices", Duration::from_secs(60)).await? {
     ///     Some(lease) => {
@@ -171,14 +179,11 @@ impl Runtime {
         self.spawn(acquire(self.clone(), key, ttl)).await?
     }
 
-    /// Runs `body` only if this call takes the lock on `key` for `ttl`; what `#[singleton]`
-    /// functions do.
-    ///
-    /// The lock is released when the body is done; if the body panics or the returned future is
-    /// dropped, it is released in the background at once.
+    /// Runs `body` only if this call takes the lock on `key` for `ttl`, with every other option
+    /// at its default (see [`Options::new`]); [`Runtime::run_with`] takes options.
     ///
     /// ```no_run
-    /// # use std::time::Duration;
+    /// # use std::time::{Duration, Instant};
     /// # use cluster_singleton_runtime::Outcome;
     /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
     /// let outcome = runtime.run("cache-warmup", Duration::from_secs(300), async { 7 }).await?;
@@ -194,16 +199,109 @@ impl Runtime {
         ttl: Duration,
         body: F,
     ) -> Result<Outcome<F::Output>, Error> {
-        let Some(lease) = self.lock(key, ttl).await? else {
+        self.run_with(key, Options::new(ttl), body, |_| true).await
+    }
+
+    /// Runs `body` only if this call takes the lock on `key`, as `options` say; what
+    /// `#[singleton]` functions do.
+    ///
+    /// While the body runs, the lease is renewed (unless `options` turn that off) and the body
+    /// sees it through [`lease()`](crate::lease). When the body is done, the lock is released, or
+    /// kept until `min_hold` when `succeeded` says the body's output is a success
+    /// (`Result::is_ok` for a `Result`, `|_| true` for anything else). If the body panics or the
+    /// returned future is dropped, the lock is released in the background at once.
+    ///
+    /// Returns `Ok(Outcome::Ran(..))` when the body ran under the lock to its end,
+    /// `Ok(Outcome::Skipped(..))` when another holder has it (after `wait`, if set), and
+    /// [`Error::LeaseLost`] when the lease was lost while the body ran.
+    ///
+    /// ```no_run
+    /// # use std::time::{Duration, Instant};
+    /// # use cluster_singleton_runtime::{Options, Outcome};
+    /// # async fn invoice() -> Result<u32, std::io::Error> { Ok(3) }
+    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// let options = Options::new(Duration::from_secs(60)).min_hold(Duration::from_secs(50));
+    /// match runtime.run_with("invoices", options, invoice(), Result::is_ok).await? {
+    ///     Outcome::Ran(result) => println!("ran: {result:?}"),
+    ///     Outcome::Skipped(why) => println!("skipped: {why}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_with<F, S>(
+        &self,
+        key: &str,
+        options: Options,
+        body: F,
+        succeeded: S,
+    ) -> Result<Outcome<F::Output>, Error>
+    where
+        F: Future,
+        S: FnOnce(&F::Output) -> bool,
+    {
+        check_options(&options)?;
+        let Some(lease) = self.lock_waiting(key, &options).await? else {
             return Ok(Outcome::Skipped(Skip::Busy));
         };
-        let value = body.await;
-        if let Err(err) = lease.release().await {
+        let keeper = lease.keep(&options);
+        let body = lease.info().scope(body);
+        let value = match options.on_lost {
+            OnLost::Cancel => {
+                let lost = lease.info().lost();
+                tokio::select! {
+                    biased;
+                    value = body => Some(value),
+                    _ = lost => None,
+                }
+            }
+            OnLost::Continue => Some(body.await),
+        };
+        // Renewal stops before the release, so that it cannot extend a key we are deleting.
+        drop(keeper);
+        let value = match (value, lease.lost()) {
+            (Some(value), None) => value,
+            (value, Some(reason)) => {
+                let err = lease.lost_error(reason, value.is_some());
+                // Dropping it releases whatever copies of our token are left.
+                drop(lease);
+                return Err(err);
+            }
+            (None, None) => unreachable!("the body is only cut short by a lost lease"),
+        };
+        let keep = match options.min_hold {
+            Some(min_hold) if succeeded(&value) => min_hold.saturating_sub(lease.held_for()),
+            _ => Duration::ZERO,
+        };
+        if let Err(err) = lease.release_keeping(keep).await {
             // The body ran; a release that could not reach a quorum leaves copies that expire
-            // with the ttl, which is the caller's to know about but not an error of the call.
+            // with the ttl, which is worth a warning but is not an error of the call.
             tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
         }
         Ok(Outcome::Ran(value))
+    }
+
+    /// Takes the lock, trying again with random pauses until `options.wait` has passed when it
+    /// is set and the lock is busy or undecided.
+    async fn lock_waiting(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
+        let Some(wait) = options.wait else {
+            return self.lock(key, options.ttl).await;
+        };
+        let deadline = Instant::now() + wait;
+        let mut window = WAIT_FIRST_WINDOW;
+        loop {
+            let attempt = self.lock(key, options.ttl).await;
+            match &attempt {
+                Ok(Some(_)) | Err(Error::InvalidConfig(_) | Error::Internal(_)) => return attempt,
+                Ok(None) | Err(_) => {}
+            }
+            // Full jitter: a pause drawn from the whole window, so that waiters spread out.
+            let pause = crate::redlock::random_below(window)?;
+            if Instant::now() + pause >= deadline {
+                return attempt;
+            }
+            tokio::time::sleep(pause).await;
+            window = (window * 2).min(WAIT_MAX_WINDOW);
+        }
     }
 
     /// How many nodes this runtime locks on.
@@ -298,6 +396,50 @@ fn check_ttl(ttl: Duration) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Options that cannot work together: a `min_hold` longer than the ttl, a `max_hold` shorter
+/// than it. `#[singleton]` checks the same when it compiles.
+fn check_options(options: &Options) -> Result<(), Error> {
+    check_ttl(options.ttl)?;
+    if options
+        .min_hold
+        .is_some_and(|min_hold| min_hold > options.ttl)
+    {
+        return Err(Error::InvalidConfig(format!(
+            "`min_hold` ({:?}) must not exceed the ttl ({:?}): the key lives for one ttl after the last renewal",
+            options.min_hold.unwrap_or_default(),
+            options.ttl
+        )));
+    }
+    if options
+        .max_hold
+        .is_some_and(|max_hold| max_hold < options.ttl)
+    {
+        return Err(Error::InvalidConfig(format!(
+            "`max_hold` ({:?}) must be at least the ttl ({:?})",
+            options.max_hold.unwrap_or_default(),
+            options.ttl
+        )));
+    }
+    Ok(())
+}
+
+/// Tries once to take the lock on `key` for `ttl` with the runtime in effect here (see
+/// [`Runtime::current`]); [`Runtime::lock`] says more.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
+/// if let Some(lease) = cluster_singleton_runtime::lock("invoices", Duration::from_secs(60)).await? {
+///     // ... the work ...
+///     lease.release().await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub async fn lock(key: &str, ttl: Duration) -> Result<Option<Lease>, Error> {
+    Runtime::current()?.lock(key, ttl).await
 }
 
 /// Sets the process-wide runtime to these Redis nodes, with every other setting at its default;

@@ -1,0 +1,146 @@
+//! How a call takes and keeps its lock: what `#[singleton(...)]`'s arguments set.
+
+use std::time::Duration;
+
+/// How a call takes and keeps its lock; `#[singleton(...)]` builds one from its arguments, and
+/// [`Runtime::run_with`](crate::Runtime::run_with) takes one directly.
+///
+/// ```
+/// use std::time::Duration;
+/// use cluster_singleton_runtime::{OnLost, Options};
+///
+/// let options = Options::new(Duration::from_secs(60))
+///     .wait(Duration::from_secs(30))
+///     .min_hold(Duration::from_secs(50))
+///     .on_lost(OnLost::Continue);
+/// assert_eq!(options.ttl(), Duration::from_secs(60));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub(crate) ttl: Duration,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) renew: bool,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) on_lost: OnLost,
+    pub(crate) min_hold: Option<Duration>,
+}
+
+/// What happens to a body whose lease is lost while it runs: renewal could not keep a quorum (a
+/// majority of nodes down or unreachable), the key was taken over, or `max_hold` ran out.
+///
+/// Either way the call returns [`Error::LeaseLost`](crate::Error::LeaseLost), never `Ran`: the
+/// body did not run (entirely) under the lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnLost {
+    /// Drop the body at its next `.await`, so that it stops before another holder's run starts
+    /// overlapping with it. The default: mutual exclusion is the promise, and a body that goes
+    /// on without the lock breaks it.
+    #[default]
+    Cancel,
+    /// Let the body run to its end (for work that must not stop half-way); it learns of the loss
+    /// through [`lease()`](crate::lease), and the caller through the error.
+    Continue,
+}
+
+impl Options {
+    /// One attempt at the lock, which lives for `ttl` and is renewed while the body runs, with
+    /// the body cancelled if the lease is lost and the key deleted as soon as the body is done.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let options = cluster_singleton_runtime::Options::new(Duration::from_secs(600));
+    /// ```
+    pub const fn new(ttl: Duration) -> Self {
+        Options {
+            ttl,
+            wait: None,
+            renew: true,
+            max_hold: None,
+            on_lost: OnLost::Cancel,
+            min_hold: None,
+        }
+    }
+
+    /// The lock's ttl.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// assert_eq!(Options::new(Duration::from_secs(5)).ttl(), Duration::from_secs(5));
+    /// ```
+    pub const fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Instead of skipping at once when the lock is busy, try again (with random pauses) until
+    /// `wait` has passed. Off by default: a busy lock usually means another machine is doing the
+    /// job, and running it again once that machine is done would be the duplicate run the lock
+    /// is there to prevent. Use it for work that every caller needs done, one at a time.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// let options = Options::new(Duration::from_secs(60)).wait(Duration::from_secs(30));
+    /// ```
+    pub const fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Whether to extend the lease while the body runs (default on): every third of the ttl,
+    /// on a quorum, only while the key still holds our token. A body longer than the ttl then
+    /// keeps its lock, and a holder that crashes stops renewing and frees the key within one
+    /// ttl. Off, a body that outlives its ttl loses the lease.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// let options = Options::new(Duration::from_secs(60)).renew(false);
+    /// ```
+    pub const fn renew(mut self, renew: bool) -> Self {
+        self.renew = renew;
+        self
+    }
+
+    /// The longest the lock may be held in all, renewals included (default: no bound). When it
+    /// has passed, renewal stops, and the lease is lost when its last renewal runs out.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// let options = Options::new(Duration::from_secs(60)).max_hold(Duration::from_secs(3600));
+    /// ```
+    pub const fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// What happens to the body if the lease is lost while it runs (default
+    /// [`OnLost::Cancel`]).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::{OnLost, Options};
+    /// let options = Options::new(Duration::from_secs(60)).on_lost(OnLost::Continue);
+    /// ```
+    pub const fn on_lost(mut self, on_lost: OnLost) -> Self {
+        self.on_lost = on_lost;
+        self
+    }
+
+    /// Keep the key after a successful body until at least `min_hold` after the lock was taken
+    /// (the key is given the rest of that time to live instead of being deleted), so that a
+    /// machine whose cron fires a little late finds it busy instead of running the job again.
+    /// Must not exceed the ttl. A body that panics, is cancelled or returns `Err` deletes the
+    /// key at once, so that another machine may retry.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// let options = Options::new(Duration::from_secs(60)).min_hold(Duration::from_secs(50));
+    /// ```
+    pub const fn min_hold(mut self, min_hold: Duration) -> Self {
+        self.min_hold = Some(min_hold);
+        self
+    }
+}

@@ -1,0 +1,279 @@
+//! Renewal: a body longer than its ttl keeps exclusive hold, and a lease that cannot be kept is
+//! lost: the body is cancelled (or, with `OnLost::Continue`, finishes) and the caller gets
+//! `Error::LeaseLost`, never `Ran`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_singleton::runtime::{OnLost, Options};
+use cluster_singleton::{lease, Error, LostReason, Outcome};
+use common::{eventually, Nodes, PROMPTLY};
+
+const TTL: Duration = Duration::from_millis(600);
+const KEY: &str = "singleton:long-job";
+
+/// Tries to take the key every few milliseconds until `stop`, counting successes.
+fn competitor(nodes: &Nodes, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    let runtime = common::runtime_for(&nodes.cluster);
+    tokio::spawn(async move {
+        let mut stolen = 0;
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok(Some(lease)) = runtime.lock("long-job", TTL).await {
+                stolen += 1;
+                lease.release().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stolen
+    })
+}
+
+async fn a_body_three_ttls_long_keeps_the_lock(node_count: usize, killed: usize) {
+    let mut nodes = Nodes::start(node_count);
+    for i in 0..killed {
+        nodes.cluster.kill(i).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let rival = competitor(&nodes, stop.clone());
+
+    let outcome = nodes
+        .runtime
+        .run("long-job", TTL, async {
+            tokio::time::sleep(TTL * 3).await;
+            lease().expect("inside the body").validity()
+        })
+        .await
+        .unwrap();
+
+    stop.store(true, Ordering::SeqCst);
+    let Outcome::Ran(validity_at_the_end) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        validity_at_the_end > Duration::ZERO,
+        "renewed until the end"
+    );
+    assert_eq!(
+        rival.await.unwrap(),
+        0,
+        "nobody else got the lock while the body ran"
+    );
+    let down: Vec<usize> = (0..killed).collect();
+    assert!(eventually(PROMPTLY, || nodes.absent(KEY, &down)).await);
+}
+
+#[tokio::test]
+async fn a_body_three_ttls_long_keeps_the_lock_on_one_node() {
+    a_body_three_ttls_long_keeps_the_lock(1, 0).await;
+}
+
+#[tokio::test]
+async fn a_body_three_ttls_long_keeps_the_lock_on_three_nodes_one_down() {
+    a_body_three_ttls_long_keeps_the_lock(3, 1).await;
+}
+
+#[tokio::test]
+async fn a_body_three_ttls_long_keeps_the_lock_on_five_nodes_two_down() {
+    a_body_three_ttls_long_keeps_the_lock(5, 2).await;
+}
+
+#[tokio::test]
+async fn without_renewal_a_body_longer_than_its_ttl_is_cancelled() {
+    let nodes = Nodes::start(3);
+    let finished = AtomicBool::new(false);
+    let started = Instant::now();
+
+    let result = nodes
+        .runtime
+        .run_with(
+            "long-job",
+            Options::new(TTL).renew(false),
+            async {
+                tokio::time::sleep(TTL * 3).await;
+                finished.store(true, Ordering::SeqCst);
+            },
+            |_| true,
+        )
+        .await;
+
+    let Err(Error::LeaseLost {
+        reason,
+        body_finished,
+        ..
+    }) = result
+    else {
+        panic!("{result:?}")
+    };
+    assert_eq!((reason, body_finished), (LostReason::Expired, false));
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "cancelled at its next await"
+    );
+    assert!(
+        started.elapsed() < TTL * 2,
+        "cancelled once the lease ran out: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_majority_loses_the_lease_and_cancels_the_body() {
+    let mut nodes = Nodes::start(3);
+    let (entered, body_started) = tokio::sync::oneshot::channel();
+    let runtime = nodes.runtime.clone();
+    let call = tokio::spawn(async move {
+        runtime
+            .run("long-job", TTL, async {
+                let _ = entered.send(());
+                tokio::time::sleep(TTL * 10).await;
+            })
+            .await
+    });
+    body_started.await.unwrap();
+    nodes.cluster.freeze(0).unwrap();
+    nodes.cluster.freeze(1).unwrap();
+    let frozen_at = Instant::now();
+
+    let result = call.await.unwrap();
+
+    let Err(Error::LeaseLost {
+        reason,
+        body_finished,
+        ..
+    }) = &result
+    else {
+        panic!("{result:?}")
+    };
+    assert_eq!((*reason, *body_finished), (LostReason::NoQuorum, false));
+    assert!(
+        frozen_at.elapsed() < TTL * 2,
+        "lost within about a ttl: {:?}",
+        frozen_at.elapsed()
+    );
+    assert!(result
+        .unwrap_err()
+        .to_string()
+        .contains("the body was cancelled"));
+}
+
+#[tokio::test]
+async fn with_on_lost_continue_the_body_finishes_and_sees_the_loss() {
+    let nodes = Nodes::start(3);
+    let saw_loss = AtomicBool::new(false);
+
+    let result = nodes
+        .runtime
+        .run_with(
+            "long-job",
+            Options::new(TTL).on_lost(OnLost::Continue),
+            async {
+                let lease = lease().unwrap();
+                assert!(lease.is_held());
+                // Someone takes the key over on every node: the next renewal finds it gone.
+                nodes.set_everywhere(KEY, "the-next-holder");
+                let reason = lease.lost().await;
+                saw_loss.store(
+                    !lease.is_held() && reason == LostReason::TakenOver,
+                    Ordering::SeqCst,
+                );
+            },
+            |_| true,
+        )
+        .await;
+
+    let Err(Error::LeaseLost {
+        reason,
+        body_finished,
+        ..
+    }) = result
+    else {
+        panic!("{result:?}")
+    };
+    assert_eq!((reason, body_finished), (LostReason::TakenOver, true));
+    assert!(saw_loss.load(Ordering::SeqCst));
+    assert_eq!(
+        nodes.values(KEY, &[]),
+        vec![Some("the-next-holder".to_owned()); 3],
+        "not ours, not deleted"
+    );
+}
+
+#[tokio::test]
+async fn max_hold_bounds_the_renewals() {
+    let nodes = Nodes::start(1);
+    let max_hold = TTL * 2;
+    let started = Instant::now();
+
+    let result = nodes
+        .runtime
+        .run_with(
+            "long-job",
+            Options::new(TTL).max_hold(max_hold),
+            tokio::time::sleep(TTL * 10),
+            |_| true,
+        )
+        .await;
+
+    let Err(Error::LeaseLost { reason, .. }) = result else {
+        panic!("{result:?}")
+    };
+    assert_eq!(reason, LostReason::MaxHold);
+    let took = started.elapsed();
+    assert!(
+        took >= max_hold - TTL / 10 && took < max_hold + TTL,
+        "lost after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn renewal_stops_with_the_call() {
+    let nodes = Nodes::start(1);
+    let renewals_by_then = |nodes: &Nodes| nodes.scripts_run(0);
+
+    let outcome = nodes
+        .runtime
+        .run("long-job", TTL, tokio::time::sleep(TTL))
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, Outcome::Ran(()));
+    assert!(eventually(PROMPTLY, || nodes.absent(KEY, &[])).await);
+    let after_return = renewals_by_then(&nodes);
+    // Two renewal periods: a renewal task left running would have sent a script by now.
+    tokio::time::sleep(TTL).await;
+    assert_eq!(
+        renewals_by_then(&nodes),
+        after_return,
+        "no script ran after the call returned"
+    );
+    assert!(nodes.absent(KEY, &[]));
+}
+
+#[tokio::test]
+async fn an_extended_lease_outlives_its_first_ttl() {
+    let nodes = Nodes::start(3);
+    let mut lease = nodes.runtime.lock("long-job", TTL).await.unwrap().unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(TTL / 2).await;
+        lease.extend().await.unwrap();
+        assert!(nodes.runtime.lock("long-job", TTL).await.unwrap().is_none());
+    }
+    assert!(lease.validity() > TTL / 2);
+
+    nodes.set_everywhere(KEY, "the-next-holder");
+    let err = lease.extend().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: LostReason::TakenOver,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(lease.validity(), Duration::ZERO);
+}
