@@ -11,6 +11,7 @@ mod options;
 mod outcome;
 mod redlock;
 mod runtime;
+mod slot;
 
 #[doc(hidden)]
 pub mod __private;

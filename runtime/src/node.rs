@@ -235,6 +235,39 @@ impl Node {
         Ok(ours == 1)
     }
 
+    /// `GET key`, counted like a vote: a node restarted within the grace may have forgotten the
+    /// value, so it answers [`NodeError::Restarted`] rather than "none".
+    pub(crate) async fn get(&self, key: &str, ttl: Duration) -> Result<Option<String>, NodeError> {
+        within(self.timeout, async {
+            let session = self.voting_session(ttl).await?;
+            let get = redis::cmd("GET").arg(key).to_owned();
+            self.query(&session, get.query_async(&mut session.connection.clone()))
+                .await
+        })
+        .await
+    }
+
+    /// `SET key value PX expiry`.
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: &str,
+        expiry: Duration,
+    ) -> Result<(), NodeError> {
+        within(self.timeout, async {
+            let session = self.session().await?;
+            let set = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(millis(expiry).max(1))
+                .to_owned();
+            self.query(&session, set.query_async(&mut session.connection.clone()))
+                .await
+        })
+        .await
+    }
+
     /// The session, if the server behind it has been up long enough for its vote to count on a
     /// lock of `ttl`.
     async fn voting_session(&self, ttl: Duration) -> Result<Arc<Session>, NodeError> {

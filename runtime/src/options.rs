@@ -23,6 +23,7 @@ pub struct Options {
     pub(crate) max_hold: Option<Duration>,
     pub(crate) on_lost: OnLost,
     pub(crate) min_hold: Option<Duration>,
+    pub(crate) slot: Option<Duration>,
 }
 
 /// What happens to a body whose lease is lost while it runs: renewal could not keep a quorum (a
@@ -58,6 +59,7 @@ impl Options {
             max_hold: None,
             on_lost: OnLost::Cancel,
             min_hold: None,
+            slot: None,
         }
     }
 
@@ -141,6 +143,27 @@ impl Options {
     /// ```
     pub const fn min_hold(mut self, min_hold: Duration) -> Self {
         self.min_hold = Some(min_hold);
+        self
+    }
+
+    /// Run at most once per period: periods of this length, aligned to the Unix epoch in UTC
+    /// (`"1d"` is midnight to midnight UTC, `"1h"` each hour). A body that succeeds writes a done
+    /// marker for its period on the nodes; a later call in the same period, on any machine,
+    /// returns [`Skip::AlreadyDone`](crate::Skip::AlreadyDone). A body that panics, is
+    /// cancelled, loses its lease or returns `Err` writes no marker, so another call may retry.
+    ///
+    /// The marker lives until one period after its own ends, so machines whose clocks disagree
+    /// by less than a period agree on it. It is written to every node and looked for on every
+    /// node that answers, so it is lost only if every node that has it restarts without
+    /// persistence before the period ends.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// let daily = Options::new(Duration::from_secs(600)).slot(Duration::from_secs(24 * 3600));
+    /// ```
+    pub const fn slot(mut self, period: Duration) -> Self {
+        self.slot = Some(period);
         self
     }
 }

@@ -1,6 +1,7 @@
 //! What a `#[singleton]` call did: ran its body, or skipped it and why.
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a `#[singleton]` function did when it was called.
 ///
@@ -95,12 +96,25 @@ pub enum Skip {
     /// Another call, on this machine or another, holds the lock: a quorum of Redis nodes answered
     /// and too few of them let this call take it.
     Busy,
+    /// With `slot`: a run in the current period already succeeded, on this machine or another.
+    AlreadyDone {
+        /// When the current period began (periods are aligned to the Unix epoch, in UTC).
+        period_start: SystemTime,
+    },
 }
 
 impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Skip::Busy => f.write_str("another holder has the lock"),
+            Skip::AlreadyDone { period_start } => {
+                let since = period_start.duration_since(UNIX_EPOCH).unwrap_or_default();
+                write!(
+                    f,
+                    "already done in the period that began {}s after the Unix epoch",
+                    since.as_secs()
+                )
+            }
         }
     }
 }

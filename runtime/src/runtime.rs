@@ -11,6 +11,7 @@ use tokio::runtime::Handle;
 
 use crate::node::Node;
 use crate::redlock::{acquire, quorum};
+use crate::slot::{self, Period};
 use crate::{Config, Error, Lease, OnLost, Options, Outcome, Skip};
 
 /// The crate's own tokio runtime: one background thread that owns every Redis connection and
@@ -243,6 +244,19 @@ impl Runtime {
         let Some(lease) = self.lock_waiting(key, &options).await? else {
             return Ok(Outcome::Skipped(Skip::Busy));
         };
+        let period = options.slot.map(Period::now).transpose()?;
+        if let Some(period) = period {
+            let (runtime, marker_of) = (self.clone(), lease.key().to_owned());
+            let done = self
+                .spawn(async move { slot::done(&runtime, &marker_of, &period, options.ttl).await })
+                .await?;
+            if done? {
+                lease.release().await?;
+                return Ok(Outcome::Skipped(Skip::AlreadyDone {
+                    period_start: period.start(),
+                }));
+            }
+        }
         let keeper = lease.keep(&options);
         let body = lease.info().scope(body);
         let value = match options.on_lost {
@@ -268,8 +282,22 @@ impl Runtime {
             }
             (None, None) => unreachable!("the body is only cut short by a lost lease"),
         };
+        let succeeded = succeeded(&value);
+        if let (Some(period), true) = (period, succeeded) {
+            let (runtime, key, token) = (
+                self.clone(),
+                lease.key().to_owned(),
+                lease.token().to_owned(),
+            );
+            let marked = self
+                .spawn(async move { slot::mark_done(&runtime, &key, &token, &period).await })
+                .await?;
+            if let Err(err) = marked {
+                tracing::warn!(error = %err, "the done marker reached too few nodes; this period may run again");
+            }
+        }
         let keep = match options.min_hold {
-            Some(min_hold) if succeeded(&value) => min_hold.saturating_sub(lease.held_for()),
+            Some(min_hold) if succeeded => min_hold.saturating_sub(lease.held_for()),
             _ => Duration::ZERO,
         };
         if let Err(err) = lease.release_keeping(keep).await {
@@ -402,6 +430,13 @@ fn check_ttl(ttl: Duration) -> Result<(), Error> {
 /// than it. `#[singleton]` checks the same when it compiles.
 fn check_options(options: &Options) -> Result<(), Error> {
     check_ttl(options.ttl)?;
+    if let Some(period) = options.slot {
+        check_ttl(period).map_err(|_| {
+            Error::InvalidConfig(format!(
+                "`slot` must be a whole number of milliseconds, at least 1ms, got {period:?}"
+            ))
+        })?;
+    }
     if options
         .min_hold
         .is_some_and(|min_hold| min_hold > options.ttl)

@@ -1,0 +1,157 @@
+//! Once per period (`slot`): a done marker per period, written after a successful run and looked
+//! for before the next.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::node::millis;
+use crate::{Error, NoQuorum, NodeFailure, Runtime};
+
+/// One period of a `slot`, aligned to the Unix epoch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Period {
+    index: u64,
+    length: Duration,
+    start: SystemTime,
+}
+
+impl Period {
+    /// The period of length `length` that the wall clock is in now.
+    pub(crate) fn now(length: Duration) -> Result<Period, Error> {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Error::Internal("the system clock is set before 1970".into()))?;
+        let length_ms = millis(length).max(1);
+        let index = millis(since_epoch) / length_ms;
+        let start = UNIX_EPOCH + Duration::from_millis(index.saturating_mul(length_ms));
+        Ok(Period {
+            index,
+            length,
+            start,
+        })
+    }
+
+    /// When the period began.
+    pub(crate) fn start(&self) -> SystemTime {
+        self.start
+    }
+
+    /// The marker's key for the lock key `key` (with its prefix).
+    pub(crate) fn marker(&self, key: &str) -> String {
+        format!("{key}:done:{}", self.index)
+    }
+
+    /// How long a marker written now should live: to the end of the next period, so that a
+    /// machine whose clock lags by less than a period still finds it.
+    fn marker_expiry(&self) -> Duration {
+        let end_of_next = self.start + self.length * 2;
+        end_of_next
+            .duration_since(SystemTime::now())
+            .unwrap_or(self.length)
+    }
+}
+
+/// Whether a run in `period` already succeeded: a marker on any node that answers. Needs a quorum
+/// of answers (a node restarted within the grace does not count: it may have forgotten), so that
+/// the marker's quorum and ours share a node.
+pub(crate) async fn done(
+    runtime: &Runtime,
+    key: &str,
+    period: &Period,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let marker = period.marker(key);
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
+        .map(|node| {
+            let marker = &marker;
+            async move { (node, runtime.node(node).get(marker, ttl).await) }
+        })
+        .collect();
+    while let Some((node, answer)) = answers.next().await {
+        match answer {
+            // Looking on every node that answers, not just a quorum, finds a marker that only
+            // some of its nodes kept through a restart; a frozen node costs its timeout, once a
+            // period.
+            Ok(Some(_token)) => return Ok(true),
+            Ok(None) => answered += 1,
+            Err(err) => failures.push(NodeFailure {
+                node: runtime.node(node).name().to_owned(),
+                cause: err.to_string(),
+            }),
+        }
+    }
+    drop(answers);
+    if answered >= runtime.quorum() {
+        return Ok(false);
+    }
+    Err(Error::NoQuorum(NoQuorum {
+        key: marker,
+        nodes: runtime.node_count(),
+        answered,
+        needed: runtime.quorum(),
+        failures,
+    }))
+}
+
+/// Writes the done marker for `period` (its value: the run's token) on every node; fails unless a
+/// quorum stored it.
+pub(crate) async fn mark_done(
+    runtime: &Runtime,
+    key: &str,
+    token: &str,
+    period: &Period,
+) -> Result<(), NoQuorum> {
+    let marker = period.marker(key);
+    let expiry = period.marker_expiry();
+    let mut stored = 0;
+    let mut failures = Vec::new();
+    let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
+        .map(|node| {
+            let marker = &marker;
+            async move { (node, runtime.node(node).set(marker, token, expiry).await) }
+        })
+        .collect();
+    while let Some((node, answer)) = answers.next().await {
+        match answer {
+            Ok(()) => stored += 1,
+            Err(err) => failures.push(NodeFailure {
+                node: runtime.node(node).name().to_owned(),
+                cause: err.to_string(),
+            }),
+        }
+    }
+    drop(answers);
+    if stored >= runtime.quorum() {
+        return Ok(());
+    }
+    Err(NoQuorum {
+        key: marker,
+        nodes: runtime.node_count(),
+        answered: stored,
+        needed: runtime.quorum(),
+        failures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_aligned_to_the_epoch() {
+        let day = Duration::from_secs(24 * 3600);
+        let period = Period::now(day).unwrap();
+        let start = period.start().duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(start.as_secs() % day.as_secs(), 0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert!(start <= now && now < start + day);
+        assert_eq!(
+            period.marker("singleton:report"),
+            format!("singleton:report:done:{}", now.as_secs() / day.as_secs())
+        );
+        assert!(period.marker_expiry() > day && period.marker_expiry() <= day * 2);
+    }
+}
