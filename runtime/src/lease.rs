@@ -56,6 +56,7 @@ struct Held {
     token: String,
     ttl: Duration,
     acquired_at: Instant,
+    fencing_token: Option<u64>,
     valid_until: Mutex<Instant>,
     lost: watch::Sender<Option<LostReason>>,
 }
@@ -129,6 +130,7 @@ impl Lease {
         ttl: Duration,
         acquired_at: Instant,
         valid_until: Instant,
+        fencing_token: Option<u64>,
     ) -> Self {
         Lease {
             runtime,
@@ -137,6 +139,7 @@ impl Lease {
                 token,
                 ttl,
                 acquired_at,
+                fencing_token,
                 valid_until: Mutex::new(valid_until),
                 lost: watch::Sender::new(None),
             }),
@@ -153,6 +156,13 @@ impl Lease {
     /// to this acquisition, usable as an idempotency key downstream.
     pub fn token(&self) -> &str {
         &self.held.token
+    }
+
+    /// With fencing on ([`Options::fencing`]): a number larger than that of every earlier
+    /// holder of this key, to pass to the storage the job writes to, which can then refuse
+    /// writes from a holder whose lease ran out while it was paused. `None` without fencing.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.held.fencing_token
     }
 
     /// How much longer the lock is safe to rely on: what was left of the ttl after taking (or
@@ -380,6 +390,12 @@ impl LeaseInfo {
     /// idempotency key downstream.
     pub fn token(&self) -> &str {
         &self.held.token
+    }
+
+    /// With `fencing = true`: a number larger than that of every earlier holder of this key
+    /// (see [`Lease::fencing_token`]); `None` without fencing.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.held.fencing_token
     }
 
     /// How much longer the lock is safe to rely on, renewals included; zero once lost.

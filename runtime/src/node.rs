@@ -33,6 +33,33 @@ return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#,
     )
 });
 
+/// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
+/// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
+/// the counter (0 when there is none yet), or -1 when the key was already set.
+static SET_NX_READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    return -1
+end
+return tonumber(redis.call("GET", KEYS[2]) or "0")"#,
+    )
+});
+
+/// Raises the key's fencing counter to `ARGV[2]`, only while the lock still holds our token;
+/// returns 1 when the lock was ours.
+static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+local current = tonumber(redis.call("GET", KEYS[2]) or "0")
+if current < tonumber(ARGV[2]) then
+    redis.call("SET", KEYS[2], ARGV[2])
+end
+return 1"#,
+    )
+});
+
 /// After a failed attempt to connect, calls fail at once with its cause for this long before the
 /// next attempt, so that a dead node costs nothing per call and is not hammered.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
@@ -178,6 +205,55 @@ impl Node {
                 .query(&session, cmd.query_async(&mut session.connection.clone()))
                 .await?;
             Ok(reply.is_some())
+        })
+        .await
+    }
+
+    /// [`Node::set_nx`] that also reads the fencing counter at `fence_key` when it grants:
+    /// `Ok(Some(counter))` when granted, `Ok(None)` when the key was already set.
+    pub(crate) async fn set_nx_reading_fence(
+        &self,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, NodeError> {
+        within(self.timeout, async {
+            let session = self.voting_session(ttl).await?;
+            let mut invocation = SET_NX_READ_FENCE.key(key);
+            invocation.key(fence_key).arg(token).arg(millis(ttl));
+            let counter: i64 = self
+                .query(
+                    &session,
+                    invocation.invoke_async(&mut session.connection.clone()),
+                )
+                .await?;
+            Ok(u64::try_from(counter).ok())
+        })
+        .await
+    }
+
+    /// Raises the fencing counter at `fence_key` to `fence` while `key` still holds our token:
+    /// `Ok(true)` when it did.
+    pub(crate) async fn raise_fence(
+        &self,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        fence: u64,
+        ttl: Duration,
+    ) -> Result<bool, NodeError> {
+        within(self.timeout, async {
+            let session = self.voting_session(ttl).await?;
+            let mut invocation = RAISE_FENCE.key(key);
+            invocation.key(fence_key).arg(token).arg(fence);
+            let ours: i64 = self
+                .query(
+                    &session,
+                    invocation.invoke_async(&mut session.connection.clone()),
+                )
+                .await?;
+            Ok(ours == 1)
         })
         .await
     }

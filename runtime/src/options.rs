@@ -24,6 +24,7 @@ pub struct Options {
     pub(crate) on_lost: OnLost,
     pub(crate) min_hold: Option<Duration>,
     pub(crate) slot: Option<Duration>,
+    pub(crate) fencing: bool,
 }
 
 /// What happens to a body whose lease is lost while it runs: renewal could not keep a quorum (a
@@ -60,6 +61,7 @@ impl Options {
             on_lost: OnLost::Cancel,
             min_hold: None,
             slot: None,
+            fencing: false,
         }
     }
 
@@ -164,6 +166,42 @@ impl Options {
     /// ```
     pub const fn slot(mut self, period: Duration) -> Self {
         self.slot = Some(period);
+        self
+    }
+
+    /// Give the lease a fencing token ([`Lease::fencing_token`](crate::Lease::fencing_token),
+    /// [`LeaseInfo::fencing_token`](crate::LeaseInfo::fencing_token)): a number larger than that
+    /// of every earlier holder of the key, for the storage the job writes to, which can then
+    /// refuse the writes of a holder that was paused past the end of its lease. Costs a second
+    /// round trip per acquisition, and a counter key (`{key}:fence`, no expiry) per lock key.
+    ///
+    /// Why the tokens increase, and under which assumptions:
+    ///
+    /// 1. Taking the lock reads each granting node's counter in the same atomic step as the
+    ///    `SET NX`. The holder then picks a token above the highest of them, and above the wall
+    ///    clock in microseconds, and raises the counter on every node where the lock is still
+    ///    its own; the token is used only once a quorum raised it.
+    /// 2. A later holder is granted a node only after the earlier key there is gone, hence after
+    ///    the earlier raise there. Any two quorums share a node, so the later holder reads a
+    ///    counter at least as high as the earlier token, and picks a higher one.
+    /// 3. A node that restarts without persistence loses its counter. Then step 2 can fail if
+    ///    the shared node is that one, and the clock floor takes over: the later token is still
+    ///    higher if the later holder's clock is ahead of the earlier holder's clock at the
+    ///    earlier acquisition, which holds when machines' clocks agree to better than the time
+    ///    between the two acquisitions (at least the earlier lease's validity, when it was not
+    ///    released early). Persistence (`appendfsync always`) removes this assumption.
+    ///
+    /// This is the guarantee that Martin Kleppmann's critique of Redlock says a lock needs and
+    /// Redlock alone lacks: a holder paused past its lease (a GC pause, a frozen VM) is fenced
+    /// off by the storage, whatever its own clock believes.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// let options = Options::new(Duration::from_secs(60)).fencing(true);
+    /// ```
+    pub const fn fencing(mut self, fencing: bool) -> Self {
+        self.fencing = fencing;
         self
     }
 }

@@ -62,7 +62,8 @@ fn new_token() -> Result<String, Error> {
 
 /// One node's answer to `SET NX`.
 enum Vote {
-    Granted,
+    /// With fencing, the node's fencing counter as it was when it granted (else 0).
+    Granted(u64),
     Busy,
     Failed(NodeError),
 }
@@ -72,6 +73,8 @@ struct Tally {
     quorum: usize,
     nodes: usize,
     granted: usize,
+    /// The highest fencing counter among the nodes that granted.
+    highest_fence: u64,
     /// Per node: it answered that the key was already set, so our SET did not land there.
     busy: Vec<bool>,
     failures: Vec<NodeFailure>,
@@ -83,6 +86,7 @@ impl Tally {
             quorum: quorum(nodes),
             nodes,
             granted: 0,
+            highest_fence: 0,
             busy: vec![false; nodes],
             failures: Vec::new(),
         }
@@ -90,7 +94,10 @@ impl Tally {
 
     fn record(&mut self, node: usize, name: &str, vote: Vote) {
         match vote {
-            Vote::Granted => self.granted += 1,
+            Vote::Granted(fence) => {
+                self.granted += 1;
+                self.highest_fence = self.highest_fence.max(fence);
+            }
             Vote::Busy => self.busy[node] = true,
             Vote::Failed(err) => self.failures.push(NodeFailure {
                 node: name.to_owned(),
@@ -153,27 +160,48 @@ pub(crate) async fn acquire(
     runtime: Runtime,
     key: String,
     ttl: Duration,
+    fencing: bool,
 ) -> Result<Option<Lease>, Error> {
+    let fence_key = fencing.then(|| fence_key(&key));
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     for _ in 0..SPLIT_VOTE_ATTEMPTS {
         let token = new_token()?;
         let started = Instant::now();
-        let tally = vote(&runtime, &key, &token, ttl).await;
-        let took = started.elapsed();
+        let tally = vote(&runtime, &key, fence_key.as_deref(), &token, ttl).await;
 
         if tally.won() {
-            if let Some(left) = validity(ttl, took, runtime.drift_factor()) {
-                let valid_until = Instant::now() + left;
-                return Ok(Some(Lease::new(
-                    runtime,
-                    key,
-                    token,
-                    ttl,
-                    started,
-                    valid_until,
-                )));
+            let fence = match &fence_key {
+                None => Ok(None),
+                Some(fence_key) => {
+                    raise_fence(&runtime, &key, fence_key, &token, tally.highest_fence, ttl)
+                        .await
+                        .map(Some)
+                }
+            };
+            match (
+                fence,
+                validity(ttl, started.elapsed(), runtime.drift_factor()),
+            ) {
+                (Ok(fence), Some(left)) => {
+                    let valid_until = Instant::now() + left;
+                    return Ok(Some(Lease::new(
+                        runtime,
+                        key,
+                        token,
+                        ttl,
+                        started,
+                        valid_until,
+                        fence,
+                    )));
+                }
+                (Err(no_quorum), _) => {
+                    spawn_release(&runtime, &key, token, tally.maybe_ours());
+                    return Err(Error::NoQuorum(no_quorum));
+                }
+                (Ok(_), None) => {}
             }
         }
+        let took = started.elapsed();
 
         let maybe_ours = tally.maybe_ours();
         if tally.split() {
@@ -186,16 +214,82 @@ pub(crate) async fn acquire(
         }
         // The release goes down each node's connection after our SET, so Redis applies it after
         // the SET even when the SET's answer is still on its way; nobody needs to wait for it.
-        if !maybe_ours.is_empty() {
-            let (runtime, key) = (runtime.clone(), key.clone());
-            runtime.engine().clone().spawn(async move {
-                release(&runtime, &key, &token, maybe_ours, Duration::ZERO, None).await;
-            });
-        }
+        spawn_release(&runtime, &key, token, maybe_ours);
         return decide_failed(tally, ttl, took, key);
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.
     Ok(None)
+}
+
+/// Gives back what a failed attempt may hold, in the background.
+fn spawn_release(runtime: &Runtime, key: &str, token: String, maybe_ours: Vec<usize>) {
+    if maybe_ours.is_empty() {
+        return;
+    }
+    let (runtime, key) = (runtime.clone(), key.to_owned());
+    runtime.engine().clone().spawn(async move {
+        release(&runtime, &key, &token, maybe_ours, Duration::ZERO, None).await;
+    });
+}
+
+/// Where the fencing counter of the lock `key` lives: beside it, and without expiry.
+fn fence_key(key: &str) -> String {
+    format!("{key}:fence")
+}
+
+/// The second round of a fenced acquisition: picks a fencing token above every counter the
+/// granting nodes had, and above the wall clock in microseconds, and raises the counter to it on
+/// every node that still holds our lock. The token counts only once a quorum raised it.
+///
+/// Why it increases: a later acquisition is granted on a node only after our key there is gone,
+/// so after our raise there; any two quorums share a node, so the later one reads a counter at
+/// least ours and picks a higher token. The clock floor covers nodes that lost their counter in
+/// a restart without persistence (see `Options::fencing`).
+async fn raise_fence(
+    runtime: &Runtime,
+    key: &str,
+    fence_key: &str,
+    token: &str,
+    highest: u64,
+    ttl: Duration,
+) -> Result<u64, NoQuorum> {
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let fence = highest.saturating_add(1).max(now_micros);
+    let (mut raised, mut failures) = (0, Vec::new());
+    let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
+        .map(|node| async move {
+            (
+                node,
+                runtime
+                    .node(node)
+                    .raise_fence(key, fence_key, token, fence, ttl)
+                    .await,
+            )
+        })
+        .collect();
+    while let Some((node, answer)) = answers.next().await {
+        match answer {
+            Ok(true) => raised += 1,
+            Ok(false) => {}
+            Err(err) => failures.push(NodeFailure {
+                node: runtime.node(node).name().to_owned(),
+                cause: err.to_string(),
+            }),
+        }
+        if raised >= runtime.quorum() {
+            return Ok(fence);
+        }
+    }
+    Err(NoQuorum {
+        key: fence_key.to_owned(),
+        nodes: runtime.node_count(),
+        answered: raised,
+        needed: runtime.quorum(),
+        failures,
+    })
 }
 
 /// A random pause in `[0, window)`, from the OS random source.
@@ -232,13 +326,31 @@ fn decide_failed(
 
 /// Sends `SET key token NX PX ttl` to every node at once and collects answers until the result
 /// is decided.
-async fn vote(runtime: &Runtime, key: &str, token: &str, ttl: Duration) -> Tally {
+async fn vote(
+    runtime: &Runtime,
+    key: &str,
+    fence_key: Option<&str>,
+    token: &str,
+    ttl: Duration,
+) -> Tally {
     let mut tally = Tally::new(runtime.node_count());
     let mut answers: FuturesUnordered<_> = (0..tally.nodes)
         .map(|node| async move {
-            let vote = match runtime.node(node).set_nx(key, token, ttl).await {
-                Ok(true) => Vote::Granted,
-                Ok(false) => Vote::Busy,
+            let node_of = runtime.node(node);
+            let vote = match fence_key {
+                None => node_of
+                    .set_nx(key, token, ttl)
+                    .await
+                    .map(|granted| granted.then_some(0)),
+                Some(fence_key) => {
+                    node_of
+                        .set_nx_reading_fence(key, fence_key, token, ttl)
+                        .await
+                }
+            };
+            let vote = match vote {
+                Ok(Some(fence)) => Vote::Granted(fence),
+                Ok(None) => Vote::Busy,
                 Err(err) => Vote::Failed(err),
             };
             (node, vote)
@@ -392,7 +504,7 @@ mod tests {
         let mut tally = Tally::new(nodes);
         for (node, vote) in votes.iter().enumerate() {
             let vote = match *vote {
-                "ok" => Vote::Granted,
+                "ok" => Vote::Granted(0),
                 "busy" => Vote::Busy,
                 _ => Vote::Failed(NodeError::Timeout(Duration::from_millis(1))),
             };

@@ -173,11 +173,55 @@ impl Runtime {
     /// # }
     /// ```
     pub async fn lock(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, Error> {
-        check_ttl(ttl)?;
+        self.lock_with(key, &Options::new(ttl)).await
+    }
+
+    /// [`Runtime::lock`] with the options that concern taking a lock: the ttl, `wait` (try
+    /// again with random pauses until it has passed) and `fencing`. The options about a body
+    /// (renewal, `min_hold`, `slot`, ...) are [`Runtime::run_with`]'s.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use cluster_singleton_runtime::Options;
+    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// let options = Options::new(Duration::from_secs(60)).fencing(true);
+    /// if let Some(lease) = runtime.lock_with("ledger", &options).await? {
+    ///     println!("write with fencing token {:?}", lease.fencing_token());
+    ///     lease.release().await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lock_with(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
+        check_ttl(options.ttl)?;
+        let Some(wait) = options.wait else {
+            return self.lock_once(key, options).await;
+        };
+        let deadline = Instant::now() + wait;
+        let mut window = WAIT_FIRST_WINDOW;
+        loop {
+            let attempt = self.lock_once(key, options).await;
+            match &attempt {
+                Ok(Some(_)) | Err(Error::InvalidConfig(_) | Error::Internal(_)) => return attempt,
+                Ok(None) | Err(_) => {}
+            }
+            // Full jitter: a pause drawn from the whole window, so that waiters spread out.
+            let pause = crate::redlock::random_below(window)?;
+            if Instant::now() + pause >= deadline {
+                return attempt;
+            }
+            tokio::time::sleep(pause).await;
+            window = (window * 2).min(WAIT_MAX_WINDOW);
+        }
+    }
+
+    /// One attempt (split votes aside) at the lock.
+    async fn lock_once(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
         let key = format!("{}{key}", self.inner.key_prefix);
         // A task of its own on the engine: a caller that gives up mid-way drops only the join
         // handle, and a lease the task still wins is dropped there, which releases it.
-        self.spawn(acquire(self.clone(), key, ttl)).await?
+        self.spawn(acquire(self.clone(), key, options.ttl, options.fencing))
+            .await?
     }
 
     /// Runs `body` only if this call takes the lock on `key` for `ttl`, with every other option
@@ -241,7 +285,7 @@ impl Runtime {
         S: FnOnce(&F::Output) -> bool,
     {
         check_options(&options)?;
-        let Some(lease) = self.lock_waiting(key, &options).await? else {
+        let Some(lease) = self.lock_with(key, &options).await? else {
             return Ok(Outcome::Skipped(Skip::Busy));
         };
         let period = options.slot.map(Period::now).transpose()?;
@@ -306,30 +350,6 @@ impl Runtime {
             tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
         }
         Ok(Outcome::Ran(value))
-    }
-
-    /// Takes the lock, trying again with random pauses until `options.wait` has passed when it
-    /// is set and the lock is busy or undecided.
-    async fn lock_waiting(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
-        let Some(wait) = options.wait else {
-            return self.lock(key, options.ttl).await;
-        };
-        let deadline = Instant::now() + wait;
-        let mut window = WAIT_FIRST_WINDOW;
-        loop {
-            let attempt = self.lock(key, options.ttl).await;
-            match &attempt {
-                Ok(Some(_)) | Err(Error::InvalidConfig(_) | Error::Internal(_)) => return attempt,
-                Ok(None) | Err(_) => {}
-            }
-            // Full jitter: a pause drawn from the whole window, so that waiters spread out.
-            let pause = crate::redlock::random_below(window)?;
-            if Instant::now() + pause >= deadline {
-                return attempt;
-            }
-            tokio::time::sleep(pause).await;
-            window = (window * 2).min(WAIT_MAX_WINDOW);
-        }
     }
 
     /// How many nodes this runtime locks on.
