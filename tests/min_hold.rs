@@ -151,3 +151,31 @@ async fn min_hold_longer_than_the_ttl_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn min_hold_holds_with_a_minority_down() {
+    let mut nodes = Nodes::start(3);
+    nodes.cluster.kill(2).unwrap();
+    let started = Instant::now();
+
+    let first = nodes
+        .runtime
+        .run_with("nightly", options(), async {}, |_| true)
+        .await
+        .unwrap();
+    let late = nodes
+        .runtime
+        .run_with("nightly", options(), async {}, |_| true)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (first, late),
+        (Outcome::Ran(()), Outcome::Skipped(Skip::Busy))
+    );
+    assert!(
+        started.elapsed() < MIN_HOLD,
+        "the late call came in time to be tested"
+    );
+    assert!(eventually(MIN_HOLD + PROMPTLY, || nodes.absent(KEY, &[2])).await);
+}

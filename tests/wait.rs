@@ -103,3 +103,25 @@ async fn a_waiter_reports_the_outage_when_its_wait_runs_out() {
         .await;
     assert!(matches!(outcome, Err(Error::NoQuorum(_))), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn a_waiter_runs_once_the_holder_is_done_with_a_minority_down() {
+    let mut nodes = Nodes::start(5);
+    nodes.cluster.kill(0).unwrap();
+    nodes.cluster.freeze(1).unwrap();
+    let holder = nodes.runtime.lock("queue", TTL).await.unwrap().unwrap();
+    let release_later = async {
+        tokio::time::sleep(HELD_FOR).await;
+        holder.release().await.unwrap();
+    };
+
+    let waiting = nodes.runtime.run_with(
+        "queue",
+        Options::new(TTL).wait(Duration::from_secs(5)),
+        async { "ran" },
+        |_| true,
+    );
+    let ((), outcome) = tokio::join!(release_later, waiting);
+
+    assert_eq!(outcome.unwrap(), Outcome::Ran("ran"));
+}
