@@ -60,6 +60,20 @@ impl Config {
     /// an odd number of at least three tolerates the loss of a minority. One URL is the classic
     /// single-instance lock.
     ///
+    /// `memory://` (or `memory://name`) instead runs the same algorithm against a store inside
+    /// this process, shared by every runtime whose URL names it: for unit tests of your jobs and
+    /// for single-process programs only, since it locks nothing across processes.
+    ///
+    /// ```
+    /// # async fn test() -> Result<(), cluster_singleton_runtime::Error> {
+    /// let runtime = cluster_singleton_runtime::Config::new(["memory://"]).build()?;
+    /// let outcome = runtime.run("job", std::time::Duration::from_secs(10), async { 1 }).await?;
+    /// assert_eq!(outcome, cluster_singleton_runtime::Outcome::Ran(1));
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(test()).unwrap();
+    /// ```
+    ///
     /// ```
     /// let config = cluster_singleton_runtime::Config::new(["redis://:secret@10.0.0.1:6379"]);
     /// assert!(!format!("{config:?}").contains("secret"));

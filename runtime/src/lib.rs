@@ -6,6 +6,7 @@
 mod config;
 mod error;
 mod lease;
+mod memory;
 mod node;
 mod options;
 mod outcome;

@@ -15,6 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
 
 use crate::config::redact;
+use crate::memory;
 use crate::{Config, Error};
 
 /// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
@@ -70,7 +71,7 @@ const MILLISECOND: Duration = Duration::from_millis(1);
 /// One Redis node, named by its URL with the password hidden.
 pub(crate) struct Node {
     name: String,
-    client: redis::Client,
+    backend: Backend,
     timeout: Duration,
     connect_timeout: Duration,
     /// `None` skips reading the server's uptime: every vote counts at once.
@@ -78,6 +79,13 @@ pub(crate) struct Node {
     link: Mutex<Link>,
     /// The `run_id` of the server last connected to, to tell a restart from a reconnect.
     last_run_id: Mutex<Option<String>>,
+}
+
+/// Where a node's commands go.
+enum Backend {
+    Redis(redis::Client),
+    /// In process, for tests (`memory://`): the same commands, answered by [`memory::Store`].
+    Memory(Arc<memory::Store>),
 }
 
 /// How long a restarted node must be up before its votes count.
@@ -147,12 +155,17 @@ impl Node {
     /// connecting.
     pub(crate) fn new(position: usize, url: &str, config: &Config) -> Result<Node, Error> {
         let name = redact(url);
-        let client = redis::Client::open(url).map_err(|err| {
-            Error::InvalidConfig(format!(
-                "Redis URL #{position} ({name}) is not valid: {err}; \
-                 expected `redis://[user:password@]host[:port][/db]`"
-            ))
-        })?;
+        let backend = if url.starts_with(memory::SCHEME) {
+            Backend::Memory(memory::store(url))
+        } else {
+            let client = redis::Client::open(url).map_err(|err| {
+                Error::InvalidConfig(format!(
+                    "Redis URL #{position} ({name}) is not valid: {err}; \
+                     expected `redis://[user:password@]host[:port][/db]` (or `memory://` for tests)"
+                ))
+            })?;
+            Backend::Redis(client)
+        };
         let restart_grace = match config.restart_grace {
             None => Some(RestartGrace::Ttl),
             Some(grace) if grace.is_zero() => None,
@@ -160,7 +173,7 @@ impl Node {
         };
         Ok(Node {
             name,
-            client,
+            backend,
             timeout: config.node_timeout,
             connect_timeout: config.connect_timeout,
             restart_grace,
@@ -174,6 +187,9 @@ impl Node {
 
     /// The identity of the server a URL points at, to find the same node listed twice.
     pub(crate) fn identity(url: &str) -> Option<String> {
+        if url.starts_with(memory::SCHEME) {
+            return Some(url.to_owned());
+        }
         let client = redis::Client::open(url).ok()?;
         let info = client.get_connection_info();
         Some(format!("{}/{}", info.addr(), info.redis_settings().db()))
@@ -182,6 +198,20 @@ impl Node {
     /// The node's URL with its password hidden.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether this node is an in-process `memory://` store.
+    pub(crate) fn is_memory(&self) -> bool {
+        matches!(self.backend, Backend::Memory(_))
+    }
+
+    /// The in-process store, when this node is one: it answers at once, with no connection,
+    /// timeout or restart to think of.
+    fn memory(&self) -> Option<&memory::Store> {
+        match &self.backend {
+            Backend::Memory(store) => Some(store),
+            Backend::Redis(_) => None,
+        }
     }
 
     /// `SET key token NX PX ttl`: `Ok(true)` when this node granted the lock, `Ok(false)` when
@@ -197,6 +227,9 @@ impl Node {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.set_nx(key, token, ttl));
+        }
         within(self.timeout, async {
             let session = self.voting_session(ttl).await?;
             let mut cmd = redis::cmd("SET");
@@ -218,6 +251,9 @@ impl Node {
         token: &str,
         ttl: Duration,
     ) -> Result<Option<u64>, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
+        }
         within(self.timeout, async {
             let session = self.voting_session(ttl).await?;
             let mut invocation = SET_NX_READ_FENCE.key(key);
@@ -243,6 +279,9 @@ impl Node {
         fence: u64,
         ttl: Duration,
     ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.raise_fence(key, fence_key, token, fence));
+        }
         within(self.timeout, async {
             let session = self.voting_session(ttl).await?;
             let mut invocation = RAISE_FENCE.key(key);
@@ -269,6 +308,9 @@ impl Node {
         keep: Duration,
         ttl: Duration,
     ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.expire_if_ours(key, token, keep.max(MILLISECOND)));
+        }
         within(self.timeout, async {
             let session = self.voting_session(ttl).await?;
             self.expire_if_ours(&session, key, token, keep.max(MILLISECOND))
@@ -286,6 +328,9 @@ impl Node {
         token: &str,
         keep: Duration,
     ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.expire_if_ours(key, token, keep));
+        }
         within(self.timeout, async {
             let session = self.session().await?;
             self.expire_if_ours(&session, key, token, keep).await
@@ -314,6 +359,9 @@ impl Node {
     /// `GET key`, counted like a vote: a node restarted within the grace may have forgotten the
     /// value, so it answers [`NodeError::Restarted`] rather than "none".
     pub(crate) async fn get(&self, key: &str, ttl: Duration) -> Result<Option<String>, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.get(key));
+        }
         within(self.timeout, async {
             let session = self.voting_session(ttl).await?;
             let get = redis::cmd("GET").arg(key).to_owned();
@@ -330,6 +378,10 @@ impl Node {
         value: &str,
         expiry: Duration,
     ) -> Result<(), NodeError> {
+        if let Some(store) = self.memory() {
+            store.set(key, value, expiry);
+            return Ok(());
+        }
         within(self.timeout, async {
             let session = self.session().await?;
             let set = redis::cmd("SET")
@@ -364,11 +416,17 @@ impl Node {
     /// Opens the connection now rather than on the first lock, so that the first lock is as fast
     /// as the others; a failure here is retried by later calls.
     pub(crate) async fn connect(&self) -> Result<(), NodeError> {
+        if self.memory().is_some() {
+            return Ok(());
+        }
         within(self.connect_timeout, self.session()).await.map(drop)
     }
 
     /// The open connection, or the one being opened, or a fresh attempt to open one.
     async fn session(&self) -> Result<Arc<Session>, NodeError> {
+        let Backend::Redis(client) = &self.backend else {
+            unreachable!("memory nodes answer before asking for a session");
+        };
         let attempt = {
             let mut link = self
                 .link
@@ -382,7 +440,7 @@ impl Node {
                 }
                 Link::Down { .. } => {
                     let attempt = tokio::spawn(open(
-                        self.client.clone(),
+                        client.clone(),
                         self.connect_timeout,
                         self.restart_grace.is_some(),
                     ))

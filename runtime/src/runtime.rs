@@ -100,6 +100,11 @@ impl Runtime {
             }
             nodes.push(node);
         }
+        if nodes.iter().any(Node::is_memory) && !nodes.iter().all(Node::is_memory) {
+            return Err(Error::InvalidConfig(
+                "`memory://` nodes cannot be mixed with Redis nodes; use `memory://` alone, in tests".into(),
+            ));
+        }
         if nodes.len() > 1 && nodes.len().is_multiple_of(2) {
             tracing::warn!(
                 nodes = nodes.len(),
