@@ -2,36 +2,50 @@
 //!
 //! ```text
 //! #[singleton(key = "daily-email", ttl = "10m")]
+//! #[singleton(key = "invoice:{customer_id}", ttl = "10m", wait = "30s", max_hold = "2h")]
+//! #[singleton(key = "k", ttl = "10m", renew = false, on_lost = "continue", min_hold = "5m")]
 //! #[singleton(key = "daily-email", ttl = "10m", crate = "::my_facade")]
 //! ```
 //!
-//! Every value keeps its span, so a bad value is reported on its own token. Errors are collected
-//! and combined rather than stopping at the first, so one build shows every bad argument.
+//! Every value keeps its span, so a bad value is reported on its own token, and a value that
+//! does not fit another (`min_hold` longer than `ttl`) on the one that has to change. Errors are
+//! collected and combined rather than stopping at the first, so one build shows every bad
+//! argument.
 
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
 use syn::{Expr, Lit, LitStr, Path, Token};
 
+use crate::key::{Key, Parameters};
+
 /// The error for an argument we don't know; it lists exactly the accepted ones.
-const UNKNOWN_ARGUMENT: &str = "unknown `singleton` argument; expected `key`, `ttl`, or `crate`";
+const UNKNOWN_ARGUMENT: &str = "unknown `singleton` argument; expected `key`, `ttl`, `wait`, \
+                                `renew`, `max_hold`, `on_lost`, `min_hold`, `slot`, `fencing`, \
+                                or `crate`";
 const KEY_NOT_A_STRING: &str = "`key` must be a string literal like \"daily-email\"";
-const KEY_EMPTY: &str = "`key` must not be empty";
-const TTL_NOT_A_DURATION: &str = "`ttl` must be a duration string like \"30s\", \"10m\" or \"1h\"";
-const TTL_ZERO: &str = "`ttl` must be greater than zero";
+const ON_LOST_NOT_A_MODE: &str = "`on_lost` must be \"cancel\" or \"continue\"";
+const MAX_HOLD_WITHOUT_RENEWAL: &str = "`max_hold` has no effect with `renew = false`";
 const CRATE_NOT_A_PATH: &str = "`crate` must be a path like \"::cluster_singleton\"";
 
 /// The longest lease Redis accepts: `PX` takes a signed 64-bit number of milliseconds.
 const MAX_TTL_MILLIS: u128 = i64::MAX as u128;
 const NANOS_PER_MILLI: u32 = 1_000_000;
 
-/// The checked arguments of one `#[singleton(..)]`.
+/// The checked arguments of one `#[singleton(..)]`. The options are `None` when not given, so
+/// that the expansion leaves them to the runtime's defaults.
 pub(crate) struct Args {
     pub(crate) key: Key,
-    pub(crate) ttl: Ttl,
+    pub(crate) ttl: Time,
+    pub(crate) wait: Option<Time>,
+    pub(crate) renew: Option<bool>,
+    pub(crate) max_hold: Option<Time>,
+    pub(crate) on_lost: Option<OnLost>,
+    pub(crate) min_hold: Option<Time>,
+    pub(crate) slot: Option<Time>,
+    pub(crate) fencing: Option<bool>,
     /// Where the facade lives: `crate = "..."`, else `::cluster_singleton`.
     pub(crate) krate: Path,
 }
@@ -44,40 +58,29 @@ pub(crate) struct Invalid {
     pub(crate) error: syn::Error,
 }
 
-/// `key = "..."`: the name of the lock.
-pub(crate) struct Key {
-    lit: LitStr,
-}
-
-impl Key {
-    /// The `&str` expression that names the lock in the generated code.
-    ///
-    /// This is the one place that turns a key into code: today the literal itself; once keys
-    /// take `{param}` placeholders it becomes a `format!` over the function's parameters.
-    pub(crate) fn expr(&self) -> TokenStream {
-        self.lit.to_token_stream()
-    }
-
-    /// The key as written, without quotes.
-    #[cfg(test)]
-    pub(crate) fn value(&self) -> String {
-        self.lit.value()
-    }
-}
-
-/// `ttl = "..."`: how long the lock lives in Redis, in whole milliseconds.
-pub(crate) struct Ttl {
+/// A duration argument (`ttl = "10m"`, `wait`, `max_hold`, `min_hold`), in the whole
+/// milliseconds that Redis `PX` takes.
+pub(crate) struct Time {
     pub(crate) millis: u64,
-    /// The literal, to report checks against later arguments (such as `min_hold <= ttl`) on it.
-    #[expect(dead_code, reason = "no argument is checked against `ttl` yet")]
-    pub(crate) span: Span,
+    /// As written, to quote in errors about other arguments: "at least the `ttl` (10m)".
+    written: String,
+    /// The literal, to report checks against other arguments (`min_hold <= ttl`) on it.
+    span: Span,
+}
+
+/// `on_lost = "..."`: what happens to a body whose lease is lost while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnLost {
+    Cancel,
+    Continue,
 }
 
 impl Args {
-    /// Parses and checks the tokens between the parentheses of `#[singleton(..)]`.
-    pub(crate) fn parse(args: TokenStream) -> Result<Args, Invalid> {
+    /// Parses and checks the tokens between the parentheses of `#[singleton(..)]`, on a
+    /// function whose parameters `key` placeholders may name.
+    pub(crate) fn parse(args: TokenStream, params: &Parameters) -> Result<Args, Invalid> {
         let mut builder = Builder::default();
-        let parsed = syn::meta::parser(|meta| builder.parse(meta)).parse2(args.clone());
+        let parsed = syn::meta::parser(|meta| builder.parse(meta, params)).parse2(args.clone());
         if let Err(error) = parsed {
             // A syntax error (a missing `,`, `key` without a value): the rest was not read.
             builder.stopped_early = true;
@@ -112,6 +115,13 @@ impl<T> Seen<T> {
         matches!(self, Seen::Absent)
     }
 
+    fn as_valid(&self) -> Option<&T> {
+        match self {
+            Seen::Valid(value) => Some(value),
+            Seen::Absent | Seen::Invalid => None,
+        }
+    }
+
     fn valid(self) -> Option<T> {
         match self {
             Seen::Valid(value) => Some(value),
@@ -123,7 +133,14 @@ impl<T> Seen<T> {
 #[derive(Default)]
 struct Builder {
     key: Seen<Key>,
-    ttl: Seen<Ttl>,
+    ttl: Seen<Time>,
+    wait: Seen<Time>,
+    renew: Seen<bool>,
+    max_hold: Seen<Time>,
+    on_lost: Seen<OnLost>,
+    min_hold: Seen<Time>,
+    slot: Seen<Time>,
+    fencing: Seen<bool>,
     krate: Seen<Path>,
     /// An unknown argument may be a misspelt required one: don't also call that one missing.
     saw_unknown: bool,
@@ -133,39 +150,48 @@ struct Builder {
 }
 
 impl Builder {
-    fn parse(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
-        if meta.path.is_ident("key") {
-            // key = "daily-email"
-            let value = value(&meta, "key", "key = \"daily-email\"")?;
-            if self.key.is_absent() {
-                self.key = Seen::from_result(parse_key(&value), &mut self.errors);
-            } else {
-                self.push(meta.error("duplicate `key` argument"));
-            }
-        } else if meta.path.is_ident("ttl") {
+    fn parse(&mut self, meta: ParseNestedMeta, params: &Parameters) -> syn::Result<()> {
+        let name = meta.path.get_ident().map(ToString::to_string);
+        let name = name.as_deref().unwrap_or_default();
+        let mut arg = Argument {
+            meta: &meta,
+            name,
+            errors: &mut self.errors,
+        };
+        match name {
+            // key = "daily-email", or with placeholders: key = "invoice:{customer_id}"
+            "key" => arg.read(&mut self.key, "\"daily-email\"", |value| {
+                parse_key(value, params)
+            }),
             // ttl = "10m"
-            let value = value(&meta, "ttl", "ttl = \"10m\"")?;
-            if self.ttl.is_absent() {
-                self.ttl = Seen::from_result(parse_ttl(&value), &mut self.errors);
-            } else {
-                self.push(meta.error("duplicate `ttl` argument"));
-            }
-        } else if meta.path.is_ident("crate") {
+            "ttl" => arg.duration(&mut self.ttl, "10m"),
+            // wait = "30s"
+            "wait" => arg.duration(&mut self.wait, "30s"),
+            // renew = false (or `true`, the default)
+            "renew" => arg.read(&mut self.renew, "false", |value| parse_bool("renew", value)),
+            // max_hold = "1h"
+            "max_hold" => arg.duration(&mut self.max_hold, "1h"),
+            // on_lost = "cancel" (the default), on_lost = "continue"
+            "on_lost" => arg.read(&mut self.on_lost, "\"continue\"", parse_on_lost),
+            // min_hold = "1m"
+            "min_hold" => arg.duration(&mut self.min_hold, "1m"),
+            // slot = "1d"
+            "slot" => arg.duration(&mut self.slot, "1d"),
+            // fencing = true (or `false`, the default)
+            "fencing" => arg.read(&mut self.fencing, "true", |value| {
+                parse_bool("fencing", value)
+            }),
             // crate = "::cluster_singleton"
-            let value = value(&meta, "crate", "crate = \"::cluster_singleton\"")?;
-            if self.krate.is_absent() {
-                self.krate = Seen::from_result(parse_crate(&value), &mut self.errors);
-            } else {
-                self.push(meta.error("duplicate `crate` argument"));
+            "crate" => arg.read(&mut self.krate, "\"::cluster_singleton\"", parse_crate),
+            _ => {
+                // The caret goes on the name alone, so take the error before reading past it.
+                let error = meta.error(UNKNOWN_ARGUMENT);
+                skip_value(&meta)?;
+                self.saw_unknown = true;
+                self.push(error);
+                Ok(())
             }
-        } else {
-            // The caret goes on the name alone, so take the error before reading past it.
-            let error = meta.error(UNKNOWN_ARGUMENT);
-            skip_value(&meta)?;
-            self.saw_unknown = true;
-            self.push(error);
         }
-        Ok(())
     }
 
     fn push(&mut self, error: syn::Error) {
@@ -173,25 +199,24 @@ impl Builder {
     }
 
     fn finish(mut self, args: &TokenStream) -> Result<Args, Invalid> {
-        if !self.saw_unknown && !self.stopped_early {
-            let missing = match (self.key.is_absent(), self.ttl.is_absent()) {
-                (true, true) => Some(
-                    "missing `key` and `ttl` arguments; \
-                     write `#[singleton(key = \"job-name\", ttl = \"10m\")]`",
-                ),
-                (true, false) => Some("missing `key` argument; add `key = \"job-name\"`"),
-                (false, true) => Some("missing `ttl` argument; add `ttl = \"10m\"`"),
-                (false, false) => None,
-            };
-            if let Some(message) = missing {
-                // On all the arguments; with none, `new_spanned` falls back to the call site.
-                self.push(syn::Error::new_spanned(args, message));
-            }
-        }
+        self.check_missing(args);
+        self.check_max_hold();
+        self.check_min_hold();
 
         let krate = self.krate.valid().unwrap_or_else(default_crate);
         match (self.key.valid(), self.ttl.valid(), self.errors) {
-            (Some(key), Some(ttl), None) => Ok(Args { key, ttl, krate }),
+            (Some(key), Some(ttl), None) => Ok(Args {
+                key,
+                ttl,
+                wait: self.wait.valid(),
+                renew: self.renew.valid(),
+                max_hold: self.max_hold.valid(),
+                on_lost: self.on_lost.valid(),
+                min_hold: self.min_hold.valid(),
+                slot: self.slot.valid(),
+                fencing: self.fencing.valid(),
+                krate,
+            }),
             (_, _, Some(error)) => Err(Invalid { krate, error }),
             // Every way to lose `key` or `ttl` records an error above; this keeps the macro
             // from panicking should that ever stop being true.
@@ -204,12 +229,104 @@ impl Builder {
             }),
         }
     }
+
+    /// `key` and `ttl` are required.
+    fn check_missing(&mut self, args: &TokenStream) {
+        if self.saw_unknown || self.stopped_early {
+            return;
+        }
+        let missing = match (self.key.is_absent(), self.ttl.is_absent()) {
+            (true, true) => Some(
+                "missing `key` and `ttl` arguments; \
+                 write `#[singleton(key = \"job-name\", ttl = \"10m\")]`",
+            ),
+            (true, false) => Some("missing `key` argument; add `key = \"job-name\"`"),
+            (false, true) => Some("missing `ttl` argument; add `ttl = \"10m\"`"),
+            (false, false) => None,
+        };
+        if let Some(message) = missing {
+            // On all the arguments; with none, `new_spanned` falls back to the call site.
+            self.push(syn::Error::new_spanned(args, message));
+        }
+    }
+
+    /// `max_hold` bounds renewal: it means nothing without it, and a bound below one `ttl` would
+    /// be reached before the first renewal could matter.
+    fn check_max_hold(&mut self) {
+        let Some(max_hold) = self.max_hold.as_valid() else {
+            return;
+        };
+        let error = if matches!(self.renew, Seen::Valid(false)) {
+            syn::Error::new(max_hold.span, MAX_HOLD_WITHOUT_RENEWAL)
+        } else {
+            match self.ttl.as_valid() {
+                Some(ttl) if max_hold.millis < ttl.millis => syn::Error::new(
+                    max_hold.span,
+                    format!("`max_hold` must be at least the `ttl` ({})", ttl.written),
+                ),
+                _ => return,
+            }
+        };
+        push(&mut self.errors, error);
+    }
+
+    /// `min_hold` keeps the key after the body, which the key's own `ttl` must cover.
+    fn check_min_hold(&mut self) {
+        let (Some(min_hold), Some(ttl)) = (self.min_hold.as_valid(), self.ttl.as_valid()) else {
+            return;
+        };
+        if min_hold.millis > ttl.millis {
+            let error = syn::Error::new(
+                min_hold.span,
+                format!("`min_hold` must not exceed the `ttl` ({})", ttl.written),
+            );
+            push(&mut self.errors, error);
+        }
+    }
 }
 
 fn push(errors: &mut Option<syn::Error>, error: syn::Error) {
     match errors {
         Some(errors) => errors.combine(error),
         None => *errors = Some(error),
+    }
+}
+
+/// One `name = value` being read.
+struct Argument<'a> {
+    meta: &'a ParseNestedMeta<'a>,
+    name: &'a str,
+    errors: &'a mut Option<syn::Error>,
+}
+
+impl Argument<'_> {
+    /// Reads the value into `slot` with `parse`, or reports the argument as a duplicate if it
+    /// was given before. `example` is a value to show should it have none.
+    fn read<T>(
+        &mut self,
+        slot: &mut Seen<T>,
+        example: &str,
+        parse: impl FnOnce(&Expr) -> syn::Result<T>,
+    ) -> syn::Result<()> {
+        let value = value(self.meta, self.name, example)?;
+        if slot.is_absent() {
+            *slot = Seen::from_result(parse(&value), self.errors);
+        } else {
+            // After the value, so the caret covers `key = "b"`.
+            let error = self
+                .meta
+                .error(format_args!("duplicate `{}` argument", self.name));
+            push(self.errors, error);
+        }
+        Ok(())
+    }
+
+    /// Reads a duration, like `example`.
+    fn duration(&mut self, slot: &mut Seen<Time>, example: &str) -> syn::Result<()> {
+        let name = self.name;
+        self.read(slot, &format!("\"{example}\""), |value| {
+            parse_time(name, value)
+        })
     }
 }
 
@@ -224,7 +341,9 @@ fn default_crate() -> Path {
 /// wrong kind (`ttl = 600`) gets our message and parsing goes on to the next argument.
 fn value(meta: &ParseNestedMeta, name: &str, example: &str) -> syn::Result<Expr> {
     if !meta.input.peek(Token![=]) {
-        return Err(meta.error(format_args!("`{name}` needs a value; write `{example}`")));
+        return Err(meta.error(format_args!(
+            "`{name}` needs a value; write `{name} = {example}`"
+        )));
     }
     meta.value()?.parse()
 }
@@ -243,56 +362,64 @@ fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
     })
 }
 
-/// The string literal in `expr`, looking through the invisible group that a `macro_rules!`
+/// The literal in `expr`, looking through the invisible group that a `macro_rules!`
 /// `$value:expr` puts around it.
-fn string_literal(expr: &Expr) -> Option<&LitStr> {
+fn literal(expr: &Expr) -> Option<&Lit> {
     match expr {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(lit), ..
-        }) if lit.suffix().is_empty() => Some(lit),
-        Expr::Group(group) => string_literal(&group.expr),
+        Expr::Lit(syn::ExprLit { lit, .. }) => Some(lit),
+        Expr::Group(group) => literal(&group.expr),
         _ => None,
     }
 }
 
-fn parse_key(value: &Expr) -> syn::Result<Key> {
-    let lit =
-        string_literal(value).ok_or_else(|| syn::Error::new_spanned(value, KEY_NOT_A_STRING))?;
-    // `{` and `}` are kept literally for now; `{param}` placeholders will be parsed here.
-    if lit.value().is_empty() {
-        return Err(syn::Error::new(lit.span(), KEY_EMPTY));
+/// The string literal in `expr`, without a suffix.
+fn string_literal(expr: &Expr) -> Option<&LitStr> {
+    match literal(expr) {
+        Some(Lit::Str(lit)) if lit.suffix().is_empty() => Some(lit),
+        _ => None,
     }
-    Ok(Key { lit: lit.clone() })
 }
 
-fn parse_ttl(value: &Expr) -> syn::Result<Ttl> {
+fn parse_key(value: &Expr, params: &Parameters) -> syn::Result<Key> {
     let lit =
-        string_literal(value).ok_or_else(|| syn::Error::new_spanned(value, TTL_NOT_A_DURATION))?;
-    let millis =
-        ttl_millis(&lit.value()).map_err(|message| syn::Error::new(lit.span(), message))?;
-    Ok(Ttl {
+        string_literal(value).ok_or_else(|| syn::Error::new_spanned(value, KEY_NOT_A_STRING))?;
+    Key::parse(lit, params)
+}
+
+/// `name = "10m"`: a duration, for `ttl`, `wait`, `max_hold` and `min_hold` alike.
+fn parse_time(name: &str, value: &Expr) -> syn::Result<Time> {
+    let lit = string_literal(value)
+        .ok_or_else(|| syn::Error::new_spanned(value, not_a_duration(name)))?;
+    let written = lit.value();
+    let millis = millis(name, &written).map_err(|message| syn::Error::new(lit.span(), message))?;
+    Ok(Time {
         millis,
+        written,
         span: lit.span(),
     })
 }
 
-/// Turns a humantime duration ("500ms", "30s", "10m", "1h", "1h 30m", "1h30m") into the whole
-/// number of milliseconds that Redis `PX` takes.
-fn ttl_millis(text: &str) -> Result<u64, String> {
+fn not_a_duration(name: &str) -> String {
+    format!("`{name}` must be a duration string like \"30s\", \"10m\" or \"1h\"")
+}
+
+/// Turns the humantime duration ("500ms", "30s", "10m", "1h", "1h 30m", "1h30m") given as
+/// `name` into the whole number of milliseconds that Redis `PX` takes.
+fn millis(name: &str, text: &str) -> Result<u64, String> {
     let out_of_range =
-        || format!("`ttl` is out of range; it must be between 1ms and {MAX_TTL_MILLIS}ms");
+        || format!("`{name}` is out of range; it must be between 1ms and {MAX_TTL_MILLIS}ms");
     let duration = match humantime::parse_duration(text) {
         Ok(duration) => duration,
         // Too large, or finer than a nanosecond ("0.5ns"): both outside what `PX` can hold.
         Err(humantime::DurationError::NumberOverflow) => return Err(out_of_range()),
-        Err(_) => return Err(TTL_NOT_A_DURATION.to_owned()),
+        Err(_) => return Err(not_a_duration(name)),
     };
     if duration.is_zero() {
-        return Err(TTL_ZERO.to_owned());
+        return Err(format!("`{name}` must be greater than zero"));
     }
     if !duration.subsec_nanos().is_multiple_of(NANOS_PER_MILLI) {
         return Err(format!(
-            "`ttl` must be a whole number of milliseconds, the precision of Redis `PX`, not {}",
+            "`{name}` must be a whole number of milliseconds, the precision of Redis `PX`, not {}",
             Millis(duration),
         ));
     }
@@ -316,6 +443,38 @@ impl std::fmt::Display for Millis {
     }
 }
 
+/// `renew = false`, `fencing = true`: a bool literal. A string that spells one is the likely
+/// slip, since most other arguments are strings.
+fn parse_bool(name: &str, value: &Expr) -> syn::Result<bool> {
+    match literal(value) {
+        Some(Lit::Bool(lit)) => Ok(lit.value),
+        Some(Lit::Str(lit)) if matches!(lit.value().as_str(), "true" | "false") => {
+            Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "`{name}` takes a bool, not a string; write `{name} = {}`",
+                    lit.value()
+                ),
+            ))
+        }
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("`{name}` must be `true` or `false`"),
+        )),
+    }
+}
+
+/// `on_lost = "cancel"` or `on_lost = "continue"`.
+fn parse_on_lost(value: &Expr) -> syn::Result<OnLost> {
+    let error = || syn::Error::new_spanned(value, ON_LOST_NOT_A_MODE);
+    let lit = string_literal(value).ok_or_else(error)?;
+    match lit.value().as_str() {
+        "cancel" => Ok(OnLost::Cancel),
+        "continue" => Ok(OnLost::Continue),
+        _ => Err(error()),
+    }
+}
+
 fn parse_crate(value: &Expr) -> syn::Result<Path> {
     let error = || syn::Error::new_spanned(value, CRATE_NOT_A_PATH);
     let lit = string_literal(value).ok_or_else(error)?;
@@ -327,18 +486,33 @@ fn parse_crate(value: &Expr) -> syn::Result<Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quote::quote;
+    use crate::key::KEY_EMPTY;
+    use quote::{quote, ToTokens};
 
     fn parse(args: TokenStream) -> Result<Args, Invalid> {
-        Args::parse(args)
+        Args::parse(args, &Parameters::default())
     }
 
     /// The messages of every error, in order.
     fn errors(args: TokenStream) -> Vec<String> {
-        match parse(args) {
+        errors_with(args, &Parameters::default())
+    }
+
+    fn errors_with(args: TokenStream, params: &Parameters) -> Vec<String> {
+        match Args::parse(args, params) {
             Ok(_) => Vec::new(),
             Err(invalid) => invalid.error.into_iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    fn ttl_not_a_duration() -> String {
+        not_a_duration("ttl")
+    }
+
+    const TTL_ZERO: &str = "`ttl` must be greater than zero";
+
+    fn ttl_millis(text: &str) -> Result<u64, String> {
+        millis("ttl", text)
     }
 
     fn path_string(path: &Path) -> String {
@@ -350,7 +524,7 @@ mod tests {
         let args = parse(quote!(key = "daily-email", ttl = "10m"))
             .ok()
             .unwrap();
-        assert_eq!(args.key.value(), "daily-email");
+        assert_eq!(args.key.text(), "daily-email");
         assert_eq!(args.ttl.millis, 600_000);
         assert_eq!(path_string(&args.krate), ":: cluster_singleton");
     }
@@ -358,23 +532,44 @@ mod tests {
     #[test]
     fn any_order_and_trailing_comma() {
         let args = parse(quote!(ttl = "30s", key = "k",)).ok().unwrap();
-        assert_eq!(args.key.value(), "k");
+        assert_eq!(args.key.text(), "k");
         assert_eq!(args.ttl.millis, 30_000);
     }
 
     #[test]
-    fn braces_in_key_are_literal_for_now() {
-        let args = parse(quote!(key = "report-{day}", ttl = "1h"))
+    fn key_placeholders_name_parameters() {
+        let params = Parameters::of(&syn::parse_quote!(async fn f(day: u32)));
+        let args = Args::parse(quote!(key = "report-{day}", ttl = "1h"), &params)
             .ok()
             .unwrap();
-        assert_eq!(args.key.value(), "report-{day}");
-        assert_eq!(args.key.expr().to_string(), "\"report-{day}\"");
+        assert_eq!(args.key.text(), "report-{day}");
+        assert_eq!(
+            args.key.expr().to_string(),
+            "& :: std :: format ! (\"report-{}\" , day)"
+        );
+        assert_eq!(
+            errors(quote!(key = "report-{day}", ttl = "1h")),
+            ["cannot find parameter `day` named in `key`; \
+              this function has no parameter that a placeholder can name"]
+        );
+        assert_eq!(
+            errors_with(quote!(key = "report-{day:>2}", ttl = "1h"), &params),
+            [
+                "`key` placeholder `{day:>2}` must be a parameter's name alone, like \
+              `{customer_id}`; write `{{` and `}}` for literal braces"
+            ]
+        );
+        // The key is still checked with the rest.
+        assert_eq!(
+            errors_with(quote!(key = "{day}", ttl = "0s"), &params),
+            [TTL_ZERO]
+        );
     }
 
     #[test]
     fn raw_string_key() {
         let args = parse(quote!(key = r"a\b", ttl = "1s")).ok().unwrap();
-        assert_eq!(args.key.value(), "a\\b");
+        assert_eq!(args.key.text(), "a\\b");
     }
 
     #[test]
@@ -436,11 +631,11 @@ mod tests {
 
     #[test]
     fn ttl_mistakes() {
-        assert_eq!(ttl_millis("10x").unwrap_err(), TTL_NOT_A_DURATION);
-        assert_eq!(ttl_millis("").unwrap_err(), TTL_NOT_A_DURATION);
-        assert_eq!(ttl_millis("   ").unwrap_err(), TTL_NOT_A_DURATION);
-        assert_eq!(ttl_millis("10").unwrap_err(), TTL_NOT_A_DURATION);
-        assert_eq!(ttl_millis("-1s").unwrap_err(), TTL_NOT_A_DURATION);
+        assert_eq!(ttl_millis("10x").unwrap_err(), ttl_not_a_duration());
+        assert_eq!(ttl_millis("").unwrap_err(), ttl_not_a_duration());
+        assert_eq!(ttl_millis("   ").unwrap_err(), ttl_not_a_duration());
+        assert_eq!(ttl_millis("10").unwrap_err(), ttl_not_a_duration());
+        assert_eq!(ttl_millis("-1s").unwrap_err(), ttl_not_a_duration());
         assert_eq!(ttl_millis("0s").unwrap_err(), TTL_ZERO);
         assert_eq!(ttl_millis("0ms 0s").unwrap_err(), TTL_ZERO);
         assert_eq!(
@@ -462,8 +657,11 @@ mod tests {
         );
         assert_eq!(errors(quote!(key = b"k", ttl = "1s")), [KEY_NOT_A_STRING]);
         assert_eq!(errors(quote!(key = "", ttl = "1s")), [KEY_EMPTY]);
-        assert_eq!(errors(quote!(key = "k", ttl = 600)), [TTL_NOT_A_DURATION]);
-        assert_eq!(errors(quote!(key = "k", ttl = "10x")), [TTL_NOT_A_DURATION]);
+        assert_eq!(errors(quote!(key = "k", ttl = 600)), [ttl_not_a_duration()]);
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "10x")),
+            [ttl_not_a_duration()]
+        );
         assert_eq!(errors(quote!(key = "k", ttl = "0s")), [TTL_ZERO]);
         for bad in [
             quote!("not a path"),
@@ -483,7 +681,7 @@ mod tests {
     fn every_bad_value_is_reported() {
         assert_eq!(
             errors(quote!(key = "", ttl = "10x", crate = "not a path")),
-            [KEY_EMPTY, TTL_NOT_A_DURATION, CRATE_NOT_A_PATH]
+            [KEY_EMPTY, &ttl_not_a_duration(), CRATE_NOT_A_PATH]
         );
     }
 
@@ -502,7 +700,7 @@ mod tests {
             ["missing `ttl` argument; add `ttl = \"10m\"`"]
         );
         // A bad value is not also missing.
-        assert_eq!(errors(quote!(key = "k", ttl = 600)), [TTL_NOT_A_DURATION]);
+        assert_eq!(errors(quote!(key = "k", ttl = 600)), [ttl_not_a_duration()]);
     }
 
     #[test]
@@ -530,7 +728,7 @@ mod tests {
                 retries = 3,
                 key = "a",
                 ttl = "1s",
-                wait(1),
+                lease(1),
                 fast,
                 a::b = 1
             )),
@@ -573,6 +771,222 @@ mod tests {
         ];
         for args in odd {
             assert!(!errors(args.clone()).is_empty(), "accepted {args}");
+        }
+    }
+
+    #[test]
+    fn options_default_to_absent() {
+        let args = parse(quote!(key = "k", ttl = "1s")).ok().unwrap();
+        assert!(args.wait.is_none());
+        assert_eq!(args.renew, None);
+        assert!(args.max_hold.is_none());
+        assert_eq!(args.on_lost, None);
+        assert!(args.min_hold.is_none());
+        assert!(args.slot.is_none());
+        assert_eq!(args.fencing, None);
+    }
+
+    #[test]
+    fn every_option() {
+        let args = parse(quote!(
+            key = "k",
+            ttl = "10m",
+            wait = "30s",
+            renew = true,
+            max_hold = "1h",
+            on_lost = "continue",
+            min_hold = "1m",
+            slot = "1d",
+            fencing = true,
+        ))
+        .ok()
+        .unwrap();
+        assert_eq!(args.slot.map(|slot| slot.millis), Some(86_400_000));
+        assert_eq!(args.fencing, Some(true));
+        assert_eq!(args.wait.map(|wait| wait.millis), Some(30_000));
+        assert_eq!(args.renew, Some(true));
+        assert_eq!(args.max_hold.map(|max| max.millis), Some(3_600_000));
+        assert_eq!(args.on_lost, Some(OnLost::Continue));
+        assert_eq!(args.min_hold.map(|min| min.millis), Some(60_000));
+
+        let args = parse(quote!(
+            key = "k",
+            ttl = "10m",
+            renew = false,
+            on_lost = "cancel"
+        ))
+        .ok()
+        .unwrap();
+        assert_eq!(args.renew, Some(false));
+        assert_eq!(args.on_lost, Some(OnLost::Cancel));
+    }
+
+    #[test]
+    fn durations_follow_the_ttl_rules() {
+        for name in ["wait", "max_hold", "min_hold", "slot"] {
+            let arg = syn::Ident::new(name, Span::call_site());
+            let with = |value: &str| errors(quote!(key = "k", ttl = "1000000000h", #arg = #value));
+            assert_eq!(with("10x"), [not_a_duration(name)]);
+            assert_eq!(with("0s"), [format!("`{name}` must be greater than zero")]);
+            assert_eq!(
+                with("1500us"),
+                [format!(
+                    "`{name}` must be a whole number of milliseconds, the precision of Redis \
+                     `PX`, not 1.5ms"
+                )]
+            );
+            assert_eq!(
+                with("9223372036854775.808s"),
+                [format!(
+                    "`{name}` is out of range; it must be between 1ms and 9223372036854775807ms"
+                )]
+            );
+            assert_eq!(
+                errors(quote!(key = "k", ttl = "1s", #arg = 30)),
+                [not_a_duration(name)]
+            );
+            assert_eq!(
+                errors(quote!(key = "k", ttl = "1s", #arg)),
+                [format!(
+                    "`{name}` needs a value; write `{name} = \"{}\"`",
+                    match name {
+                        "wait" => "30s",
+                        "max_hold" => "1h",
+                        "slot" => "1d",
+                        _ => "1m",
+                    }
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn renew_is_a_bool_literal() {
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "1s", renew = "false")),
+            ["`renew` takes a bool, not a string; write `renew = false`"]
+        );
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "1s", fencing = "true")),
+            ["`fencing` takes a bool, not a string; write `fencing = true`"]
+        );
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "1s", fencing = 1)),
+            ["`fencing` must be `true` or `false`"]
+        );
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "1s", renew = "true")),
+            ["`renew` takes a bool, not a string; write `renew = true`"]
+        );
+        for bad in [quote!("no"), quote!(0), quote!(off), quote!(!true)] {
+            assert_eq!(
+                errors(quote!(key = "k", ttl = "1s", renew = #bad)),
+                ["`renew` must be `true` or `false`"]
+            );
+        }
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "1s", renew)),
+            ["`renew` needs a value; write `renew = false`"]
+        );
+    }
+
+    #[test]
+    fn on_lost_is_cancel_or_continue() {
+        for bad in [
+            quote!("stop"),
+            quote!("Cancel"),
+            quote!(""),
+            quote!(cancel),
+            quote!(1),
+        ] {
+            assert_eq!(
+                errors(quote!(key = "k", ttl = "1s", on_lost = #bad)),
+                [ON_LOST_NOT_A_MODE]
+            );
+        }
+    }
+
+    #[test]
+    fn max_hold_against_ttl_and_renew() {
+        assert!(errors(quote!(key = "k", ttl = "10m", max_hold = "10m")).is_empty());
+        assert!(errors(quote!(
+            key = "k",
+            ttl = "10m",
+            max_hold = "1h",
+            renew = true
+        ))
+        .is_empty());
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "10m", max_hold = "5m")),
+            ["`max_hold` must be at least the `ttl` (10m)"]
+        );
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "600s", max_hold = "599999ms")),
+            ["`max_hold` must be at least the `ttl` (600s)"]
+        );
+        // Whatever its length, and in either order.
+        assert_eq!(
+            errors(quote!(
+                key = "k",
+                ttl = "10m",
+                max_hold = "1h",
+                renew = false
+            )),
+            [MAX_HOLD_WITHOUT_RENEWAL]
+        );
+        assert_eq!(
+            errors(quote!(
+                renew = false,
+                max_hold = "1m",
+                key = "k",
+                ttl = "10m"
+            )),
+            [MAX_HOLD_WITHOUT_RENEWAL]
+        );
+        // Not compared with a `ttl` that is itself wrong.
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "10x", max_hold = "1m")),
+            [ttl_not_a_duration()]
+        );
+    }
+
+    #[test]
+    fn min_hold_against_ttl() {
+        assert!(errors(quote!(key = "k", ttl = "10m", min_hold = "10m")).is_empty());
+        assert!(errors(quote!(
+            key = "k",
+            ttl = "10m",
+            min_hold = "1m",
+            renew = false
+        ))
+        .is_empty());
+        assert_eq!(
+            errors(quote!(min_hold = "10m 1ms", key = "k", ttl = "10m")),
+            ["`min_hold` must not exceed the `ttl` (10m)"]
+        );
+        assert_eq!(
+            errors(quote!(key = "k", ttl = "0s", min_hold = "1h")),
+            [TTL_ZERO]
+        );
+    }
+
+    #[test]
+    fn options_are_not_given_twice() {
+        for (first, second, name) in [
+            (quote!(wait = "1s"), quote!(wait = "2s"), "wait"),
+            (quote!(renew = true), quote!(renew = false), "renew"),
+            (quote!(max_hold = "1h"), quote!(max_hold = "2h"), "max_hold"),
+            (
+                quote!(on_lost = "cancel"),
+                quote!(on_lost = "cancel"),
+                "on_lost",
+            ),
+            (quote!(min_hold = "1s"), quote!(min_hold = "1s"), "min_hold"),
+        ] {
+            assert_eq!(
+                errors(quote!(key = "k", ttl = "1h", #first, #second)),
+                [format!("duplicate `{name}` argument")]
+            );
         }
     }
 

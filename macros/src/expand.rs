@@ -7,7 +7,8 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{braced, token, Attribute, Ident, Path, ReturnType, Signature, Token, Type, Visibility};
 
-use crate::args::{Args, Invalid};
+use crate::args::{Args, Invalid, OnLost, Time};
+use crate::key::Parameters;
 
 const NOT_ASYNC: &str = "`#[singleton]` requires an `async fn`";
 const CONST_FN: &str = "`#[singleton]` cannot be used on a `const fn`";
@@ -26,7 +27,7 @@ pub(crate) fn singleton(args: TokenStream, item: TokenStream) -> TokenStream {
             return with_error(item, syn::Error::new(Span::call_site(), message));
         }
     };
-    let args = Args::parse(args);
+    let args = Args::parse(args, &Parameters::of(&func.sig));
 
     // A plain or `const fn` is left as written: there is no `Outcome` to promise its callers.
     if let Some(mut error) = check_signature(&func.sig) {
@@ -40,7 +41,7 @@ pub(crate) fn singleton(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(args) => {
             let lock = Lock {
                 key: args.key.expr(),
-                ttl_millis: args.ttl.millis,
+                options: options(&args),
             };
             rewrite(&mut func, &args.krate, Some(lock));
             func.into_token_stream()
@@ -118,25 +119,79 @@ fn check_signature(sig: &Signature) -> Option<syn::Error> {
 struct Lock {
     /// A `&str` expression.
     key: TokenStream,
-    ttl_millis: u64,
+    /// A `__private::Options` expression.
+    options: TokenStream,
 }
 
 // Input:
-//     #[singleton(key = "daily-email", ttl = "10m")]
-//     pub async fn send(mailer: &Mailer) -> Result<usize, MailError> {
+//     #[singleton(key = "k", ttl = "10m", wait = "30s", on_lost = "continue")]
+//
+// Output:
+//     ::cluster_singleton::__private::Options::new(::core::time::Duration::from_millis(600000u64))
+//         .wait(::core::time::Duration::from_millis(30000u64))
+//         .on_lost(::cluster_singleton::__private::OnLost::Continue)
+//
+// Only the options that were given, always in the order `wait`, `renew`, `max_hold`, `on_lost`,
+// `min_hold`, `slot`, `fencing`; the others keep the runtime's defaults, which are documented in one place there.
+fn options(args: &Args) -> TokenStream {
+    let krate = &args.krate;
+    let duration = |time: &Time| {
+        let millis = Literal::u64_suffixed(time.millis);
+        quote!(::core::time::Duration::from_millis(#millis))
+    };
+    let ttl = duration(&args.ttl);
+    let mut options = quote!(#krate::__private::Options::new(#ttl));
+    if let Some(wait) = &args.wait {
+        let wait = duration(wait);
+        options.extend(quote!(.wait(#wait)));
+    }
+    if let Some(renew) = args.renew {
+        options.extend(quote!(.renew(#renew)));
+    }
+    if let Some(max_hold) = &args.max_hold {
+        let max_hold = duration(max_hold);
+        options.extend(quote!(.max_hold(#max_hold)));
+    }
+    if let Some(on_lost) = args.on_lost {
+        let on_lost = match on_lost {
+            OnLost::Cancel => quote!(Cancel),
+            OnLost::Continue => quote!(Continue),
+        };
+        options.extend(quote!(.on_lost(#krate::__private::OnLost::#on_lost)));
+    }
+    if let Some(min_hold) = &args.min_hold {
+        let min_hold = duration(min_hold);
+        options.extend(quote!(.min_hold(#min_hold)));
+    }
+    if let Some(slot) = &args.slot {
+        let slot = duration(slot);
+        options.extend(quote!(.slot(#slot)));
+    }
+    if let Some(fencing) = args.fencing {
+        options.extend(quote!(.fencing(#fencing)));
+    }
+    options
+}
+
+// Input:
+//     #[singleton(key = "invoice:{customer_id}", ttl = "10m", min_hold = "5m")]
+//     pub async fn send(customer_id: u64, mailer: &Mailer) -> Result<usize, MailError> {
 //         body
 //     }
 //
 // Output:
-//     pub async fn send(mailer: &Mailer)
+//     pub async fn send(customer_id: u64, mailer: &Mailer)
 //         -> ::core::result::Result<
 //             ::cluster_singleton::Outcome<Result<usize, MailError>>,
 //             ::cluster_singleton::Error,
 //         >
 //     {
-//         ::cluster_singleton::__private::run(
-//             "daily-email",
-//             ::core::time::Duration::from_millis(600000u64),
+//         ::cluster_singleton::__private::run_with(
+//             &::std::format!("invoice:{}", customer_id),
+//             ::cluster_singleton::__private::Options::new(
+//                 ::core::time::Duration::from_millis(600000u64),
+//             )
+//             .min_hold(::core::time::Duration::from_millis(300000u64)),
 //             async move {
 //                 #[allow(unreachable_code, ..)]
 //                 if false {
@@ -145,14 +200,22 @@ struct Lock {
 //                 }
 //                 body
 //             },
+//             |__singleton_value: &Result<usize, MailError>| {
+//                 use ::cluster_singleton::__private::{AnyVerdict as _, ResultVerdict as _};
+//                 (&::cluster_singleton::__private::Verdict(__singleton_value)).succeeded()
+//             },
 //         )
 //         .await
 //     }
+//
+// The key comes first, so it is formatted before `async move` takes the parameters.
 //
 // Without a lock (the arguments were bad and an error goes with it), the call becomes
 // `::core::result::Result::Ok(::cluster_singleton::Outcome::Ran(async move { .. }.await))`, so
 // the body is still checked and the signature is the same.
 fn rewrite(func: &mut Function, krate: &Path, lock: Option<Lock>) {
+    // Before the return type is rewritten: it judges a value of the declared one.
+    let verdict = verdict(krate, &func.sig.output);
     let (declared, return_span) = match &func.sig.output {
         ReturnType::Default => (quote!(()), func.sig.ident.span()),
         ReturnType::Type(_, ty) => (ty.to_token_stream(), ty.span()),
@@ -211,13 +274,13 @@ fn rewrite(func: &mut Function, krate: &Path, lock: Option<Lock>) {
     };
 
     let call = match lock {
-        Some(Lock { key, ttl_millis }) => {
-            let ttl_millis = Literal::u64_suffixed(ttl_millis);
+        Some(Lock { key, options }) => {
             quote! {
-                #krate::__private::run(
+                #krate::__private::run_with(
                     #key,
-                    ::core::time::Duration::from_millis(#ttl_millis),
+                    #options,
                     #body,
+                    #verdict,
                 )
                 .await
             }
@@ -229,26 +292,65 @@ fn rewrite(func: &mut Function, krate: &Path, lock: Option<Lock>) {
     func.body = call;
 }
 
+// Input:
+//     async fn send(..) -> Result<usize, MailError>
+//
+// Output:
+//     |__singleton_value: &Result<usize, MailError>| {
+//         use ::cluster_singleton::__private::{AnyVerdict as _, ResultVerdict as _};
+//         (&::cluster_singleton::__private::Verdict(__singleton_value)).succeeded()
+//     }
+//
+// The runtime asks it whether the body succeeded, to keep the key for `min_hold` only after a
+// success: a `Result` when it is `Ok`, anything else always. Which of the two traits answers
+// is settled by method resolution at the concrete type (see `__private::Verdict`), so the
+// parameter's type must be spelt out; `impl Trait` cannot be, and gets `|_| true`.
+fn verdict(krate: &Path, output: &ReturnType) -> TokenStream {
+    let declared = match output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) if has_impl_trait(ty) => return quote!(|_| true),
+        ReturnType::Type(_, ty) => ty.to_token_stream(),
+    };
+    let value = Ident::new("__singleton_value", Span::mixed_site());
+    quote! {
+        |#value: &#declared| {
+            use #krate::__private::{AnyVerdict as _, ResultVerdict as _};
+            (&#krate::__private::Verdict(#value)).succeeded()
+        }
+    }
+}
+
 /// `let x: impl Trait` is not allowed, so `impl Trait` in the fake return's type becomes `_`
 /// (tracing's `ImplTraitEraser`; see tokio-rs/tracing#1615).
 fn erase_impl_trait(ty: &Type) -> Type {
-    struct ImplTraitEraser;
+    let mut ty = ty.clone();
+    ImplTraitEraser::default().visit_type_mut(&mut ty);
+    ty
+}
 
-    impl VisitMut for ImplTraitEraser {
-        fn visit_type_mut(&mut self, ty: &mut Type) {
-            if let Type::ImplTrait(impl_trait) = ty {
-                *ty = Type::Infer(syn::TypeInfer {
-                    underscore_token: Token![_](impl_trait.span()),
-                });
-            } else {
-                syn::visit_mut::visit_type_mut(self, ty);
-            }
+fn has_impl_trait(ty: &Type) -> bool {
+    let mut eraser = ImplTraitEraser::default();
+    eraser.visit_type_mut(&mut ty.clone());
+    eraser.erased
+}
+
+/// Turns every `impl Trait` in a type into `_`.
+#[derive(Default)]
+struct ImplTraitEraser {
+    erased: bool,
+}
+
+impl VisitMut for ImplTraitEraser {
+    fn visit_type_mut(&mut self, ty: &mut Type) {
+        if let Type::ImplTrait(impl_trait) = ty {
+            *ty = Type::Infer(syn::TypeInfer {
+                underscore_token: Token![_](impl_trait.span()),
+            });
+            self.erased = true;
+        } else {
+            syn::visit_mut::visit_type_mut(self, ty);
         }
     }
-
-    let mut ty = ty.clone();
-    ImplTraitEraser.visit_type_mut(&mut ty);
-    ty
 }
 
 #[cfg(test)]
@@ -270,6 +372,29 @@ mod tests {
         )
     }
 
+    fn verdict(krate: &str, ty: &str) -> String {
+        format!(
+            "| __singleton_value : & {ty} | {{ \
+             use {krate} :: __private :: {{ AnyVerdict as _ , ResultVerdict as _ }} ; \
+             (& {krate} :: __private :: Verdict (__singleton_value)) . succeeded () }}"
+        )
+    }
+
+    /// The arguments of `run_with` after the key, up to the body.
+    fn options_of(args: TokenStream) -> String {
+        let output = expand(
+            args,
+            quote!(
+                async fn f() {}
+            ),
+        );
+        let start = output
+            .find(":: cluster_singleton :: __private :: Options")
+            .unwrap();
+        let end = output.find(" , async move").unwrap();
+        output[start..end].to_owned()
+    }
+
     #[test]
     fn free_fn() {
         let output = expand(
@@ -288,10 +413,12 @@ mod tests {
              pub async fn send (mailer : & Mailer) -> :: core :: result :: Result < \
              :: cluster_singleton :: Outcome < Result < usize , MailError > > , \
              :: cluster_singleton :: Error > {{ \
-             :: cluster_singleton :: __private :: run (\"daily-email\" , \
-             :: core :: time :: Duration :: from_millis (600000u64) , \
-             async move {{ {} let n = mailer . send () . await ? ; Ok (n) }} ,) . await }}",
+             :: cluster_singleton :: __private :: run_with (\"daily-email\" , \
+             :: cluster_singleton :: __private :: Options :: new (\
+             :: core :: time :: Duration :: from_millis (600000u64)) , \
+             async move {{ {} let n = mailer . send () . await ? ; Ok (n) }} , {} ,) . await }}",
             fake_return("Result < usize , MailError >"),
+            verdict(":: cluster_singleton", "Result < usize , MailError >"),
         );
         assert_eq!(output, expected);
     }
@@ -307,10 +434,12 @@ mod tests {
         let expected = format!(
             "async fn tick (& self) -> :: core :: result :: Result < \
              renamed :: Outcome < () > , renamed :: Error > {{ \
-             renamed :: __private :: run (\"k\" , \
-             :: core :: time :: Duration :: from_millis (1000u64) , \
-             async move {{ {} }} ,) . await }}",
+             renamed :: __private :: run_with (\"k\" , \
+             renamed :: __private :: Options :: new (\
+             :: core :: time :: Duration :: from_millis (1000u64)) , \
+             async move {{ {} }} , {} ,) . await }}",
             fake_return("()"),
+            verdict("renamed", "()"),
         );
         assert_eq!(output, expected);
     }
@@ -330,6 +459,64 @@ mod tests {
              Result < impl Display , Vec < impl Debug > > >"
         ));
         assert!(output.contains(&fake_return("Result < _ , Vec < _ > >")));
+        // A closure cannot name `impl Trait` in its parameter's type.
+        assert!(output.ends_with("} , | _ | true ,) . await }"));
+    }
+
+    #[test]
+    fn options_only_as_given_and_in_order() {
+        let duration =
+            |millis: &str| format!(":: core :: time :: Duration :: from_millis ({millis})");
+        let new = format!(
+            ":: cluster_singleton :: __private :: Options :: new ({})",
+            duration("600000u64")
+        );
+        assert_eq!(options_of(quote!(key = "k", ttl = "10m")), new);
+        assert_eq!(
+            options_of(quote!(
+                min_hold = "1m",
+                on_lost = "continue",
+                max_hold = "1h",
+                renew = true,
+                wait = "30s",
+                key = "k",
+                ttl = "10m"
+            )),
+            format!(
+                "{new} . wait ({}) . renew (true) . max_hold ({}) . on_lost (\
+                 :: cluster_singleton :: __private :: OnLost :: Continue) . min_hold ({})",
+                duration("30000u64"),
+                duration("3600000u64"),
+                duration("60000u64"),
+            )
+        );
+        assert_eq!(
+            options_of(quote!(
+                key = "k",
+                ttl = "10m",
+                renew = false,
+                on_lost = "cancel"
+            )),
+            format!(
+                "{new} . renew (false) . on_lost (\
+                 :: cluster_singleton :: __private :: OnLost :: Cancel)"
+            )
+        );
+    }
+
+    #[test]
+    fn key_placeholders_are_formatted_before_the_body_moves_them() {
+        let output = expand(
+            quote!(key = "invoice:{customer_id}", ttl = "1s"),
+            quote!(
+                async fn f(customer_id: String) {}
+            ),
+        );
+        assert!(output.contains(
+            ":: cluster_singleton :: __private :: run_with (\
+             & :: std :: format ! (\"invoice:{}\" , customer_id) , \
+             :: cluster_singleton :: __private :: Options :: new"
+        ));
     }
 
     #[test]
@@ -346,7 +533,7 @@ mod tests {
         assert!(output.starts_with(
             "pub (crate) async fn f < 'a , T > (value : & 'a T) -> :: core :: result :: Result < \
              :: cluster_singleton :: Outcome < usize > , :: cluster_singleton :: Error > \
-             where T : Display { # ! [allow (unused)] :: cluster_singleton :: __private :: run"
+             where T : Display { # ! [allow (unused)] :: cluster_singleton :: __private :: run_with"
         ));
     }
 
@@ -356,8 +543,9 @@ mod tests {
             quote!(key = "k", ttl = "1s"),
             quote!(async fn f() { #![doc = "inner"] => any tokens <= rustc accepts }),
         );
-        assert!(output.contains("{ # ! [doc = \"inner\"] :: cluster_singleton :: __private :: run"));
-        assert!(output.contains("=> any tokens <= rustc accepts } ,) . await }"));
+        assert!(output
+            .contains("{ # ! [doc = \"inner\"] :: cluster_singleton :: __private :: run_with"));
+        assert!(output.contains("=> any tokens <= rustc accepts } , |"));
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! Use it through the `cluster-singleton` crate, which re-exports it with the runtime that the
 //! generated code calls; this crate's version is pinned exactly by that one. Arguments are
-//! parsed and checked in `args.rs`, the code is generated in `expand.rs`.
+//! parsed and checked in `args.rs` (the key and its placeholders in `key.rs`), the code is
+//! generated in `expand.rs`.
 
 mod args;
 mod expand;
+mod key;
 
 use proc_macro::TokenStream;
 

@@ -14,4 +14,13 @@ async fn ttl_twice() {}
 )]
 async fn crate_twice() {}
 
+#[singleton(key = "a", ttl = "10m", wait = "1s", wait = "2s")]
+async fn wait_twice() {}
+
+#[singleton(key = "a", ttl = "10m", renew = false, renew = false)]
+async fn renew_twice() {}
+
+#[singleton(key = "a", ttl = "10m", on_lost = "cancel", on_lost = "continue")]
+async fn on_lost_twice() {}
+
 fn main() {}
