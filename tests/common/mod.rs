@@ -53,6 +53,15 @@ impl Nodes {
             .collect()
     }
 
+    /// On how many nodes `key` holds `value`. A lock is taken once a quorum granted it, so the
+    /// other nodes' copies may still be on their way: count, don't look at one node.
+    pub fn holding(&self, key: &str, value: &str) -> usize {
+        self.values(key, &[])
+            .iter()
+            .filter(|held| held.as_deref() == Some(value))
+            .count()
+    }
+
     /// Whether no reachable node has `key`.
     pub fn absent(&self, key: &str, skip: &[usize]) -> bool {
         self.values(key, skip).iter().all(Option::is_none)
