@@ -35,6 +35,35 @@
 //!
 //! See the [`singleton`] attribute for its arguments and the code it expands to, [`runtime`] for
 //! set-up, and the README for deployment notes.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `metrics` | off | counters and histograms through the [`metrics`](https://docs.rs/metrics) facade (below) |
+//!
+//! # Observability
+//!
+//! Every `#[singleton]` call (and every [`runtime::Runtime::run_with`]) runs inside a `tracing`
+//! span named `singleton`, with the fields `key`, `nodes`, `granted`, `busy` and `failed` (the
+//! votes), `validity_ms` (what was left of the ttl when the lock was taken), `outcome` (`ran`,
+//! `busy`, `already_done`, or the kind of error: `no_quorum`, `lease_lost`, ...) and
+//! `elapsed_ms`; the body's own spans and events nest under it. A lost lease, a release or a done
+//! marker that reached too few nodes, and a node that cannot be reached at start-up are `warn`
+//! events; each node without a vote is a `debug` event naming the node (password hidden).
+//!
+//! With the `metrics` feature, labelled with `key` (with `{param}` placeholders, one series per
+//! parameter value: mind the cardinality):
+//!
+//! | name | kind | extra labels | counts |
+//! | --- | --- | --- | --- |
+//! | `cluster_singleton_acquired_total` | counter | | locks taken |
+//! | `cluster_singleton_skipped_total` | counter | `reason`: `busy`, `already_done` | calls that did not run their body |
+//! | `cluster_singleton_errors_total` | counter | `kind`: `no_quorum`, `lease_lost`, ... | calls that failed |
+//! | `cluster_singleton_leases_lost_total` | counter | | leases lost while a body ran |
+//! | `cluster_singleton_releases_failed_total` | counter | | releases that reached too few nodes |
+//! | `cluster_singleton_acquire_seconds` | histogram | | time to take the lock, granted or not |
+//! | `cluster_singleton_hold_seconds` | histogram | | from taking the lock to releasing it |
 
 #[doc(inline)]
 pub use cluster_singleton_macros::singleton;

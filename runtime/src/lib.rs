@@ -13,6 +13,7 @@ mod outcome;
 mod redlock;
 mod runtime;
 mod slot;
+mod telemetry;
 
 #[doc(hidden)]
 pub mod __private;

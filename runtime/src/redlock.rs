@@ -106,6 +106,22 @@ impl Tally {
         }
     }
 
+    /// Puts the votes on the call's span (a no-op outside `Runtime::run_with`), so that a
+    /// trace shows how close the call came to a quorum.
+    fn record_on_span(&self) {
+        let span = tracing::Span::current();
+        span.record("granted", self.granted);
+        span.record("busy", self.busy_count());
+        span.record("failed", self.failures.len());
+        for failure in &self.failures {
+            tracing::debug!(
+                node = failure.node,
+                cause = failure.cause,
+                "a node gave no vote"
+            );
+        }
+    }
+
     fn busy_count(&self) -> usize {
         self.busy.iter().filter(|busy| **busy).count()
     }
@@ -168,6 +184,7 @@ pub(crate) async fn acquire(
         let token = new_token()?;
         let started = Instant::now();
         let tally = vote(&runtime, &key, fence_key.as_deref(), &token, ttl).await;
+        tally.record_on_span();
 
         if tally.won() {
             let fence = match &fence_key {
@@ -183,6 +200,7 @@ pub(crate) async fn acquire(
                 validity(ttl, started.elapsed(), runtime.drift_factor()),
             ) {
                 (Ok(fence), Some(left)) => {
+                    tracing::Span::current().record("validity_ms", left.as_millis() as u64);
                     let valid_until = Instant::now() + left;
                     return Ok(Some(Lease::new(
                         runtime,

@@ -11,7 +11,10 @@ use tokio::runtime::Handle;
 
 use crate::node::Node;
 use crate::redlock::{acquire, quorum};
+use tracing::Instrument;
+
 use crate::slot::{self, Period};
+use crate::telemetry;
 use crate::{Config, Error, Lease, OnLost, Options, Outcome, Skip};
 
 /// The crate's own tokio runtime: one background thread that owns every Redis connection and
@@ -225,7 +228,8 @@ impl Runtime {
         let key = format!("{}{key}", self.inner.key_prefix);
         // A task of its own on the engine: a caller that gives up mid-way drops only the join
         // handle, and a lease the task still wins is dropped there, which releases it.
-        self.spawn(acquire(self.clone(), key, options.ttl, options.fencing))
+        let attempt = acquire(self.clone(), key, options.ttl, options.fencing);
+        self.spawn(attempt.instrument(tracing::Span::current()))
             .await?
     }
 
@@ -289,8 +293,54 @@ impl Runtime {
         F: Future,
         S: FnOnce(&F::Output) -> bool,
     {
+        // One span per call; the votes and the validity are recorded on it by the attempt, and
+        // the body's own spans and events nest under it.
+        let span = tracing::info_span!(
+            "singleton",
+            key,
+            nodes = self.node_count(),
+            granted = tracing::field::Empty,
+            busy = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            validity_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .run_traced(key, options, body, succeeded)
+            .instrument(span.clone())
+            .await;
+        let outcome = telemetry::outcome_name(&result);
+        span.record("outcome", outcome);
+        span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+        telemetry::finished(key, outcome);
+        match &result {
+            Err(err @ Error::LeaseLost { .. }) => {
+                span.in_scope(|| tracing::warn!(error = %err, "lease lost while the body ran"));
+            }
+            Err(err) => span.in_scope(|| tracing::debug!(error = %err, "the call failed")),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn run_traced<F, S>(
+        &self,
+        key: &str,
+        options: Options,
+        body: F,
+        succeeded: S,
+    ) -> Result<Outcome<F::Output>, Error>
+    where
+        F: Future,
+        S: FnOnce(&F::Output) -> bool,
+    {
         check_options(&options)?;
-        let Some(lease) = self.lock_with(key, &options).await? else {
+        let attempt_started = Instant::now();
+        let lease = self.lock_with(key, &options).await;
+        telemetry::attempted(key, attempt_started.elapsed(), matches!(lease, Ok(Some(_))));
+        let Some(lease) = lease? else {
             return Ok(Outcome::Skipped(Skip::Busy));
         };
         let period = options.slot.map(Period::now).transpose()?;
@@ -349,7 +399,10 @@ impl Runtime {
             Some(min_hold) if succeeded => min_hold.saturating_sub(lease.held_for()),
             _ => Duration::ZERO,
         };
-        if let Err(err) = lease.release_keeping(keep).await {
+        let held = lease.held_for();
+        let released = lease.release_keeping(keep).await;
+        telemetry::released(key, held, released.is_ok());
+        if let Err(err) = released {
             // The body ran; a release that could not reach a quorum leaves copies that expire
             // with the ttl, which is worth a warning but is not an error of the call.
             tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
