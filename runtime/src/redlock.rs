@@ -1,12 +1,14 @@
 //! The Redlock algorithm: one function per step, in the order the algorithm takes them.
 //!
 //! 1. [`acquire`]: a fresh token, `SET key token NX PX ttl` on every node at once, stop as soon as
-//!    the result is decided;
+//!    the result is decided; after a split vote, give back and try again after a random pause;
+//!    with fencing, a second round ([`raise_fence`]) fixes the lease's fencing token;
 //! 2. [`validity`]: what is left of the ttl after the time spent and the clock drift;
 //! 3. on failure, [`release`] on every node that may hold our token, then tell contention
 //!    (a quorum answered) from outage (it did not);
-//! 4. [`release`] again when the holder is done: compare-and-delete, so it never deletes a key
-//!    whose value is not ours.
+//! 4. [`extend`] while the holder works: owner-checked, on a quorum, with validity left;
+//! 5. [`release`] when the holder is done: compare-and-delete (or, for `min_hold`,
+//!    compare-and-expire), so it never touches a key whose value is not ours.
 
 use std::time::{Duration, Instant};
 
