@@ -265,10 +265,20 @@ mod metrics_facade {
         let ttl = Duration::from_secs(10);
 
         for _ in 0..3 {
-            assert!(nodes.runtime.run("metered", ttl, async {}).await.unwrap().ran());
+            assert!(nodes
+                .runtime
+                .run("metered", ttl, async {})
+                .await
+                .unwrap()
+                .ran());
         }
         let held = nodes.runtime.lock("metered", ttl).await.unwrap().unwrap();
-        assert!(!nodes.runtime.run("metered", ttl, async {}).await.unwrap().ran());
+        assert!(!nodes
+            .runtime
+            .run("metered", ttl, async {})
+            .await
+            .unwrap()
+            .ran());
         held.release().await.unwrap();
         let lost = Options::new(Duration::from_millis(200)).renew(false);
         let _ = nodes
