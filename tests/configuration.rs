@@ -53,6 +53,7 @@ fn the_same_node_twice() {
 }
 
 #[test]
+#[cfg(not(feature = "tls"))]
 fn tls_without_the_tls_feature() {
     let message = invalid(Config::new(["rediss://127.0.0.1:6379"]));
     assert!(message.contains("#1"), "{message}");

@@ -109,3 +109,55 @@ async fn a_frozen_majority_fails_within_a_node_timeout_and_recovers() {
 async fn a_killed_majority_fails_fast_and_recovers() {
     majority_fails_fast_then_recovers(false).await;
 }
+
+#[tokio::test]
+async fn a_partitioned_majority_fails_within_a_node_timeout_and_recovers_when_healed() {
+    let cluster = cluster_singleton_testkit::Cluster::builder()
+        .nodes(5)
+        .proxied(true)
+        .start()
+        .unwrap();
+    let runtime = common::runtime_for(&cluster);
+    runtime
+        .lock("warm", TTL)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        cluster.proxy(i).partition();
+    }
+
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let err = runtime.lock("job", TTL).await.unwrap_err();
+        slowest = slowest.max(started.elapsed());
+        assert!(matches!(err, Error::NoQuorum(_)), "{err}");
+    }
+    println!("majority partitioned: slowest no-quorum error after {slowest:?}");
+    assert!(slowest < NODE_TIMEOUT * 3, "{slowest:?}");
+
+    for i in 0..3 {
+        cluster.proxy(i).heal();
+    }
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(5);
+    loop {
+        if let Ok(Some(lease)) = runtime.lock("job", TTL).await {
+            lease.release().await.unwrap();
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the same runtime never locked again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "locking again {:?} after the partition healed",
+        healed.elapsed()
+    );
+}

@@ -51,6 +51,10 @@ pub struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) drift_factor: f64,
     pub(crate) restart_grace: Option<Duration>,
+    /// The CA certificates (PEM) that `rediss://` nodes are checked against, instead of the
+    /// system's roots.
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl Config {
@@ -93,6 +97,8 @@ impl Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             drift_factor: DEFAULT_CLOCK_DRIFT_FACTOR,
             restart_grace: None,
+            #[cfg(feature = "tls")]
+            tls_root_certificate: None,
         }
     }
 
@@ -168,6 +174,36 @@ impl Config {
     /// ```
     pub fn restart_grace(mut self, grace: Duration) -> Self {
         self.restart_grace = Some(grace);
+        self
+    }
+
+    /// Trusts this CA for `rediss://` nodes, in place of the system's root certificates: for
+    /// Redis servers whose certificates a private CA signed. Only with the `tls` feature.
+    ///
+    /// `pem` is the CA certificate as PEM text (`-----BEGIN CERTIFICATE-----` ...), or several
+    /// of them, all trusted. The server's certificate must also name the host of its URL. Without
+    /// this setting, `rediss://` nodes are checked against the system's roots, as for a managed
+    /// Redis with a public certificate. `redis://` nodes do not use it.
+    ///
+    /// [`Config::build`] fails with [`Error::InvalidConfig`] when `pem` holds no certificate. A
+    /// server whose certificate the CA did not sign gives no vote; the lock's
+    /// [`Error::NoQuorum`] then names the node and says that its certificate was refused.
+    ///
+    /// ```no_run
+    /// use cluster_singleton_runtime::Config;
+    ///
+    /// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// Config::new(["rediss://:password@10.0.0.1:6380", "rediss://:password@10.0.0.2:6380", "rediss://:password@10.0.0.3:6380"])
+    ///     .tls_root_certificate(ca)
+    ///     .init()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificate = Some(pem.into());
         self
     }
 

@@ -83,7 +83,8 @@ pub(crate) struct Node {
 
 /// Where a node's commands go.
 enum Backend {
-    Redis(redis::Client),
+    /// Boxed: with TLS set up, a client is larger than the rest of the node.
+    Redis(Box<redis::Client>),
     /// In process, for tests (`memory://`): the same commands, answered by [`memory::Store`].
     Memory(Arc<memory::Store>),
 }
@@ -158,13 +159,7 @@ impl Node {
         let backend = if url.starts_with(memory::SCHEME) {
             Backend::Memory(memory::store(url))
         } else {
-            let client = redis::Client::open(url).map_err(|err| {
-                Error::InvalidConfig(format!(
-                    "Redis URL #{position} ({name}) is not valid: {err}; \
-                     expected `redis://[user:password@]host[:port][/db]` (or `memory://` for tests)"
-                ))
-            })?;
-            Backend::Redis(client)
+            Backend::Redis(Box::new(client(position, &name, url, config)?))
         };
         let restart_grace = match config.restart_grace {
             None => Some(RestartGrace::Ttl),
@@ -440,7 +435,7 @@ impl Node {
                 }
                 Link::Down { .. } => {
                     let attempt = tokio::spawn(open(
-                        client.clone(),
+                        redis::Client::clone(client),
                         self.connect_timeout,
                         self.restart_grace.is_some(),
                     ))
@@ -519,6 +514,54 @@ impl Node {
     }
 }
 
+/// The client for the Redis URL `url` (the `position`-th, named `name`), set up for TLS when
+/// the URL is `rediss://`.
+#[cfg_attr(
+    not(feature = "tls"),
+    expect(unused_variables, reason = "only TLS reads the configuration here")
+)]
+fn client(position: usize, name: &str, url: &str, config: &Config) -> Result<redis::Client, Error> {
+    // Checked before redis-rs sees the URL: another crate in the program may have turned on
+    // redis-rs's own TLS support, and `rediss://` would then connect without this crate's TLS
+    // set-up (the crypto provider, the root certificate).
+    #[cfg(not(feature = "tls"))]
+    if is_tls_url(url) {
+        return Err(Error::InvalidConfig(format!(
+            "Redis URL #{position} ({name}) asks for TLS, which needs the `tls` feature: \
+             `cluster-singleton = {{ version = \"0.1\", features = [\"tls\"] }}`"
+        )));
+    }
+    let client = redis::Client::open(url).map_err(|err| {
+        Error::InvalidConfig(format!(
+            "Redis URL #{position} ({name}) is not valid: {err}; \
+             expected `redis://[user:password@]host[:port][/db]`{} (or `memory://` for tests)",
+            if cfg!(feature = "tls") {
+                ", or `rediss://` for TLS"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    #[cfg(feature = "tls")]
+    let client = tls::client(client, position, name, url, config)?;
+    Ok(client)
+}
+
+/// Whether `url` asks for TLS: `rediss://` (or redis-rs's `valkeys://`).
+#[cfg(not(feature = "tls"))]
+fn is_tls_url(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|parsed| matches!(parsed.scheme(), "rediss" | "valkeys"))
+}
+
+/// Why opening a connection failed, with advice for the failures that have one.
+fn connect_failure(err: &RedisError) -> String {
+    #[cfg(feature = "tls")]
+    if tls::is_certificate_error(err) {
+        return format!("{err} ({})", tls::CERTIFICATE_ADVICE);
+    }
+    err.to_string()
+}
+
 /// Opens a connection (its driver task lives on the runtime this runs on: the crate's own) and,
 /// unless `read_uptime` is off, reads when the server started and its `run_id`.
 async fn open(client: redis::Client, connect_timeout: Duration, read_uptime: bool) -> Opened {
@@ -564,7 +607,7 @@ async fn open(client: redis::Client, connect_timeout: Duration, read_uptime: boo
     };
     match tokio::time::timeout(connect_timeout, opening).await {
         Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(err)) => Err(err.to_string()),
+        Ok(Err(err)) => Err(connect_failure(&err)),
         Err(_elapsed) => Err(format!("no connection within {connect_timeout:?}")),
     }
 }
@@ -583,4 +626,117 @@ async fn within<T>(
 /// A duration as whole milliseconds for `PX`, saturating far beyond any real ttl.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `rediss://`: rustls, with the system's roots or the CA given to
+/// [`Config::tls_root_certificate`].
+#[cfg(feature = "tls")]
+mod tls {
+    use redis::{ConnectionAddr, RedisError, TlsCertificates};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    use crate::{Config, Error};
+
+    /// Added to a refused server certificate: the usual causes, and where each is fixed.
+    pub(super) const CERTIFICATE_ADVICE: &str =
+        "the server's TLS certificate was refused: give the CA that signed it to \
+         `Config::tls_root_certificate` (unless the system's roots should trust it), and check \
+         that the certificate names the host in the URL and has not expired";
+
+    /// `client` as it is for a `redis://` URL; for `rediss://`, made to trust the configured CA.
+    pub(super) fn client(
+        client: redis::Client,
+        position: usize,
+        name: &str,
+        url: &str,
+        config: &Config,
+    ) -> Result<redis::Client, Error> {
+        // Checked for `redis://` nodes too: a CA given for nothing is likely a URL that lacks
+        // its `s`.
+        if let Some(pem) = &config.tls_root_certificate {
+            check_root_certificate(pem)?;
+        }
+        let ConnectionAddr::TcpTls { insecure, .. } = client.get_connection_info().addr() else {
+            return Ok(client);
+        };
+        if *insecure {
+            return Err(Error::InvalidConfig(format!(
+                "Redis URL #{position} ({name}) ends in `#insecure`, which would accept any server \
+                 certificate, and so any server; remove it, and give a private CA with \
+                 `Config::tls_root_certificate`"
+            )));
+        }
+        install_crypto_provider();
+        let Some(pem) = &config.tls_root_certificate else {
+            return Ok(client);
+        };
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
+        redis::Client::build_with_tls(url, certificates).map_err(|err| {
+            Error::InvalidConfig(format!(
+                "cannot use `Config::tls_root_certificate` for Redis URL #{position} ({name}): {err}; \
+                 give the PEM of the CA certificate that signed the Redis servers' certificates"
+            ))
+        })
+    }
+
+    /// Makes sure rustls has a process-wide crypto provider, which redis-rs needs: `ring`,
+    /// unless the program installed one. Without it, a program whose other dependencies turn
+    /// on a second provider (rustls's default, `aws-lc-rs`) would panic on its first connection.
+    fn install_crypto_provider() {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Fails only when another thread installed one meanwhile; theirs is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+
+    /// Fails unless `pem` holds at least one well-formed PEM certificate: otherwise every
+    /// connection would fail later with an unknown issuer, far from the mistake.
+    fn check_root_certificate(pem: &[u8]) -> Result<(), Error> {
+        let certificates: Result<Vec<CertificateDer<'_>>, _> =
+            CertificateDer::pem_slice_iter(pem).collect();
+        match certificates {
+            Ok(certificates) if !certificates.is_empty() => Ok(()),
+            Ok(_) => Err(Error::InvalidConfig(
+                "`Config::tls_root_certificate` holds no certificate; give the CA certificate \
+                 that signed the Redis servers' certificates, as PEM text \
+                 (`-----BEGIN CERTIFICATE-----` ...)"
+                    .into(),
+            )),
+            Err(err) => Err(Error::InvalidConfig(format!(
+                "`Config::tls_root_certificate` is not valid PEM: {err}; give the CA certificate \
+                 that signed the Redis servers' certificates, as PEM text \
+                 (`-----BEGIN CERTIFICATE-----` ...)"
+            ))),
+        }
+    }
+
+    /// Whether `err` is rustls refusing the server's certificate.
+    pub(super) fn is_certificate_error(err: &RedisError) -> bool {
+        type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(current) = cause {
+            // redis-rs keeps the error in an `Arc`, and both `Arc` and `io::Error` hide the
+            // error they wrap from `source()`: look inside each by hand.
+            let unshared: &(dyn std::error::Error + 'static) =
+                match current.downcast_ref::<Shared>() {
+                    Some(shared) => &**shared,
+                    None => current,
+                };
+            let unwrapped = unshared
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map_or(unshared, |inner| {
+                    inner as &(dyn std::error::Error + 'static)
+                });
+            if let Some(rustls::Error::InvalidCertificate(_)) = unwrapped.downcast_ref() {
+                return true;
+            }
+            cause = current.source();
+        }
+        false
+    }
 }

@@ -46,6 +46,63 @@
 //! # }
 //! // Dropping `cluster` kills all three processes and removes their directories.
 //! ```
+//!
+//! # TLS
+//!
+//! With the `tls` feature, `ClusterBuilder::tls` starts nodes that speak
+//! only TLS (`--port 0 --tls-port PORT`), with a CA and a server certificate
+//! for `127.0.0.1` made afresh for each cluster: nothing is checked in. The
+//! URLs are then `rediss://127.0.0.1:PORT`, and clients must trust
+//! `Cluster::tls_ca_pem`. `unrelated_ca_pem` gives a CA that signed
+//! nothing, for tests of a client that trusts the wrong one. (These three
+//! exist only with the feature.)
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use cluster_singleton_testkit::Cluster;
+//!
+//! let cluster = Cluster::builder().nodes(3).tls(true).start()?;
+//! assert!(cluster.url(0).starts_with("rediss://127.0.0.1:"));
+//! let ca_pem: &str = cluster.tls_ca_pem(); // hand this to the code under test
+//!
+//! // The test's own connections trust it already.
+//! let mut con = cluster.connection(0)?;
+//! redis::cmd("PING").exec(&mut con)?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "tls"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Network faults
+//!
+//! A node can also be cut off, slowed down or disconnected while it keeps
+//! running, through a [`Proxy`] in front of it. With
+//! [`ClusterBuilder::proxied`], every node gets one: [`Cluster::url`] then
+//! points at the proxy, which is what the code under test should use, while
+//! [`Cluster::direct_url`] and [`Cluster::connection`] go straight to the
+//! node, for checks that must work during a partition.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cluster_singleton_testkit::Cluster;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = Cluster::builder().nodes(3).proxied(true).start()?;
+//! let urls = cluster.urls(); // through the proxies
+//!
+//! cluster.proxy(0).partition(); // node 0 is unreachable: timeouts, not errors
+//! cluster.proxy(0).heal();
+//! cluster.proxy(1).set_latency(Duration::from_millis(80));
+//! cluster.proxy(2).reset(); // every connection to node 2 is dropped at once
+//!
+//! // Checks bypass the proxies.
+//! let mut con = cluster.connection(0)?;
+//! redis::cmd("PING").exec(&mut con)?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -61,6 +118,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod proxy;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use proxy::Proxy;
+#[cfg(feature = "tls")]
+pub use tls::unrelated_ca_pem;
 
 /// The environment variable that, when set, names the `redis-server` binary to
 /// run instead of the one found on `PATH`.
@@ -112,6 +177,9 @@ const LOG_FILE_NAME: &str = "redis.log";
 /// node gets afresh as its `--dir`, so whatever an earlier run saved (by an
 /// explicit `SAVE`, say) cannot be loaded by a restarted node.
 const DATA_DIR_NAME: &str = "data";
+
+/// The only address nodes and proxies listen on.
+const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
 
 /// Prefix of temporary directory names, so leftovers are easy to recognise.
 const TEMP_DIR_PREFIX: &str = "cluster-singleton-redis-";
@@ -210,6 +278,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The [`Proxy`] in front of a node could not be started.
+    #[error("could not start the proxy in front of node {node}: {source}")]
+    Proxy {
+        /// Index of the node.
+        node: usize,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+
     /// A Redis connection to a node failed.
     #[error("could not connect to node {node} at {url}: {source}; is the node frozen or killed?")]
     Connect {
@@ -221,6 +299,12 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+
+    /// The TLS certificates for the nodes could not be made (only with the
+    /// `tls` feature).
+    #[cfg(feature = "tls")]
+    #[error("could not make the TLS certificates for the redis nodes: {0}")]
+    Certificates(String),
 }
 
 /// Several independent `redis-server` processes ("nodes") on loopback ports.
@@ -260,6 +344,11 @@ pub struct Cluster {
     password: Option<String>,
     args: Vec<String>,
     nodes: Vec<Node>,
+    /// One per node when the cluster is proxied, else empty.
+    proxies: Vec<Proxy>,
+    /// The nodes' certificates, when they speak TLS.
+    #[cfg(feature = "tls")]
+    tls: Option<tls::Certificates>,
 }
 
 /// Options for a [`Cluster`]; made by [`Cluster::builder`].
@@ -286,6 +375,9 @@ pub struct ClusterBuilder {
     nodes: usize,
     password: Option<String>,
     args: Vec<String>,
+    proxied: bool,
+    #[cfg(feature = "tls")]
+    tls: bool,
 }
 
 #[derive(Debug)]
@@ -301,6 +393,9 @@ impl Default for ClusterBuilder {
             nodes: 1,
             password: None,
             args: Vec::new(),
+            proxied: false,
+            #[cfg(feature = "tls")]
+            tls: false,
         }
     }
 }
@@ -366,6 +461,56 @@ impl ClusterBuilder {
         self
     }
 
+    /// Puts a [`Proxy`] in front of every node (default: no proxies), so that a
+    /// test can partition a node from its clients, slow it down or drop its
+    /// connections with [`Cluster::proxy`].
+    ///
+    /// [`Cluster::url`] and [`Cluster::urls`] then give the proxies'
+    /// addresses: hand those to the code under test. [`Cluster::direct_url`]
+    /// and [`Cluster::connection`] still reach the node itself. A proxy keeps
+    /// its port across kills and restarts of its node.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder()
+    ///     .nodes(3)
+    ///     .proxied(true)
+    ///     .start()?;
+    /// assert_eq!(cluster.url(0), format!("redis://127.0.0.1:{}", cluster.proxy(0).port()));
+    /// assert_eq!(cluster.direct_url(0), format!("redis://127.0.0.1:{}", cluster.port(0)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn proxied(mut self, proxied: bool) -> Self {
+        self.proxied = proxied;
+        self
+    }
+
+    /// Makes every node speak TLS only (default: plain TCP only), with a
+    /// certificate for `127.0.0.1` signed by a CA made for this cluster. Only
+    /// with the `tls` feature.
+    ///
+    /// [`Cluster::url`] then gives `rediss://` URLs, [`Cluster::tls_ca_pem`]
+    /// the CA that clients must trust, and [`Cluster::connection`] trusts it
+    /// already. Proxies, if any, pass the TLS traffic through untouched.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder().tls(true).start()?;
+    /// assert_eq!(cluster.url(0), format!("rediss://127.0.0.1:{}", cluster.port(0)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Starts the nodes and waits until each answers `PING`.
     ///
     /// # Errors
@@ -389,6 +534,9 @@ impl ClusterBuilder {
             password: self.password,
             args: self.args,
             nodes: Vec::with_capacity(self.nodes),
+            proxies: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: self.tls.then(tls::Certificates::generate).transpose()?,
         };
         for i in 0..self.nodes {
             let dir = tempfile::Builder::new()
@@ -403,6 +551,12 @@ impl ClusterBuilder {
             });
             // On error, dropping `cluster` stops the nodes started so far.
             cluster.launch(i, PortChoice::AnyFree)?;
+            if self.proxied {
+                let target = (LOOPBACK, cluster.port(i)).into();
+                let proxy =
+                    Proxy::start(target).map_err(|source| Error::Proxy { node: i, source })?;
+                cluster.proxies.push(proxy);
+            }
         }
         Ok(cluster)
     }
@@ -481,7 +635,9 @@ impl Cluster {
 
     /// Returns node `i`'s URL: `redis://127.0.0.1:PORT`, or
     /// `redis://:PASSWORD@127.0.0.1:PORT` when a password is set (with the
-    /// password percent-encoded).
+    /// password percent-encoded). In a [proxied](ClusterBuilder::proxied)
+    /// cluster, `PORT` is that of the node's [`Proxy`]; the node's own is in
+    /// [`direct_url`](Cluster::direct_url).
     ///
     /// # Panics
     ///
@@ -497,7 +653,117 @@ impl Cluster {
     /// # }
     /// ```
     pub fn url(&self, i: usize) -> String {
+        match self.proxies.get(i) {
+            Some(proxy) => self.url_for_port(proxy.port()),
+            None => self.url_for_port(self.node(i).port),
+        }
+    }
+
+    /// Returns node `i`'s own URL, which bypasses its [`Proxy`] in a
+    /// [proxied](ClusterBuilder::proxied) cluster: for checks that must see
+    /// the node while its proxy is partitioned or slow. The same as
+    /// [`url`](Cluster::url) when the cluster is not proxied.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= self.len()`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder().proxied(true).start()?;
+    /// assert_ne!(cluster.url(0), cluster.direct_url(0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn direct_url(&self, i: usize) -> String {
         self.url_for_port(self.node(i).port)
+    }
+
+    /// Returns the [`Proxy`] in front of node `i`, to partition, delay or
+    /// reset its traffic.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= self.len()`, or if the cluster was not built with
+    /// [`proxied(true)`](ClusterBuilder::proxied).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder().nodes(3).proxied(true).start()?;
+    /// cluster.proxy(2).partition();
+    /// // ... the code under test now sees node 2 time out ...
+    /// cluster.proxy(2).heal();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn proxy(&self, i: usize) -> &Proxy {
+        let len = self.nodes.len();
+        if i >= len {
+            out_of_range(i, len);
+        }
+        self.proxies.get(i).unwrap_or_else(|| {
+            panic!(
+                "node {i} has no proxy: build the cluster with `Cluster::builder().proxied(true)`"
+            )
+        })
+    }
+
+    /// Returns whether every node has a [`Proxy`] in front of it (see
+    /// [`ClusterBuilder::proxied`]).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// assert!(!cluster_singleton_testkit::Cluster::start(1)?.is_proxied());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_proxied(&self) -> bool {
+        !self.proxies.is_empty()
+    }
+
+    /// Returns whether the nodes speak TLS (see `ClusterBuilder::tls`;
+    /// always `false` without the `tls` feature).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// assert!(!cluster_singleton_testkit::Cluster::start(1)?.is_tls());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_tls(&self) -> bool {
+        self.ca_pem().is_some()
+    }
+
+    /// Returns the PEM of the CA that signed the nodes' certificates: what a
+    /// client of the `rediss://` URLs must trust. Made afresh for each
+    /// cluster. Only with the `tls` feature.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was not built with [`tls(true)`](ClusterBuilder::tls).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder().tls(true).start()?;
+    /// assert!(cluster.tls_ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(&self) -> &str {
+        self.ca_pem().unwrap_or_else(|| {
+            panic!("this cluster does not use TLS: build it with `Cluster::builder().tls(true)`")
+        })
     }
 
     /// Returns every node's URL, in index order.
@@ -516,7 +782,9 @@ impl Cluster {
     }
 
     /// Returns node `i`'s port on `127.0.0.1`. It does not change when the
-    /// node is killed, started again or restarted.
+    /// node is killed, started again or restarted. In a
+    /// [proxied](ClusterBuilder::proxied) cluster it is the node's own port;
+    /// clients use the proxy's, [`proxy(i).port()`](Proxy::port).
     ///
     /// # Panics
     ///
@@ -751,8 +1019,10 @@ impl Cluster {
     }
 
     /// Opens a synchronous redis-rs connection to node `i` (authenticated if a
-    /// password is set), for setting up and checking state in tests. It has
-    /// no read timeout; set one with
+    /// password is set, over TLS trusting `Cluster::tls_ca_pem` if the nodes
+    /// speak TLS), for setting up and checking state in tests. It goes
+    /// to the node's [`direct_url`](Cluster::direct_url), bypassing any
+    /// [`Proxy`]. It has no read timeout; set one with
     /// [`set_read_timeout`](redis::Connection::set_read_timeout) when talking
     /// to a node that may be frozen.
     ///
@@ -780,13 +1050,13 @@ impl Cluster {
         if self.node(i).child.is_none() {
             return Err(Error::NotRunning { node: i });
         }
-        let url = self.url(i);
+        let url = self.direct_url(i);
         let connect_error = |source| Error::Connect {
             node: i,
             url: url.clone(),
             source,
         };
-        redis::Client::open(url.as_str())
+        self.client(&url)
             .map_err(connect_error)?
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(connect_error)
@@ -811,6 +1081,25 @@ impl Cluster {
     /// ```
     pub fn log(&self, i: usize) -> String {
         read_lossy(&self.node(i).log_path(), 0)
+    }
+
+    /// The CA's PEM when the nodes speak TLS.
+    fn ca_pem(&self) -> Option<&str> {
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = &self.tls {
+            return Some(certificates.ca_pem());
+        }
+        None
+    }
+
+    /// A redis-rs client for one of this cluster's URLs, trusting the
+    /// cluster's CA when the nodes speak TLS.
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        #[cfg(feature = "tls")]
+        if let Some(ca_pem) = self.ca_pem() {
+            return tls::client(url, ca_pem);
+        }
+        redis::Client::open(url)
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -872,9 +1161,8 @@ impl Cluster {
         // what the testkit relies on last, so they cannot.
         command.args(["--save", "", "--appendonly", "no"]);
         command.args(&self.args);
+        self.listen(&mut command, port);
         command
-            .arg("--port")
-            .arg(port.to_string())
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&data_dir)
@@ -899,7 +1187,11 @@ impl Cluster {
         })?;
 
         let url = self.url_for_port(port);
-        match wait_ready(&mut child, &url) {
+        let ready = match self.client(&url) {
+            Ok(client) => wait_ready(&mut child, &client),
+            Err(source) => Err(NotReady::Client(source)),
+        };
+        match ready {
             Ok(()) => Ok(child),
             Err(outcome) => {
                 // Never leave a half-started process behind; errors are moot
@@ -927,16 +1219,32 @@ impl Cluster {
                         pid: child.id(),
                         source,
                     },
+                    NotReady::Client(source) => Error::Connect {
+                        node: i,
+                        url,
+                        source,
+                    },
                 };
                 Err((error, port_in_use))
             }
         }
     }
 
+    /// Makes the node listen on `port`: plain TCP, or TLS only.
+    fn listen(&self, command: &mut Command, port: u16) {
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = &self.tls {
+            certificates.listen(command, port);
+            return;
+        }
+        command.arg("--port").arg(port.to_string());
+    }
+
     fn url_for_port(&self, port: u16) -> String {
+        let scheme = if self.is_tls() { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{}@127.0.0.1:{port}", percent_encode(p)),
-            None => format!("redis://127.0.0.1:{port}"),
+            Some(p) => format!("{scheme}://:{}@127.0.0.1:{port}", percent_encode(p)),
+            None => format!("{scheme}://127.0.0.1:{port}"),
         }
     }
 }
@@ -992,10 +1300,13 @@ enum NotReady {
     Exited(String),
     Timeout,
     Wait(io::Error),
+    /// No client could be made for the node's URL.
+    Client(redis::RedisError),
 }
 
-/// Polls until `child` answers on `url`, it exits, or the deadline passes.
-fn wait_ready(child: &mut Child, url: &str) -> Result<(), NotReady> {
+/// Polls until `child` answers through `client`, it exits, or the deadline
+/// passes.
+fn wait_ready(child: &mut Child, client: &redis::Client) -> Result<(), NotReady> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         match child.try_wait() {
@@ -1003,7 +1314,7 @@ fn wait_ready(child: &mut Child, url: &str) -> Result<(), NotReady> {
             Ok(None) => {}
             Err(e) => return Err(NotReady::Wait(e)),
         }
-        if answers_as(url, child.id()) {
+        if answers_as(client, child.id()) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -1013,13 +1324,13 @@ fn wait_ready(child: &mut Child, url: &str) -> Result<(), NotReady> {
     }
 }
 
-/// Whether the server at `url` answers PING and is the process `pid`. The
+/// Whether the server behind `client` answers PING and is the process `pid`. The
 /// second check matters when another process grabbed our port: our node is
 /// about to exit with "Address already in use", and the squatter's answers
 /// must not pass for its readiness.
-fn answers_as(url: &str, pid: u32) -> bool {
+fn answers_as(client: &redis::Client, pid: u32) -> bool {
     let probe = || -> redis::RedisResult<bool> {
-        let mut con = redis::Client::open(url)?.get_connection_with_timeout(PROBE_TIMEOUT)?;
+        let mut con = client.get_connection_with_timeout(PROBE_TIMEOUT)?;
         con.set_read_timeout(Some(PROBE_TIMEOUT))?;
         con.set_write_timeout(Some(PROBE_TIMEOUT))?;
         let pong: String = redis::cmd("PING").query(&mut con)?;
