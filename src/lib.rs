@@ -41,6 +41,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `metrics` | off | counters and histograms through the [`metrics`](https://docs.rs/metrics) facade (below) |
+//! | `tls` | off | `rediss://` URLs through rustls; `runtime::Config::tls_root_certificate` for a private CA |
 //!
 //! # Observability
 //!
