@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cluster_singleton::runtime::Runtime;
 use cluster_singleton::Error;
 use common::{Nodes, NODE_TIMEOUT};
 
@@ -42,6 +43,34 @@ async fn one_frozen_node_of_five_costs_the_lock_nothing() {
     );
 }
 
+/// The slowest of a few attempts, each of which must fail for want of a quorum.
+async fn slowest_no_quorum(runtime: &Runtime) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let err = runtime.lock("job", TTL).await.unwrap_err();
+        slowest = slowest.max(started.elapsed());
+        assert!(matches!(err, Error::NoQuorum(_)), "{err}");
+    }
+    slowest
+}
+
+/// Polls until `runtime` takes the lock again, without being rebuilt; fails after five seconds.
+async fn locks_again(runtime: &Runtime) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(Some(lease)) = runtime.lock("job", TTL).await {
+            lease.release().await.unwrap();
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the same runtime never locked again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn majority_fails_fast_then_recovers(freeze: bool) {
     let mut nodes = Nodes::start(5);
     nodes
@@ -61,13 +90,7 @@ async fn majority_fails_fast_then_recovers(freeze: bool) {
         }
     }
 
-    let mut slowest = Duration::ZERO;
-    for _ in 0..5 {
-        let started = Instant::now();
-        let err = nodes.runtime.lock("job", TTL).await.unwrap_err();
-        slowest = slowest.max(started.elapsed());
-        assert!(matches!(err, Error::NoQuorum(_)), "{err}");
-    }
+    let slowest = slowest_no_quorum(&nodes.runtime).await;
     println!(
         "majority {}: slowest no-quorum error after {slowest:?}",
         if freeze { "frozen" } else { "killed" }
@@ -82,18 +105,7 @@ async fn majority_fails_fast_then_recovers(freeze: bool) {
         }
     }
     let back = Instant::now();
-    let deadline = back + Duration::from_secs(5);
-    loop {
-        if let Ok(Some(lease)) = nodes.runtime.lock("job", TTL).await {
-            lease.release().await.unwrap();
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the same runtime never locked again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    locks_again(&nodes.runtime).await;
     println!(
         "locking again {:?} after the majority came back",
         back.elapsed()
@@ -130,13 +142,7 @@ async fn a_partitioned_majority_fails_within_a_node_timeout_and_recovers_when_he
         cluster.proxy(i).partition();
     }
 
-    let mut slowest = Duration::ZERO;
-    for _ in 0..5 {
-        let started = Instant::now();
-        let err = runtime.lock("job", TTL).await.unwrap_err();
-        slowest = slowest.max(started.elapsed());
-        assert!(matches!(err, Error::NoQuorum(_)), "{err}");
-    }
+    let slowest = slowest_no_quorum(&runtime).await;
     println!("majority partitioned: slowest no-quorum error after {slowest:?}");
     assert!(slowest < NODE_TIMEOUT * 3, "{slowest:?}");
 
@@ -144,18 +150,7 @@ async fn a_partitioned_majority_fails_within_a_node_timeout_and_recovers_when_he
         cluster.proxy(i).heal();
     }
     let healed = Instant::now();
-    let deadline = healed + Duration::from_secs(5);
-    loop {
-        if let Ok(Some(lease)) = runtime.lock("job", TTL).await {
-            lease.release().await.unwrap();
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the same runtime never locked again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    locks_again(&runtime).await;
     println!(
         "locking again {:?} after the partition healed",
         healed.elapsed()
