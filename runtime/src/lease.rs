@@ -1,15 +1,16 @@
 //! A held lock: released when done with or dropped, renewed while a body runs, and visible to
 //! that body through [`lease()`].
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::redlock::{extend, release, Extension};
-use crate::{Error, NoQuorum, Options, Runtime};
+use crate::{Error, Options, Runtime};
 
 /// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
 /// before the lease would run out.
@@ -52,8 +53,8 @@ impl fmt::Display for LostReason {
 
 /// What the holder of a lease and the body running under it share.
 struct Held {
-    key: String,
-    token: String,
+    key: Arc<str>,
+    token: Arc<str>,
     ttl: Duration,
     acquired_at: Instant,
     fencing_token: Option<u64>,
@@ -125,8 +126,8 @@ pub struct Lease {
 impl Lease {
     pub(crate) fn new(
         runtime: Runtime,
-        key: String,
-        token: String,
+        key: Arc<str>,
+        token: Arc<str>,
         ttl: Duration,
         acquired_at: Instant,
         valid_until: Instant,
@@ -180,14 +181,8 @@ impl Lease {
     /// [`Error::NoQuorum`] when too few nodes answered to tell (the lease stands until
     /// [`Lease::validity`] runs out; try again).
     pub async fn extend(&mut self) -> Result<(), Error> {
-        let (runtime, held) = (self.runtime.clone(), self.held.clone());
-        let extension = self
-            .runtime
-            .spawn(
-                async move { extend(&runtime, &held.key, &held.token, held.ttl, held.ttl).await },
-            )
-            .await?;
-        match extension {
+        let held = &self.held;
+        match extend(&self.runtime, &held.key, &held.token, held.ttl, held.ttl).await {
             Extension::Extended { valid_until } => {
                 self.held.set_valid_until(valid_until);
                 Ok(())
@@ -203,8 +198,8 @@ impl Lease {
     /// Deletes the key on every node where it still holds this lease's token, and waits until a
     /// quorum of nodes has answered (at most the per-node timeout).
     ///
-    /// The release runs as a task of its own: if the caller is cancelled while waiting, it still
-    /// completes, and it goes on to the slower nodes after this returns. Fails with
+    /// The slower nodes get the release in the background after this returns, and if the caller
+    /// is cancelled while waiting, the release still completes in the background. Fails with
     /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered; the copies left behind
     /// expire with the ttl.
     pub async fn release(self) -> Result<(), Error> {
@@ -214,29 +209,12 @@ impl Lease {
     /// Like [`Lease::release`], but a non-zero `keep` leaves the key to expire that long from
     /// now instead of deleting it (`min_hold`).
     pub(crate) async fn release_keeping(mut self, keep: Duration) -> Result<(), Error> {
+        // From here on, a cancelled release is finished by its round (see `redlock::Round`).
         self.holding = false;
-        let (settled, outcome) = oneshot::channel();
-        self.spawn_release(keep, Some(settled));
-        match outcome.await {
-            Ok(result) => result.map_err(Error::NoQuorum),
-            Err(_gone) => Err(Error::Internal(
-                "the release task ended without an answer".into(),
-            )),
-        }
-    }
-
-    /// Starts the release on the crate's own runtime, which outlives whichever runtime, task or
-    /// panic is dropping the lease.
-    fn spawn_release(
-        &mut self,
-        keep: Duration,
-        settled: Option<oneshot::Sender<Result<(), NoQuorum>>>,
-    ) {
-        let (runtime, held) = (self.runtime.clone(), self.held.clone());
-        self.runtime.engine().spawn(async move {
-            let all = (0..runtime.node_count()).collect();
-            release(&runtime, &held.key, &held.token, all, keep, settled).await;
-        });
+        let all = (0..self.runtime.node_count()).collect();
+        release(&self.runtime, &self.held.key, &self.held.token, all, keep)
+            .await
+            .map_err(Error::NoQuorum)
     }
 
     /// What a body running under this lease sees of it.
@@ -258,30 +236,47 @@ impl Lease {
 
     pub(crate) fn lost_error(&self, reason: LostReason, body_finished: bool) -> Error {
         Error::LeaseLost {
-            key: self.held.key.clone(),
+            key: self.held.key.to_string(),
             reason,
             after: self.held_for(),
             body_finished,
         }
     }
 
-    /// Starts keeping the lease for a body: renewing it (unless `options` turn renewal off) and
-    /// noticing when it is lost. Dropping the returned guard stops it, so renewal never outlives
-    /// the call.
-    pub(crate) fn keep(&self, options: &Options) -> Keeper {
-        let task =
-            self.runtime
-                .engine()
-                .spawn(keep(self.runtime.clone(), self.held.clone(), *options));
-        Keeper { task }
+    /// Keeps the lease for a body, for as long as the returned future is polled beside it:
+    /// renews it (unless `options` turn renewal off) and notices when it is lost.
+    ///
+    /// Nothing happens until the first renewal is due (a third of the ttl), so a short body costs
+    /// one timer. From then on a task on the crate's own runtime does the work, so that renewal
+    /// goes on while the body is busy; dropping the future stops it, so renewal never outlives
+    /// the call. (A body that blocks its thread from before that point, never yielding, starts
+    /// no renewal and loses the lease when the ttl runs out.)
+    pub(crate) fn keep(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
+        let (runtime, held, options) = (self.runtime.clone(), self.held.clone(), *options);
+        let due = (held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR).min(held.valid_until());
+        async move {
+            tokio::time::sleep_until(due.into()).await;
+            let engine = runtime.engine().clone();
+            let _keeper = Keeper {
+                task: engine.spawn(keep(runtime, held, options)),
+            };
+            std::future::pending().await
+        }
     }
 }
 
 impl Drop for Lease {
+    /// Releases on the crate's own runtime, which outlives whichever runtime, task or panic is
+    /// dropping the lease.
     fn drop(&mut self) {
-        if self.holding {
-            self.spawn_release(Duration::ZERO, None);
+        if !self.holding {
+            return;
         }
+        let (runtime, held) = (self.runtime.clone(), self.held.clone());
+        drop(self.runtime.engine().spawn(async move {
+            let all = (0..runtime.node_count()).collect();
+            let _ = release(&runtime, &held.key, &held.token, all, Duration::ZERO).await;
+        }));
     }
 }
 
@@ -297,7 +292,7 @@ impl fmt::Debug for Lease {
 }
 
 /// Stops the renewal task when the call is done with the lease, however it ends.
-pub(crate) struct Keeper {
+struct Keeper {
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -339,19 +334,19 @@ async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
             }
             Extension::Gone => {
                 tracing::warn!(
-                    key = held.key,
+                    key = &*held.key,
                     "lease lost: a majority of nodes no longer holds our token"
                 );
                 held.lose(LostReason::TakenOver);
                 return;
             }
             Extension::Undecided(no_quorum) => {
-                tracing::debug!(key = held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
+                tracing::debug!(key = &*held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
                 next = Instant::now() + retry_after;
                 if next >= held.valid_until() {
                     tokio::time::sleep_until(held.valid_until().into()).await;
                     tracing::warn!(
-                        key = held.key,
+                        key = &*held.key,
                         "lease lost: renewal could not reach a quorum in time"
                     );
                     held.lose(LostReason::NoQuorum);

@@ -4,6 +4,7 @@
 //! the `#[singleton]` attribute. This crate's version is pinned exactly by the facade.
 
 mod config;
+mod driver;
 mod error;
 mod lease;
 mod memory;

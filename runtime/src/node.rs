@@ -2,20 +2,27 @@
 //! lock sends it.
 //!
 //! The connection is one multiplexed connection per node, opened on first use and opened again
-//! after it breaks. Each opening reads `INFO server`, so the node's restarts are seen for free: a
-//! restart always breaks the connection, and the fresh `uptime_in_seconds` tells how long the new
-//! server has been up (see [`Node::set_nx`] for why that matters).
+//! after it breaks (or after the runtime that drove it shut down: see [`crate::driver`]). Each
+//! opening reads `INFO server`, so the node's restarts are seen for free: a restart always breaks
+//! the connection, and the fresh `uptime_in_seconds` tells how long the new server has been up
+//! (see [`Node::set_nx`] for why that matters).
+//!
+//! The commands of a lock ([`Node::set_nx`], [`Node::release`], ...) have no deadline of their
+//! own: the round that sends one to every node bounds them all with one (see
+//! `redlock::Round`).
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
+use tokio::runtime::Handle;
 
 use crate::config::redact;
-use crate::memory;
+use crate::{driver, memory};
 use crate::{Config, Error};
 
 /// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
@@ -79,6 +86,8 @@ pub(crate) struct Node {
     link: Mutex<Link>,
     /// The `run_id` of the server last connected to, to tell a restart from a reconnect.
     last_run_id: Mutex<Option<String>>,
+    /// The crate's own runtime, which drives connections opened outside a multi-threaded one.
+    engine: Handle,
 }
 
 /// Where a node's commands go.
@@ -120,6 +129,15 @@ struct Session {
     /// When the server started, by its own `uptime_in_seconds` (rounded down, so this errs late,
     /// which only makes the grace longer); `None` when not read.
     up_since: Option<Instant>,
+    /// Cleared when the runtime that drives the connection shuts down (see [`crate::driver`]).
+    driver_alive: Option<Arc<AtomicBool>>,
+}
+
+impl Session {
+    /// Whether the runtime that drives the connection still runs.
+    fn is_usable(&self) -> bool {
+        driver::is_alive(self.driver_alive.as_ref())
+    }
 }
 
 /// Why one node gave no vote.
@@ -154,7 +172,12 @@ impl fmt::Display for NodeError {
 impl Node {
     /// Checks `url` (the `position`-th of the configuration, counted from 1), without
     /// connecting.
-    pub(crate) fn new(position: usize, url: &str, config: &Config) -> Result<Node, Error> {
+    pub(crate) fn new(
+        position: usize,
+        url: &str,
+        config: &Config,
+        engine: &Handle,
+    ) -> Result<Node, Error> {
         let name = redact(url);
         let backend = if url.starts_with(memory::SCHEME) {
             Backend::Memory(memory::store(url))
@@ -177,6 +200,7 @@ impl Node {
                 retry_after: Instant::now(),
             }),
             last_run_id: Mutex::new(None),
+            engine: engine.clone(),
         })
     }
 
@@ -225,16 +249,14 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.set_nx(key, token, ttl));
         }
-        within(self.timeout, async {
-            let session = self.voting_session(ttl).await?;
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(token).arg("NX").arg("PX").arg(millis(ttl));
-            let reply: Option<String> = self
-                .query(&session, cmd.query_async(&mut session.connection.clone()))
-                .await?;
-            Ok(reply.is_some())
-        })
-        .await
+        let session = self.voting_session(ttl).await?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(token).arg("NX").arg("PX").arg(millis(ttl));
+        // `OK`, or nil when the key is set; `()` reads either without allocating.
+        let reply: Option<()> = self
+            .query(&session, cmd.query_async(&mut session.connection.clone()))
+            .await?;
+        Ok(reply.is_some())
     }
 
     /// [`Node::set_nx`] that also reads the fencing counter at `fence_key` when it grants:
@@ -249,19 +271,16 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
         }
-        within(self.timeout, async {
-            let session = self.voting_session(ttl).await?;
-            let mut invocation = SET_NX_READ_FENCE.key(key);
-            invocation.key(fence_key).arg(token).arg(millis(ttl));
-            let counter: i64 = self
-                .query(
-                    &session,
-                    invocation.invoke_async(&mut session.connection.clone()),
-                )
-                .await?;
-            Ok(u64::try_from(counter).ok())
-        })
-        .await
+        let session = self.voting_session(ttl).await?;
+        let mut invocation = SET_NX_READ_FENCE.key(key);
+        invocation.key(fence_key).arg(token).arg(millis(ttl));
+        let counter: i64 = self
+            .query(
+                &session,
+                invocation.invoke_async(&mut session.connection.clone()),
+            )
+            .await?;
+        Ok(u64::try_from(counter).ok())
     }
 
     /// Raises the fencing counter at `fence_key` to `fence` while `key` still holds our token:
@@ -277,19 +296,16 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.raise_fence(key, fence_key, token, fence));
         }
-        within(self.timeout, async {
-            let session = self.voting_session(ttl).await?;
-            let mut invocation = RAISE_FENCE.key(key);
-            invocation.key(fence_key).arg(token).arg(fence);
-            let ours: i64 = self
-                .query(
-                    &session,
-                    invocation.invoke_async(&mut session.connection.clone()),
-                )
-                .await?;
-            Ok(ours == 1)
-        })
-        .await
+        let session = self.voting_session(ttl).await?;
+        let mut invocation = RAISE_FENCE.key(key);
+        invocation.key(fence_key).arg(token).arg(fence);
+        let ours: i64 = self
+            .query(
+                &session,
+                invocation.invoke_async(&mut session.connection.clone()),
+            )
+            .await?;
+        Ok(ours == 1)
     }
 
     /// Extends our lock on `key` to expire `keep` from now: `Ok(true)` when the key still held
@@ -306,12 +322,9 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.expire_if_ours(key, token, keep.max(MILLISECOND)));
         }
-        within(self.timeout, async {
-            let session = self.voting_session(ttl).await?;
-            self.expire_if_ours(&session, key, token, keep.max(MILLISECOND))
-                .await
-        })
-        .await
+        let session = self.voting_session(ttl).await?;
+        self.expire_if_ours(&session, key, token, keep.max(MILLISECOND))
+            .await
     }
 
     /// Gives back our lock on `key`: deletes it, or with a non-zero `keep` lets it expire that
@@ -326,11 +339,8 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.expire_if_ours(key, token, keep));
         }
-        within(self.timeout, async {
-            let session = self.session().await?;
-            self.expire_if_ours(&session, key, token, keep).await
-        })
-        .await
+        let session = self.session().await?;
+        self.expire_if_ours(&session, key, token, keep).await
     }
 
     async fn expire_if_ours(
@@ -428,22 +438,29 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match &*link {
-                Link::Up(session) => return Ok(session.clone()),
+                Link::Up(session) if session.is_usable() => return Ok(session.clone()),
                 Link::Connecting(attempt) => attempt.clone(),
                 Link::Down { cause, retry_after } if Instant::now() < *retry_after => {
                     return Err(NodeError::Down(cause.clone()));
                 }
-                Link::Down { .. } => {
-                    let attempt = tokio::spawn(open(
-                        redis::Client::clone(client),
-                        self.connect_timeout,
-                        self.restart_grace.is_some(),
-                    ))
-                    .map(|joined| {
-                        joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}")))
-                    })
-                    .boxed()
-                    .shared();
+                // Never opened, broken, or its runtime shut down: open one (again).
+                Link::Up(_) | Link::Down { .. } => {
+                    let driver = driver::for_connection(&self.engine);
+                    let attempt = driver
+                        .handle
+                        .spawn(open(
+                            redis::Client::clone(client),
+                            self.connect_timeout,
+                            self.restart_grace.is_some(),
+                            driver.alive,
+                        ))
+                        .map(|joined| {
+                            joined.unwrap_or_else(|err| {
+                                Err(format!("the connect task failed: {err}"))
+                            })
+                        })
+                        .boxed()
+                        .shared();
                     *link = Link::Connecting(attempt.clone());
                     attempt
                 }
@@ -562,9 +579,15 @@ fn connect_failure(err: &RedisError) -> String {
     err.to_string()
 }
 
-/// Opens a connection (its driver task lives on the runtime this runs on: the crate's own) and,
-/// unless `read_uptime` is off, reads when the server started and its `run_id`.
-async fn open(client: redis::Client, connect_timeout: Duration, read_uptime: bool) -> Opened {
+/// Opens a connection (its driver task lives on the runtime this runs on, whose sentinel clears
+/// `driver_alive`) and, unless `read_uptime` is off, reads when the server started and its
+/// `run_id`.
+async fn open(
+    client: redis::Client,
+    connect_timeout: Duration,
+    read_uptime: bool,
+    driver_alive: Option<Arc<AtomicBool>>,
+) -> Opened {
     let opening = async {
         // No response timeout inside: every command has the node's deadline around it already.
         let config = AsyncConnectionConfig::new()
@@ -578,6 +601,7 @@ async fn open(client: redis::Client, connect_timeout: Duration, read_uptime: boo
                 Arc::new(Session {
                     connection,
                     up_since: None,
+                    driver_alive,
                 }),
                 None,
             ));
@@ -601,6 +625,7 @@ async fn open(client: redis::Client, connect_timeout: Duration, read_uptime: boo
             Arc::new(Session {
                 connection,
                 up_since: Some(up_since),
+                driver_alive,
             }),
             run_id,
         ))

@@ -4,17 +4,23 @@
 //!    the result is decided; after a split vote, give back and try again after a random pause;
 //!    with fencing, a second round ([`raise_fence`]) fixes the lease's fencing token;
 //! 2. [`validity`]: what is left of the ttl after the time spent and the clock drift;
-//! 3. on failure, [`release`] on every node that may hold our token, then tell contention
-//!    (a quorum answered) from outage (it did not);
+//! 3. on failure, [`release`] on every node where our token may have landed (a node that
+//!    answered "taken" holds someone else's), then tell contention (a quorum answered) from
+//!    outage (it did not);
 //! 4. [`extend`] while the holder works: owner-checked, on a quorum, with validity left;
 //! 5. [`release`] when the holder is done: compare-and-delete (or, for `min_hold`,
 //!    compare-and-expire), so it never touches a key whose value is not ours.
+//!
+//! Every step is a [`Round`]: one command to several nodes at once, awaited on the caller's own
+//! task, so that a lock costs its two round trips and no hand-off to another thread.
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::oneshot;
-
+use crate::driver;
 use crate::node::NodeError;
 use crate::{Error, Lease, NoQuorum, NodeFailure, Runtime};
 
@@ -54,20 +60,171 @@ const SPLIT_VOTE_FIRST_WINDOW: Duration = Duration::from_millis(2);
 /// for a while after the body closes both gaps.
 const SPLIT_VOTE_MAX_WINDOW: Duration = Duration::from_millis(20);
 
+/// One node's command in a round, boxed so that the round can outlive its caller.
+type Call<T> = Pin<Box<dyn Future<Output = Result<T, NodeError>> + Send>>;
+
+/// One node's answer in a round.
+type Answer<T> = (usize, Result<T, NodeError>);
+
+/// One command sent to several nodes at once, and its answers as they come, all within one
+/// deadline (the node timeout).
+///
+/// The commands are polled by whoever awaits [`Round::next`]: no task of their own, no thread
+/// hand-off. A command still unanswered when the caller is done with the round is not dropped,
+/// since redis-rs skips a command whose caller has gone before it was written, and the node would
+/// then miss it: [`Round::detach_with`] (or dropping the round) finishes such commands in the
+/// background, so that every node gets every command.
+pub(crate) struct Round<T: Send + 'static> {
+    runtime: Runtime,
+    calls: Vec<(usize, Call<T>)>,
+    /// Answers already in, not yet handed out.
+    ready: Vec<Answer<T>>,
+    deadline: Instant,
+    /// Set at the first wait, so that a round answered at once (`memory://`) sets no timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T: Send + 'static> Round<T> {
+    /// Starts `command(runtime, node)` for each of `nodes`; the commands go out when the round is
+    /// first polled.
+    fn new<C, F>(runtime: &Runtime, nodes: impl IntoIterator<Item = usize>, mut command: C) -> Self
+    where
+        C: FnMut(Runtime, usize) -> F,
+        F: Future<Output = Result<T, NodeError>> + Send + 'static,
+    {
+        let calls = nodes
+            .into_iter()
+            .map(|node| (node, Box::pin(command(runtime.clone(), node)) as Call<T>))
+            .collect();
+        Round {
+            runtime: runtime.clone(),
+            calls,
+            ready: Vec::new(),
+            deadline: Instant::now() + runtime.node_timeout(),
+            timer: None,
+        }
+    }
+
+    /// The next answer; a node that has not answered by the deadline answers
+    /// [`NodeError::Timeout`]. `None` once every node has answered.
+    async fn next(&mut self) -> Option<Answer<T>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer<T>>> {
+        if self.ready.is_empty() && !self.calls.is_empty() {
+            // Every command is polled every time, so that all of them go out together.
+            let mut index = 0;
+            while index < self.calls.len() {
+                match self.calls[index].1.as_mut().poll(cx) {
+                    Poll::Ready(answer) => {
+                        let (node, _call) = self.calls.swap_remove(index);
+                        self.ready.push((node, answer));
+                    }
+                    Poll::Pending => index += 1,
+                }
+            }
+            if self.ready.is_empty() {
+                let deadline = self.deadline;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                if timer.as_mut().poll(cx).is_ready() {
+                    let timeout = self.runtime.node_timeout();
+                    self.ready.extend(
+                        self.calls
+                            .drain(..)
+                            .map(|(node, _call)| (node, Err(NodeError::Timeout(timeout)))),
+                    );
+                }
+            }
+        }
+        match self.ready.pop() {
+            Some(answer) => Poll::Ready(Some(answer)),
+            None if self.calls.is_empty() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The answers that are in but were not handed out yet.
+    fn take_ready(&mut self) -> Vec<Answer<T>> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Lets the commands still unanswered finish in the background (on the caller's runtime
+    /// when it is multi-threaded, else on the crate's own), then hands every answer not handed
+    /// out yet to `then`.
+    fn detach_with<F, Fut>(mut self, then: F)
+    where
+        F: FnOnce(Vec<Answer<T>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if self.calls.is_empty() && self.ready.is_empty() {
+            return;
+        }
+        let engine = self.runtime.engine().clone();
+        let mut rest = self.split_off();
+        driver::spawn_background(&engine, async move {
+            let mut late = Vec::new();
+            while let Some(answer) = rest.next().await {
+                late.push(answer);
+            }
+            then(late).await;
+        });
+    }
+
+    /// [`Round::detach_with`], for answers nobody needs.
+    fn detach(self) {
+        self.detach_with(|_late| async {});
+    }
+
+    /// A round of this one's commands and answers, leaving this one empty.
+    fn split_off(&mut self) -> Round<T> {
+        Round {
+            runtime: self.runtime.clone(),
+            calls: std::mem::take(&mut self.calls),
+            ready: std::mem::take(&mut self.ready),
+            deadline: self.deadline,
+            timer: self.timer.take(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Round<T> {
+    /// A round dropped with commands still out (its caller was cancelled) finishes them on the
+    /// crate's own runtime, which outlives whichever runtime is dropping it.
+    fn drop(&mut self) {
+        if self.calls.is_empty() {
+            return;
+        }
+        let mut rest = self.split_off();
+        let engine = rest.runtime.engine().clone();
+        drop(engine.spawn(async move { while rest.next().await.is_some() {} }));
+    }
+}
+
 /// A fresh lock token from the OS random source, as 32 hex digits.
-fn new_token() -> Result<String, Error> {
+fn new_token() -> Result<Arc<str>, Error> {
     let mut bytes = [0u8; TOKEN_BYTES];
     getrandom::fill(&mut bytes)
         .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
-    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
+    Ok(Arc::from(format!("{:032x}", u128::from_be_bytes(bytes))))
 }
 
 /// One node's answer to `SET NX`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Vote {
-    /// With fencing, the node's fencing counter as it was when it granted (else 0).
-    Granted(u64),
+    Granted,
     Busy,
-    Failed(NodeError),
+    Failed,
+}
+
+impl Vote {
+    /// Whether our token may be on the node: it granted, or it failed after the SET may have
+    /// landed.
+    fn maybe_ours(self) -> bool {
+        self != Vote::Busy
+    }
 }
 
 /// The answers so far to one attempt.
@@ -75,10 +232,11 @@ struct Tally {
     quorum: usize,
     nodes: usize,
     granted: usize,
+    busy: usize,
     /// The highest fencing counter among the nodes that granted.
     highest_fence: u64,
-    /// Per node: it answered that the key was already set, so our SET did not land there.
-    busy: Vec<bool>,
+    /// Per node: its answer, if it answered.
+    votes: Vec<Option<Vote>>,
     failures: Vec<NodeFailure>,
 }
 
@@ -88,32 +246,44 @@ impl Tally {
             quorum: quorum(nodes),
             nodes,
             granted: 0,
+            busy: 0,
             highest_fence: 0,
-            busy: vec![false; nodes],
+            votes: vec![None; nodes],
             failures: Vec::new(),
         }
     }
 
-    fn record(&mut self, node: usize, name: &str, vote: Vote) {
-        match vote {
-            Vote::Granted(fence) => {
+    fn record(&mut self, node: usize, name: &str, answer: Result<Option<u64>, NodeError>) {
+        let vote = match answer {
+            Ok(Some(fence)) => {
                 self.granted += 1;
                 self.highest_fence = self.highest_fence.max(fence);
+                Vote::Granted
             }
-            Vote::Busy => self.busy[node] = true,
-            Vote::Failed(err) => self.failures.push(NodeFailure {
-                node: name.to_owned(),
-                cause: err.to_string(),
-            }),
-        }
+            Ok(None) => {
+                self.busy += 1;
+                Vote::Busy
+            }
+            Err(err) => {
+                self.failures.push(NodeFailure {
+                    node: name.to_owned(),
+                    cause: err.to_string(),
+                });
+                Vote::Failed
+            }
+        };
+        self.votes[node] = Some(vote);
     }
 
     /// Puts the votes on the call's span (a no-op outside `Runtime::run_with`), so that a
     /// trace shows how close the call came to a quorum.
     fn record_on_span(&self) {
         let span = tracing::Span::current();
+        if span.is_disabled() {
+            return;
+        }
         span.record("granted", self.granted);
-        span.record("busy", self.busy_count());
+        span.record("busy", self.busy);
         span.record("failed", self.failures.len());
         for failure in &self.failures {
             tracing::debug!(
@@ -124,13 +294,9 @@ impl Tally {
         }
     }
 
-    fn busy_count(&self) -> usize {
-        self.busy.iter().filter(|busy| **busy).count()
-    }
-
     /// Nodes that gave a definite answer, granted or busy.
     fn answered(&self) -> usize {
-        self.granted + self.busy_count()
+        self.granted + self.busy
     }
 
     fn pending(&self) -> usize {
@@ -150,7 +316,16 @@ impl Tally {
     /// Nodes that may hold our token: all but those that answered that the key was taken (a
     /// failed or unanswered SET may still have landed).
     fn maybe_ours(&self) -> Vec<usize> {
-        (0..self.nodes).filter(|&node| !self.busy[node]).collect()
+        (0..self.nodes)
+            .filter(|&node| self.votes[node].is_none_or(Vote::maybe_ours))
+            .collect()
+    }
+
+    /// Nodes that answered and may hold our token: they granted, or failed.
+    fn answered_maybe_ours(&self) -> Vec<usize> {
+        (0..self.nodes)
+            .filter(|&node| self.votes[node].is_some_and(Vote::maybe_ours))
+            .collect()
     }
 
     /// Whether the answers still outstanding can change the result: once the lock is won, or
@@ -164,10 +339,41 @@ impl Tally {
     }
 }
 
+/// Gives back, if it is dropped before [`Unsettled::settle`], whatever an attempt may hold: the
+/// caller gave up mid-attempt, and a lock it took must not wait for its ttl.
+struct Unsettled {
+    runtime: Runtime,
+    key: Arc<str>,
+    token: Arc<str>,
+    settled: bool,
+}
+
+impl Unsettled {
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Every node: which SETs landed is unknown. Each release goes down the node's connection
+        // after our SET, so Redis applies it after the SET.
+        let (runtime, key, token) = (self.runtime.clone(), self.key.clone(), self.token.clone());
+        let all = (0..runtime.node_count()).collect();
+        drop(self.runtime.engine().spawn(async move {
+            let _ = release(&runtime, &key, &token, all, Duration::ZERO).await;
+        }));
+    }
+}
+
 /// Tries to take `key` for `ttl` on a quorum of the runtime's nodes.
 ///
 /// `Ok(Some(lease))` when taken, `Ok(None)` when another holder has it (a quorum answered), and
-/// an error when too few nodes answered to tell or the attempt outlived its ttl.
+/// an error when too few nodes answered to tell or the attempt outlived its ttl. Dropped before
+/// it is done, it gives back in the background what it may have taken.
 ///
 /// One attempt, except after a split vote: callers that fire at the same instant (every
 /// machine's cron at 00:00) can each win a minority of the nodes, and if all of them gave up
@@ -175,80 +381,129 @@ impl Tally {
 /// tries again after a random pause; callers that won no node skip at once, since those that
 /// won some will settle it among themselves.
 pub(crate) async fn acquire(
-    runtime: Runtime,
-    key: String,
+    runtime: &Runtime,
+    key: &str,
     ttl: Duration,
     fencing: bool,
 ) -> Result<Option<Lease>, Error> {
-    let fence_key = fencing.then(|| fence_key(&key));
+    let key: Arc<str> = Arc::from(key);
+    let fence_key = fencing.then(|| Arc::<str>::from(fence_key(&key)));
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     for _ in 0..SPLIT_VOTE_ATTEMPTS {
         let token = new_token()?;
+        let mut unsettled = Unsettled {
+            runtime: runtime.clone(),
+            key: key.clone(),
+            token: token.clone(),
+            settled: false,
+        };
         let started = Instant::now();
-        let tally = vote(&runtime, &key, fence_key.as_deref(), &token, ttl).await;
+        let (tally, round) = vote(runtime, &key, fence_key.as_ref(), &token, ttl).await;
         tally.record_on_span();
 
         if tally.won() {
+            // The slower nodes get our SET too; whatever they answer, the lease's release goes
+            // to every node.
+            round.detach();
             let fence = match &fence_key {
                 None => Ok(None),
                 Some(fence_key) => {
-                    raise_fence(&runtime, &key, fence_key, &token, tally.highest_fence, ttl)
+                    raise_fence(runtime, &key, fence_key, &token, tally.highest_fence, ttl)
                         .await
                         .map(Some)
                 }
             };
-            match (
-                fence,
-                validity(ttl, started.elapsed(), runtime.drift_factor()),
-            ) {
+            unsettled.settle();
+            let took = started.elapsed();
+            return match (fence, validity(ttl, took, runtime.drift_factor())) {
                 (Ok(fence), Some(left)) => {
                     tracing::Span::current().record("validity_ms", left.as_millis() as u64);
                     let valid_until = Instant::now() + left;
-                    return Ok(Some(Lease::new(
-                        runtime,
+                    Ok(Some(Lease::new(
+                        runtime.clone(),
                         key,
                         token,
                         ttl,
                         started,
                         valid_until,
                         fence,
-                    )));
+                    )))
                 }
                 (Err(no_quorum), _) => {
-                    spawn_release(&runtime, &key, token, tally.maybe_ours());
-                    return Err(Error::NoQuorum(no_quorum));
+                    spawn_release(runtime, &key, &token, tally.maybe_ours());
+                    Err(Error::NoQuorum(no_quorum))
                 }
-                (Ok(_), None) => {}
-            }
+                (Ok(_), None) => {
+                    spawn_release(runtime, &key, &token, tally.maybe_ours());
+                    Err(Error::Expired {
+                        key: key.to_string(),
+                        elapsed: took,
+                        ttl,
+                    })
+                }
+            };
         }
-        let took = started.elapsed();
 
-        let maybe_ours = tally.maybe_ours();
         if tally.split() {
             // Given back before the pause, so that our grants don't split the next round too.
-            release(&runtime, &key, &token, maybe_ours, Duration::ZERO, None).await;
-            window = window.max(took).min(SPLIT_VOTE_MAX_WINDOW);
+            // The SETs still out go first on each connection, so the release follows them.
+            let maybe_ours = tally.maybe_ours();
+            round.detach();
+            let _ = release(runtime, &key, &token, maybe_ours, Duration::ZERO).await;
+            unsettled.settle();
+            window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
             tokio::time::sleep(random_below(window)?).await;
             window *= 2;
             continue;
         }
-        // The release goes down each node's connection after our SET, so Redis applies it after
-        // the SET even when the SET's answer is still on its way; nobody needs to wait for it.
-        spawn_release(&runtime, &key, token, maybe_ours);
-        return decide_failed(tally, ttl, took, key);
+
+        // Lost, to a holder or to an outage. Nobody needs to wait for what follows: the release
+        // goes down each node's connection after our SET, so Redis applies it after the SET.
+        unsettled.settle();
+        give_back_after_loss(runtime, &key, &token, &tally, round);
+        return decide_failed(tally, key);
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.
     Ok(None)
 }
 
-/// Gives back what a failed attempt may hold, in the background.
-fn spawn_release(runtime: &Runtime, key: &str, token: String, maybe_ours: Vec<usize>) {
-    if maybe_ours.is_empty() {
+/// After a lost attempt, releases our token where it may have landed: on the nodes that failed
+/// (their SET may have been applied) and, once they answer, on the slower nodes that grant or
+/// fail. A busy attempt whose every node said "taken" sends nothing more: one round trip.
+fn give_back_after_loss(
+    runtime: &Runtime,
+    key: &Arc<str>,
+    token: &Arc<str>,
+    tally: &Tally,
+    round: Round<Option<u64>>,
+) {
+    let answered = tally.answered_maybe_ours();
+    let (runtime_of, key_of, token_of) = (runtime.clone(), key.clone(), token.clone());
+    if round.calls.is_empty() {
+        spawn_release(runtime, key, token, answered);
         return;
     }
-    let (runtime, key) = (runtime.clone(), key.to_owned());
-    runtime.engine().clone().spawn(async move {
-        release(&runtime, &key, &token, maybe_ours, Duration::ZERO, None).await;
+    round.detach_with(move |late| async move {
+        let mut ours = answered;
+        ours.extend(
+            late.into_iter()
+                .filter(|(_, answer)| !matches!(answer, Ok(None)))
+                .map(|(node, _)| node),
+        );
+        if !ours.is_empty() {
+            let _ = release(&runtime_of, &key_of, &token_of, ours, Duration::ZERO).await;
+        }
+    });
+}
+
+/// Gives back what a failed attempt may hold, in the background.
+fn spawn_release(runtime: &Runtime, key: &Arc<str>, token: &Arc<str>, nodes: Vec<usize>) {
+    if nodes.is_empty() {
+        return;
+    }
+    let (runtime_of, key, token) = (runtime.clone(), key.clone(), token.clone());
+    driver::spawn_background(runtime.engine(), async move {
+        let _ = release(&runtime_of, &key, &token, nodes, Duration::ZERO).await;
     });
 }
 
@@ -267,9 +522,9 @@ fn fence_key(key: &str) -> String {
 /// a restart without persistence (see `Options::fencing`).
 async fn raise_fence(
     runtime: &Runtime,
-    key: &str,
-    fence_key: &str,
-    token: &str,
+    key: &Arc<str>,
+    fence_key: &Arc<str>,
+    token: &Arc<str>,
     highest: u64,
     ttl: Duration,
 ) -> Result<u64, NoQuorum> {
@@ -279,18 +534,16 @@ async fn raise_fence(
         .unwrap_or(0);
     let fence = highest.saturating_add(1).max(now_micros);
     let (mut raised, mut failures) = (0, Vec::new());
-    let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
-        .map(|node| async move {
-            (
-                node,
-                runtime
-                    .node(node)
-                    .raise_fence(key, fence_key, token, fence, ttl)
-                    .await,
-            )
-        })
-        .collect();
-    while let Some((node, answer)) = answers.next().await {
+    let mut round = Round::new(runtime, 0..runtime.node_count(), |runtime, node| {
+        let (key, fence_key, token) = (key.clone(), fence_key.clone(), token.clone());
+        async move {
+            runtime
+                .node(node)
+                .raise_fence(&key, &fence_key, &token, fence, ttl)
+                .await
+        }
+    });
+    while let Some((node, answer)) = round.next().await {
         match answer {
             Ok(true) => raised += 1,
             Ok(false) => {}
@@ -300,11 +553,12 @@ async fn raise_fence(
             }),
         }
         if raised >= runtime.quorum() {
+            round.detach();
             return Ok(fence);
         }
     }
     Err(NoQuorum {
-        key: fence_key.to_owned(),
+        key: fence_key.to_string(),
         nodes: runtime.node_count(),
         answered: raised,
         needed: runtime.quorum(),
@@ -323,20 +577,12 @@ pub(crate) fn random_below(window: Duration) -> Result<Duration, Error> {
 
 /// The result of an attempt that did not take the lock: busy when a quorum answered, otherwise
 /// an outage.
-fn decide_failed(
-    tally: Tally,
-    ttl: Duration,
-    elapsed: Duration,
-    key: String,
-) -> Result<Option<Lease>, Error> {
-    if tally.won() {
-        return Err(Error::Expired { key, elapsed, ttl });
-    }
+fn decide_failed(tally: Tally, key: Arc<str>) -> Result<Option<Lease>, Error> {
     if tally.answered() >= tally.quorum {
         return Ok(None);
     }
     Err(Error::NoQuorum(NoQuorum {
-        key,
+        key: key.to_string(),
         nodes: tally.nodes,
         answered: tally.answered(),
         needed: tally.quorum,
@@ -345,94 +591,95 @@ fn decide_failed(
 }
 
 /// Sends `SET key token NX PX ttl` to every node at once and collects answers until the result
-/// is decided.
+/// is decided; the round is returned with the answers still out.
 async fn vote(
     runtime: &Runtime,
-    key: &str,
-    fence_key: Option<&str>,
-    token: &str,
+    key: &Arc<str>,
+    fence_key: Option<&Arc<str>>,
+    token: &Arc<str>,
     ttl: Duration,
-) -> Tally {
+) -> (Tally, Round<Option<u64>>) {
     let mut tally = Tally::new(runtime.node_count());
-    let mut answers: FuturesUnordered<_> = (0..tally.nodes)
-        .map(|node| async move {
-            let node_of = runtime.node(node);
-            let vote = match fence_key {
-                None => node_of
-                    .set_nx(key, token, ttl)
+    let mut round = Round::new(runtime, 0..runtime.node_count(), |runtime, node| {
+        let (key, token, fence_key) = (key.clone(), token.clone(), fence_key.cloned());
+        async move {
+            let node = runtime.node(node);
+            match fence_key {
+                None => node
+                    .set_nx(&key, &token, ttl)
                     .await
                     .map(|granted| granted.then_some(0)),
                 Some(fence_key) => {
-                    node_of
-                        .set_nx_reading_fence(key, fence_key, token, ttl)
+                    node.set_nx_reading_fence(&key, &fence_key, &token, ttl)
                         .await
                 }
-            };
-            let vote = match vote {
-                Ok(Some(fence)) => Vote::Granted(fence),
-                Ok(None) => Vote::Busy,
-                Err(err) => Vote::Failed(err),
-            };
-            (node, vote)
-        })
-        .collect();
-    while let Some((node, vote)) = answers.next().await {
-        tally.record(node, runtime.node(node).name(), vote);
-        if tally.decided() {
-            break;
+            }
         }
+    });
+    while !tally.decided() {
+        let Some((node, answer)) = round.next().await else {
+            break;
+        };
+        tally.record(node, runtime.node(node).name(), answer);
     }
-    tally
+    // Answers that came in together with the deciding one count too (they cannot change the
+    // result), so that what is released later is exact.
+    for (node, answer) in round.take_ready() {
+        tally.record(node, runtime.node(node).name(), answer);
+    }
+    (tally, round)
 }
 
 /// Runs the compare-and-delete script on `nodes` at once (or, with a non-zero `keep`, lets our
-/// key expire that long from now instead: `min_hold`). A node that fails keeps our key until
-/// its ttl runs out; that is logged, never retried past the per-node timeout.
-///
-/// `settled`, when given, hears as soon as a quorum answered (the lock is then free for others
-/// whatever the rest say) or, failing that, once every node answered or failed: a frozen node
-/// then delays the caller by nothing, and only this task by at most the per-node timeout.
+/// key expire that long from now instead: `min_hold`), and returns once a quorum answered: the
+/// lock is then free for others, whatever the rest say. The rest finish in the background; a
+/// node that fails keeps our key until its ttl runs out, which is logged, never retried.
 pub(crate) async fn release(
     runtime: &Runtime,
-    key: &str,
-    token: &str,
+    key: &Arc<str>,
+    token: &Arc<str>,
     nodes: Vec<usize>,
     keep: Duration,
-    mut settled: Option<oneshot::Sender<Result<(), NoQuorum>>>,
-) {
+) -> Result<(), NoQuorum> {
     let mut answered = 0;
     let mut failures = Vec::new();
-    let mut answers: FuturesUnordered<_> = nodes
-        .into_iter()
-        .map(|node| async move { (node, runtime.node(node).release(key, token, keep).await) })
-        .collect();
-    while let Some((node, answer)) = answers.next().await {
+    let mut round = Round::new(runtime, nodes, |runtime, node| {
+        let (key, token) = (key.clone(), token.clone());
+        async move { runtime.node(node).release(&key, &token, keep).await }
+    });
+    while let Some((node, answer)) = round.next().await {
         match answer {
             Ok(_deleted) => answered += 1,
-            Err(err) => {
-                let name = runtime.node(node).name();
-                tracing::warn!(key, node = name, error = %err, "releasing the lock failed on a node; its copy expires with the ttl");
-                failures.push(NodeFailure {
-                    node: name.to_owned(),
-                    cause: err.to_string(),
-                });
-            }
+            Err(err) => failures.push(release_failed(runtime, key, node, &err)),
         }
         if answered >= runtime.quorum() {
-            if let Some(settled) = settled.take() {
-                // The caller may have stopped waiting; the release goes on regardless.
-                let _ = settled.send(Ok(()));
-            }
+            let (runtime, key) = (runtime.clone(), key.clone());
+            round.detach_with(move |late| async move {
+                for (node, answer) in late {
+                    if let Err(err) = answer {
+                        release_failed(&runtime, &key, node, &err);
+                    }
+                }
+            });
+            return Ok(());
         }
     }
-    if let Some(settled) = settled {
-        let _ = settled.send(Err(NoQuorum {
-            key: key.to_owned(),
-            nodes: runtime.node_count(),
-            answered,
-            needed: runtime.quorum(),
-            failures,
-        }));
+    Err(NoQuorum {
+        key: key.to_string(),
+        nodes: runtime.node_count(),
+        answered,
+        needed: runtime.quorum(),
+        failures,
+    })
+}
+
+/// Logs a node's failed release, and says what failed.
+fn release_failed(runtime: &Runtime, key: &str, node: usize, err: &NodeError) -> NodeFailure {
+    let name = runtime.node(node).name();
+    tracing::warn!(key, node = name, error = %err, "releasing the lock failed on a node; its copy expires with the ttl");
+    NodeFailure {
+        node: name.to_owned(),
+        cause: err.to_string(),
     }
 }
 
@@ -451,8 +698,8 @@ pub(crate) enum Extension {
 /// says whether a quorum confirmed it in time to count.
 pub(crate) async fn extend(
     runtime: &Runtime,
-    key: &str,
-    token: &str,
+    key: &Arc<str>,
+    token: &Arc<str>,
     keep: Duration,
     ttl: Duration,
 ) -> Extension {
@@ -461,10 +708,11 @@ pub(crate) async fn extend(
     let quorum = runtime.quorum();
     let (mut ours, mut not_ours) = (0, 0);
     let mut failures = Vec::new();
-    let mut answers: FuturesUnordered<_> = (0..nodes)
-        .map(|node| async move { (node, runtime.node(node).extend(key, token, keep, ttl).await) })
-        .collect();
-    while let Some((node, answer)) = answers.next().await {
+    let mut round = Round::new(runtime, 0..nodes, |runtime, node| {
+        let (key, token) = (key.clone(), token.clone());
+        async move { runtime.node(node).extend(&key, &token, keep, ttl).await }
+    });
+    while let Some((node, answer)) = round.next().await {
         match answer {
             Ok(true) => ours += 1,
             Ok(false) => not_ours += 1,
@@ -477,6 +725,8 @@ pub(crate) async fn extend(
             break;
         }
     }
+    // The slower nodes get the extension too, so that the key lives as long on all of them.
+    round.detach();
     if not_ours > nodes - quorum {
         return Extension::Gone;
     }
@@ -485,7 +735,7 @@ pub(crate) async fn extend(
             valid_until: Instant::now() + left,
         },
         _ => Extension::Undecided(NoQuorum {
-            key: key.to_owned(),
+            key: key.to_string(),
             nodes,
             answered: ours + not_ours,
             needed: quorum,
@@ -524,9 +774,9 @@ mod tests {
         let mut tally = Tally::new(nodes);
         for (node, vote) in votes.iter().enumerate() {
             let vote = match *vote {
-                "ok" => Vote::Granted(0),
-                "busy" => Vote::Busy,
-                _ => Vote::Failed(NodeError::Timeout(Duration::from_millis(1))),
+                "ok" => Ok(Some(0)),
+                "busy" => Ok(None),
+                _ => Err(NodeError::Timeout(Duration::from_millis(1))),
             };
             tally.record(node, "node", vote);
             if tally.decided() {

@@ -77,6 +77,7 @@ struct Inner {
     quorum: usize,
     key_prefix: String,
     drift_factor: f64,
+    node_timeout: Duration,
     engine: Handle,
 }
 
@@ -85,13 +86,11 @@ impl Runtime {
         let engine = ENGINE
             .as_ref()
             .map_err(|err| Error::Internal(err.clone()))?;
-        // The connection managers spawn their tasks on the runtime they are made in.
-        let _in_engine = engine.enter();
         let mut seen = HashMap::new();
         let mut nodes = Vec::with_capacity(config.urls.len());
         for (index, url) in config.urls.iter().enumerate() {
             let position = index + 1;
-            let node = Node::new(position, url, &config)?;
+            let node = Node::new(position, url, &config, engine.handle())?;
             if let Some(identity) = Node::identity(url) {
                 if let Some(first) = seen.insert(identity, position) {
                     return Err(Error::InvalidConfig(format!(
@@ -120,6 +119,7 @@ impl Runtime {
                 nodes,
                 key_prefix: config.key_prefix,
                 drift_factor: config.drift_factor,
+                node_timeout: config.node_timeout,
                 engine: engine.handle().clone(),
             }),
         })
@@ -226,11 +226,7 @@ impl Runtime {
     /// One attempt (split votes aside) at the lock.
     async fn lock_once(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
         let key = format!("{}{key}", self.inner.key_prefix);
-        // A task of its own on the engine: a caller that gives up mid-way drops only the join
-        // handle, and a lease the task still wins is dropped there, which releases it.
-        let attempt = acquire(self.clone(), key, options.ttl, options.fencing);
-        self.spawn(attempt.instrument(tracing::Span::current()))
-            .await?
+        acquire(self, &key, options.ttl, options.fencing).await
     }
 
     /// Runs `body` only if this call takes the lock on `key` for `ttl`, with every other option
@@ -344,19 +340,17 @@ impl Runtime {
             return Ok(Outcome::Skipped(Skip::Busy));
         };
         let period = options.slot.map(Period::now).transpose()?;
-        if let Some(period) = period {
-            let (runtime, marker_of) = (self.clone(), lease.key().to_owned());
-            let done = self
-                .spawn(async move { slot::done(&runtime, &marker_of, &period, options.ttl).await })
-                .await?;
-            if done? {
+        if let Some(period) = &period {
+            if slot::done(self, lease.key(), period, options.ttl).await? {
                 lease.release().await?;
                 return Ok(Outcome::Skipped(Skip::AlreadyDone {
                     period_start: period.start(),
                 }));
             }
         }
-        let keeper = lease.keep(&options);
+        // Renewal runs beside the body and stops with it, before the release, so that it cannot
+        // extend a key we are deleting.
+        let keeping = lease.keep(&options);
         let body = lease.info().scope(body);
         let value = match options.on_lost {
             OnLost::Cancel => {
@@ -365,12 +359,15 @@ impl Runtime {
                     biased;
                     value = body => Some(value),
                     _ = lost => None,
+                    never = keeping => match never {},
                 }
             }
-            OnLost::Continue => Some(body.await),
+            OnLost::Continue => tokio::select! {
+                biased;
+                value = body => Some(value),
+                never = keeping => match never {},
+            },
         };
-        // Renewal stops before the release, so that it cannot extend a key we are deleting.
-        drop(keeper);
         let value = match (value, lease.lost()) {
             (Some(value), None) => value,
             (value, Some(reason)) => {
@@ -382,16 +379,8 @@ impl Runtime {
             (None, None) => unreachable!("the body is only cut short by a lost lease"),
         };
         let succeeded = succeeded(&value);
-        if let (Some(period), true) = (period, succeeded) {
-            let (runtime, key, token) = (
-                self.clone(),
-                lease.key().to_owned(),
-                lease.token().to_owned(),
-            );
-            let marked = self
-                .spawn(async move { slot::mark_done(&runtime, &key, &token, &period).await })
-                .await?;
-            if let Err(err) = marked {
+        if let (Some(period), true) = (&period, succeeded) {
+            if let Err(err) = slot::mark_done(self, lease.key(), lease.token(), period).await {
                 tracing::warn!(error = %err, "the done marker reached too few nodes; this period may run again");
             }
         }
@@ -434,17 +423,13 @@ impl Runtime {
     /// Opens a connection to every node, waiting at most the connect timeout; failures are left
     /// for later calls to retry.
     pub(crate) async fn connect(&self) {
-        let runtime = self.clone();
-        let opened = self.spawn(async move {
-            let attempts = runtime.inner.nodes.iter().map(|node| async move {
-                if let Err(err) = node.connect().await {
-                    tracing::warn!(node = node.name(), error = %err, "cannot reach a Redis node yet; later calls retry it");
-                }
-            });
-            join_all(attempts).await;
+        // Each opening runs as a task of its own: it goes on if this wait is cut short.
+        let attempts = self.inner.nodes.iter().map(|node| async move {
+            if let Err(err) = node.connect().await {
+                tracing::warn!(node = node.name(), error = %err, "cannot reach a Redis node yet; later calls retry it");
+            }
         });
-        // The connections stay open whether or not this wait is cut short.
-        let _ = opened.await;
+        join_all(attempts).await;
     }
 
     pub(crate) fn set_global(self) -> Result<(), Error> {
@@ -463,16 +448,9 @@ impl Runtime {
         &self.inner.engine
     }
 
-    /// Runs `future` as a task on the crate's own runtime and waits for it.
-    pub(crate) async fn spawn<T: Send + 'static>(
-        &self,
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, Error> {
-        self.inner
-            .engine
-            .spawn(future)
-            .await
-            .map_err(|err| Error::Internal(format!("a background task failed: {err}")))
+    /// How long a round waits for a node's answer.
+    pub(crate) fn node_timeout(&self) -> Duration {
+        self.inner.node_timeout
     }
 }
 

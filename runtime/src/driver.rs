@@ -1,0 +1,97 @@
+//! Which tokio runtime drives a connection, and where background work goes.
+//!
+//! A lock costs two round trips, and on a fast network a thread hand-off costs about as much as
+//! a round trip. So a connection is driven by the caller's own runtime when that is a
+//! multi-threaded one (a program's `#[tokio::main]`): taking and releasing a lock then never
+//! leaves the caller's threads, as with a plain redis-rs client. Elsewhere (no runtime, a
+//! current-thread runtime that may stop being driven at any moment, as each `#[tokio::test]`
+//! does) the crate's own one-thread runtime, the engine, drives it.
+//!
+//! A runtime can shut down while the process goes on (tests, programs that build runtimes of
+//! their own), taking the connection tasks it drives with it. Each runtime that drives a
+//! connection gets a sentinel task that never finishes: the runtime drops it when it shuts down,
+//! which marks that runtime gone, and connections driven there are opened again on the next
+//! call instead of failing.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+/// The runtime that drives a connection.
+pub(crate) struct Driver {
+    /// Where to spawn the connection's tasks.
+    pub(crate) handle: Handle,
+    /// Cleared when that runtime shuts down; `None` for the engine, which never does.
+    pub(crate) alive: Option<Arc<AtomicBool>>,
+}
+
+/// Whether a connection driven as `alive` says can still be used.
+pub(crate) fn is_alive(alive: Option<&Arc<AtomicBool>>) -> bool {
+    alive.is_none_or(|alive| alive.load(Ordering::Acquire))
+}
+
+/// The runtime that should drive a connection opened now: the caller's, when it is a
+/// multi-threaded runtime other than the engine; otherwise the engine.
+pub(crate) fn for_connection(engine: &Handle) -> Driver {
+    match callers_runtime(engine) {
+        Some(handle) => Driver {
+            alive: Some(sentinel(&handle)),
+            handle,
+        },
+        None => Driver {
+            handle: engine.clone(),
+            alive: None,
+        },
+    }
+}
+
+/// Runs `future` to its end in the background: on the caller's multi-threaded runtime (no
+/// hand-off to another thread), else on the engine.
+pub(crate) fn spawn_background(engine: &Handle, future: impl Future<Output = ()> + Send + 'static) {
+    match callers_runtime(engine) {
+        Some(handle) => drop(handle.spawn(future)),
+        None => drop(engine.spawn(future)),
+    }
+}
+
+/// The caller's runtime, if it is multi-threaded and not the engine.
+fn callers_runtime(engine: &Handle) -> Option<Handle> {
+    let current = Handle::try_current().ok()?;
+    (current.runtime_flavor() == RuntimeFlavor::MultiThread && current.id() != engine.id())
+        .then_some(current)
+}
+
+/// The runtimes that have a sentinel, with the flag each one clears.
+static SENTINELS: Mutex<Vec<(tokio::runtime::Id, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+
+/// The flag that `runtime`'s sentinel clears when the runtime shuts down; the sentinel is
+/// spawned on first use.
+fn sentinel(runtime: &Handle) -> Arc<AtomicBool> {
+    let mut sentinels = SENTINELS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    sentinels.retain(|(_, alive)| alive.load(Ordering::Acquire));
+    if let Some((_, alive)) = sentinels.iter().find(|(id, _)| *id == runtime.id()) {
+        return alive.clone();
+    }
+    let alive = Arc::new(AtomicBool::new(true));
+    let guard = ClearOnDrop(alive.clone());
+    // A runtime that is shutting down drops the task at once, which clears the flag at once.
+    drop(runtime.spawn(async move {
+        let _guard = guard;
+        std::future::pending::<()>().await;
+    }));
+    sentinels.push((runtime.id(), alive.clone()));
+    alive
+}
+
+/// Clears its flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
