@@ -1,4 +1,6 @@
-//! A body that panics and a call that is dropped release the lock at once, not after the ttl.
+//! A body that panics and a call that is dropped release the lock at once, not after the ttl,
+//! on a current-thread runtime (whose connections the crate's own thread drives) and on a
+//! multi-threaded one (which drives them itself), and when that runtime shuts down.
 
 mod common;
 
@@ -60,6 +62,15 @@ async fn panics_after_lock() {
 
 #[tokio::test]
 async fn a_dropped_call_releases_the_lock() {
+    a_dropped_call_releases_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_releases_the_lock_on_a_multi_threaded_runtime() {
+    a_dropped_call_releases_it().await;
+}
+
+async fn a_dropped_call_releases_it() {
     let nodes = Nodes::start(3);
     let (entered, body_started) = tokio::sync::oneshot::channel();
     let call = tokio::spawn(nodes.runtime.scope(never_finishes(entered)));
@@ -84,6 +95,15 @@ async fn a_dropped_call_releases_the_lock() {
 
 #[tokio::test]
 async fn a_call_dropped_while_acquiring_leaves_no_key() {
+    dropped_while_acquiring().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_while_acquiring_leaves_no_key_on_a_multi_threaded_runtime() {
+    dropped_while_acquiring().await;
+}
+
+async fn dropped_while_acquiring() {
     let nodes = Nodes::start(3);
     for _ in 0..20 {
         let (entered, _started) = tokio::sync::oneshot::channel();
@@ -112,4 +132,39 @@ async fn a_call_dropped_while_acquiring_leaves_no_key() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(eventually(PROMPTLY, || nodes.absent(KEY, &[])).await);
+}
+
+/// A multi-threaded runtime, as a program's `#[tokio::main]` builds: it drives the connections
+/// of the calls made on it.
+fn program_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[test]
+fn a_runtime_shutting_down_with_a_body_running_releases_the_lock() {
+    let nodes = Nodes::start(3);
+    let program = program_runtime();
+    program.block_on(async {
+        let (entered, body_started) = tokio::sync::oneshot::channel();
+        tokio::spawn(nodes.runtime.scope(never_finishes(entered)));
+        body_started.await.expect("the body started under the lock");
+    });
+    assert!(!nodes.absent(KEY, &[]), "held while the body runs");
+
+    // The shutdown drops the task that holds the lease, and the connection tasks it drove.
+    drop(program);
+
+    let check = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    assert!(
+        check.block_on(eventually(PROMPTLY, || nodes.absent(KEY, &[]))),
+        "the key must be gone within a second, not after its 60 s ttl: {:?}",
+        nodes.values(KEY, &[])
+    );
 }

@@ -1,4 +1,4 @@
-//! Which tokio runtime drives a connection, and where background work goes.
+//! Which tokio runtime drives a connection, and the engine's clock.
 //!
 //! A lock costs two round trips, and on a fast network a thread hand-off costs about as much as
 //! a round trip. So a connection is driven by the caller's own runtime when that is a
@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -47,20 +48,48 @@ pub(crate) fn for_connection(engine: &Handle) -> Driver {
     }
 }
 
-/// Runs `future` to its end in the background: on the caller's multi-threaded runtime (no
-/// hand-off to another thread), else on the engine.
-pub(crate) fn spawn_background(engine: &Handle, future: impl Future<Output = ()> + Send + 'static) {
-    match callers_runtime(engine) {
-        Some(handle) => drop(handle.spawn(future)),
-        None => drop(engine.spawn(future)),
-    }
+/// A timer on the engine's clock: it works whether or not the caller's runtime has timers
+/// enabled, and its wake-up costs the caller nothing until it fires.
+pub(crate) fn sleep_until(engine: &Handle, deadline: Instant) -> tokio::time::Sleep {
+    let _on_engine = engine.enter();
+    tokio::time::sleep_until(deadline.into())
 }
 
-/// The caller's runtime, if it is multi-threaded and not the engine.
+/// Bounds `future` by `timeout`, on the engine's clock (see [`sleep_until`]).
+pub(crate) async fn timeout<F: Future>(
+    engine: &Handle,
+    timeout: Duration,
+    future: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let bounded = {
+        let _on_engine = engine.enter();
+        tokio::time::timeout(timeout, future)
+    };
+    bounded.await
+}
+
+/// The caller's runtime, if it is multi-threaded, not the engine, and not known to lack I/O or
+/// timers.
 fn callers_runtime(engine: &Handle) -> Option<Handle> {
     let current = Handle::try_current().ok()?;
-    (current.runtime_flavor() == RuntimeFlavor::MultiThread && current.id() != engine.id())
-        .then_some(current)
+    let usable = current.runtime_flavor() == RuntimeFlavor::MultiThread
+        && current.id() != engine.id()
+        && !lock(&UNABLE).contains(&current.id());
+    usable.then_some(current)
+}
+
+/// Runtimes found unable to drive a connection (built without I/O or timers).
+static UNABLE: Mutex<Vec<tokio::runtime::Id>> = Mutex::new(Vec::new());
+
+/// Notes that `runtime` cannot drive connections: the engine drives those opened on it.
+pub(crate) fn cannot_drive(runtime: &Handle) {
+    lock(&UNABLE).push(runtime.id());
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The runtimes that have a sentinel, with the flag each one clears.
@@ -69,9 +98,7 @@ static SENTINELS: Mutex<Vec<(tokio::runtime::Id, Arc<AtomicBool>)>> = Mutex::new
 /// The flag that `runtime`'s sentinel clears when the runtime shuts down; the sentinel is
 /// spawned on first use.
 fn sentinel(runtime: &Handle) -> Arc<AtomicBool> {
-    let mut sentinels = SENTINELS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut sentinels = lock(&SENTINELS);
     sentinels.retain(|(_, alive)| alive.load(Ordering::Acquire));
     if let Some((_, alive)) = sentinels.iter().find(|(id, _)| *id == runtime.id()) {
         return alive.clone();

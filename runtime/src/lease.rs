@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::redlock::{extend, release, Extension};
+use crate::redlock::{extend, release, spawn_release_everywhere, Extension, Outstanding};
 use crate::{Error, Options, Runtime};
 
 /// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
@@ -119,29 +119,35 @@ impl Held {
 pub struct Lease {
     runtime: Runtime,
     held: Arc<Held>,
+    /// The slower nodes' SETs, not answered when the lock was taken: its release follows them.
+    outstanding: Outstanding,
     /// Cleared by `release`, so that `Drop` knows there is nothing left to do.
     holding: bool,
 }
 
+/// What an acquisition that took the lock knows of it.
+pub(crate) struct Taken {
+    pub(crate) key: Arc<str>,
+    pub(crate) token: Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) acquired_at: Instant,
+    pub(crate) valid_until: Instant,
+    pub(crate) fencing_token: Option<u64>,
+    pub(crate) outstanding: Outstanding,
+}
+
 impl Lease {
-    pub(crate) fn new(
-        runtime: Runtime,
-        key: Arc<str>,
-        token: Arc<str>,
-        ttl: Duration,
-        acquired_at: Instant,
-        valid_until: Instant,
-        fencing_token: Option<u64>,
-    ) -> Self {
+    pub(crate) fn new(runtime: Runtime, taken: Taken) -> Self {
         Lease {
             runtime,
+            outstanding: taken.outstanding,
             held: Arc::new(Held {
-                key,
-                token,
-                ttl,
-                acquired_at,
-                fencing_token,
-                valid_until: Mutex::new(valid_until),
+                key: taken.key,
+                token: taken.token,
+                ttl: taken.ttl,
+                acquired_at: taken.acquired_at,
+                fencing_token: taken.fencing_token,
+                valid_until: Mutex::new(taken.valid_until),
                 lost: watch::Sender::new(None),
             }),
             holding: true,
@@ -201,7 +207,9 @@ impl Lease {
     /// The slower nodes get the release in the background after this returns, and if the caller
     /// is cancelled while waiting, the release still completes in the background. Fails with
     /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered; the copies left behind
-    /// expire with the ttl.
+    /// expire with the ttl. (So may a copy on a slower node when the tokio runtime that drives
+    /// its connection shuts down right after this returns, as at the end of `main`: it cannot
+    /// stop anyone from taking the lock, since a quorum of nodes is free.)
     pub async fn release(self) -> Result<(), Error> {
         self.release_keeping(Duration::ZERO).await
     }
@@ -212,9 +220,17 @@ impl Lease {
         // From here on, a cancelled release is finished by its round (see `redlock::Round`).
         self.holding = false;
         let all = (0..self.runtime.node_count()).collect();
-        release(&self.runtime, &self.held.key, &self.held.token, all, keep)
-            .await
-            .map_err(Error::NoQuorum)
+        let outstanding = std::mem::take(&mut self.outstanding);
+        release(
+            &self.runtime,
+            &self.held.key,
+            &self.held.token,
+            all,
+            keep,
+            outstanding,
+        )
+        .await
+        .map_err(Error::NoQuorum)
     }
 
     /// What a body running under this lease sees of it.
@@ -255,7 +271,7 @@ impl Lease {
         let (runtime, held, options) = (self.runtime.clone(), self.held.clone(), *options);
         let due = (held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR).min(held.valid_until());
         async move {
-            tokio::time::sleep_until(due.into()).await;
+            crate::driver::sleep_until(runtime.engine(), due).await;
             let engine = runtime.engine().clone();
             let _keeper = Keeper {
                 task: engine.spawn(keep(runtime, held, options)),
@@ -272,11 +288,8 @@ impl Drop for Lease {
         if !self.holding {
             return;
         }
-        let (runtime, held) = (self.runtime.clone(), self.held.clone());
-        drop(self.runtime.engine().spawn(async move {
-            let all = (0..runtime.node_count()).collect();
-            let _ = release(&runtime, &held.key, &held.token, all, Duration::ZERO).await;
-        }));
+        let outstanding = std::mem::take(&mut self.outstanding);
+        spawn_release_everywhere(&self.runtime, &self.held.key, &self.held.token, outstanding);
     }
 }
 

@@ -3,6 +3,7 @@
 //! Use it through the `cluster-singleton` crate, which re-exports everything here together with
 //! the `#[singleton]` attribute. This crate's version is pinned exactly by the facade.
 
+mod backlog;
 mod config;
 mod driver;
 mod error;

@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -83,7 +83,9 @@ pub(crate) struct Node {
     connect_timeout: Duration,
     /// `None` skips reading the server's uptime: every vote counts at once.
     restart_grace: Option<RestartGrace>,
-    link: Mutex<Link>,
+    /// Read on every command, written only when the connection opens or breaks: a read lock
+    /// costs no wait while other threads send on the same connection.
+    link: RwLock<Link>,
     /// The `run_id` of the server last connected to, to tell a restart from a reconnect.
     last_run_id: Mutex<Option<String>>,
     /// The crate's own runtime, which drives connections opened outside a multi-threaded one.
@@ -195,7 +197,7 @@ impl Node {
             timeout: config.node_timeout,
             connect_timeout: config.connect_timeout,
             restart_grace,
-            link: Mutex::new(Link::Down {
+            link: RwLock::new(Link::Down {
                 cause: "not connected yet".into(),
                 retry_after: Instant::now(),
             }),
@@ -367,7 +369,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.get(key));
         }
-        within(self.timeout, async {
+        within(&self.engine, self.timeout, async {
             let session = self.voting_session(ttl).await?;
             let get = redis::cmd("GET").arg(key).to_owned();
             self.query(&session, get.query_async(&mut session.connection.clone()))
@@ -387,7 +389,7 @@ impl Node {
             store.set(key, value, expiry);
             return Ok(());
         }
-        within(self.timeout, async {
+        within(&self.engine, self.timeout, async {
             let session = self.session().await?;
             let set = redis::cmd("SET")
                 .arg(key)
@@ -424,7 +426,9 @@ impl Node {
         if self.memory().is_some() {
             return Ok(());
         }
-        within(self.connect_timeout, self.session()).await.map(drop)
+        within(&self.engine, self.connect_timeout, self.session())
+            .await
+            .map(drop)
     }
 
     /// The open connection, or the one being opened, or a fresh attempt to open one.
@@ -432,10 +436,19 @@ impl Node {
         let Backend::Redis(client) = &self.backend else {
             unreachable!("memory nodes answer before asking for a session");
         };
+        if let Link::Up(session) = &*self
+            .link
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            if session.is_usable() {
+                return Ok(session.clone());
+            }
+        }
         let attempt = {
             let mut link = self
                 .link
-                .lock()
+                .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match &*link {
                 Link::Up(session) if session.is_usable() => return Ok(session.clone()),
@@ -445,22 +458,14 @@ impl Node {
                 }
                 // Never opened, broken, or its runtime shut down: open one (again).
                 Link::Up(_) | Link::Down { .. } => {
-                    let driver = driver::for_connection(&self.engine);
-                    let attempt = driver
-                        .handle
-                        .spawn(open(
-                            redis::Client::clone(client),
-                            self.connect_timeout,
-                            self.restart_grace.is_some(),
-                            driver.alive,
-                        ))
-                        .map(|joined| {
-                            joined.unwrap_or_else(|err| {
-                                Err(format!("the connect task failed: {err}"))
-                            })
-                        })
-                        .boxed()
-                        .shared();
+                    let attempt = connect_on_a_driver(
+                        redis::Client::clone(client),
+                        self.connect_timeout,
+                        self.restart_grace.is_some(),
+                        self.engine.clone(),
+                    )
+                    .boxed()
+                    .shared();
                     *link = Link::Connecting(attempt.clone());
                     attempt
                 }
@@ -469,7 +474,7 @@ impl Node {
         let opened = attempt.clone().await;
         let mut link = self
             .link
-            .lock()
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Whoever sees the attempt end first records its result; later waiters find it there.
         if matches!(&*link, Link::Connecting(current) if current.ptr_eq(&attempt)) {
@@ -501,7 +506,7 @@ impl Node {
             if err.is_unrecoverable_error() || err.is_connection_dropped() || err.is_io_error() {
                 let mut link = self
                     .link
-                    .lock()
+                    .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
                     *link = Link::Down {
@@ -579,6 +584,34 @@ fn connect_failure(err: &RedisError) -> String {
     err.to_string()
 }
 
+/// Opens a connection as a task of its own, on the runtime that should drive it (see
+/// [`crate::driver`]). A caller's runtime without I/O or timers enabled makes that task panic;
+/// the connection is then opened on the crate's own runtime, as are all later ones made on it.
+async fn connect_on_a_driver(
+    client: redis::Client,
+    connect_timeout: Duration,
+    read_uptime: bool,
+    engine: Handle,
+) -> Opened {
+    let on = driver::for_connection(&engine);
+    let callers = on.alive.is_some();
+    let joined = on
+        .handle
+        .spawn(open(client.clone(), connect_timeout, read_uptime, on.alive))
+        .await;
+    match joined {
+        Err(err) if callers && err.is_panic() => {
+            driver::cannot_drive(&on.handle);
+            tracing::warn!(error = %err, "the caller's tokio runtime cannot drive Redis connections (is it built without `enable_all()`?); the crate's own thread drives them instead");
+            let joined = engine
+                .spawn(open(client, connect_timeout, read_uptime, None))
+                .await;
+            joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}")))
+        }
+        joined => joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}"))),
+    }
+}
+
 /// Opens a connection (its driver task lives on the runtime this runs on, whose sentinel clears
 /// `driver_alive`) and, unless `read_uptime` is off, reads when the server started and its
 /// `run_id`.
@@ -640,10 +673,11 @@ async fn open(
 /// Bounds one call by a deadline, whatever the connection is doing (connecting, waiting on a
 /// frozen server).
 async fn within<T>(
+    engine: &Handle,
     timeout: Duration,
     call: impl std::future::Future<Output = Result<T, NodeError>>,
 ) -> Result<T, NodeError> {
-    tokio::time::timeout(timeout, call)
+    driver::timeout(engine, timeout, call)
         .await
         .unwrap_or(Err(NodeError::Timeout(timeout)))
 }

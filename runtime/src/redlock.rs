@@ -21,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::driver;
+use crate::lease::Taken;
 use crate::node::NodeError;
 use crate::{Error, Lease, NoQuorum, NodeFailure, Runtime};
 
@@ -82,6 +83,8 @@ pub(crate) struct Round<T: Send + 'static> {
     deadline: Instant,
     /// Set at the first wait, so that a round answered at once (`memory://`) sets no timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the commands were polled, and so went out; until then, dropping them is safe.
+    sent: bool,
 }
 
 impl<T: Send + 'static> Round<T> {
@@ -102,6 +105,7 @@ impl<T: Send + 'static> Round<T> {
             ready: Vec::new(),
             deadline: Instant::now() + runtime.node_timeout(),
             timer: None,
+            sent: false,
         }
     }
 
@@ -113,6 +117,7 @@ impl<T: Send + 'static> Round<T> {
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer<T>>> {
         if self.ready.is_empty() && !self.calls.is_empty() {
+            self.sent = true;
             // Every command is polled every time, so that all of them go out together.
             let mut index = 0;
             while index < self.calls.len() {
@@ -125,10 +130,10 @@ impl<T: Send + 'static> Round<T> {
                 }
             }
             if self.ready.is_empty() {
-                let deadline = self.deadline;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+                let (runtime, deadline) = (&self.runtime, self.deadline);
+                let timer = self.timer.get_or_insert_with(|| {
+                    Box::pin(driver::sleep_until(runtime.engine(), deadline))
+                });
                 if timer.as_mut().poll(cx).is_ready() {
                     let timeout = self.runtime.node_timeout();
                     self.ready.extend(
@@ -151,9 +156,8 @@ impl<T: Send + 'static> Round<T> {
         std::mem::take(&mut self.ready)
     }
 
-    /// Lets the commands still unanswered finish in the background (on the caller's runtime
-    /// when it is multi-threaded, else on the crate's own), then hands every answer not handed
-    /// out yet to `then`.
+    /// Lets the commands still unanswered finish in the background (see [`crate::backlog`]),
+    /// then hands every answer not handed out yet to `then`.
     fn detach_with<F, Fut>(mut self, then: F)
     where
         F: FnOnce(Vec<Answer<T>>) -> Fut + Send + 'static,
@@ -162,20 +166,31 @@ impl<T: Send + 'static> Round<T> {
         if self.calls.is_empty() && self.ready.is_empty() {
             return;
         }
-        let engine = self.runtime.engine().clone();
+        self.park(then);
+    }
+
+    /// [`Round::detach_with`], for answers nobody needs.
+    fn detach(self) {
+        self.detach_with(|_late| async {});
+    }
+
+    /// Moves what is left of this round to the backlog, with `then` to run on its answers.
+    fn park<F, Fut>(&mut self, then: F)
+    where
+        F: FnOnce(Vec<Answer<T>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let mut rest = self.split_off();
-        driver::spawn_background(&engine, async move {
+        // Its own deadline ends the round; `then` may start a round of its own after that.
+        let until = rest.deadline + 3 * rest.runtime.node_timeout();
+        let backlog = rest.runtime.backlog().clone();
+        backlog.park(until, async move {
             let mut late = Vec::new();
             while let Some(answer) = rest.next().await {
                 late.push(answer);
             }
             then(late).await;
         });
-    }
-
-    /// [`Round::detach_with`], for answers nobody needs.
-    fn detach(self) {
-        self.detach_with(|_late| async {});
     }
 
     /// A round of this one's commands and answers, leaving this one empty.
@@ -186,28 +201,45 @@ impl<T: Send + 'static> Round<T> {
             ready: std::mem::take(&mut self.ready),
             deadline: self.deadline,
             timer: self.timer.take(),
+            sent: self.sent,
         }
     }
 }
 
 impl<T: Send + 'static> Drop for Round<T> {
-    /// A round dropped with commands still out (its caller was cancelled) finishes them on the
-    /// crate's own runtime, which outlives whichever runtime is dropping it.
+    /// A round dropped with commands out (its caller was cancelled) leaves them to the backlog,
+    /// which outlives whichever runtime or task is dropping it.
     fn drop(&mut self) {
-        if self.calls.is_empty() {
+        if self.calls.is_empty() || !self.sent {
             return;
         }
-        let mut rest = self.split_off();
-        let engine = rest.runtime.engine().clone();
-        drop(engine.spawn(async move { while rest.next().await.is_some() {} }));
+        self.park(|_late| async {});
     }
 }
 
-/// A fresh lock token from the OS random source, as 32 hex digits.
+/// Tokens' worth of OS randomness fetched at once: one system call per this many locks.
+const TOKENS_PER_FETCH: usize = 32;
+
+thread_local! {
+    /// OS randomness, and how much of it was handed out: each byte is used once.
+    static RANDOM: std::cell::RefCell<([u8; TOKEN_BYTES * TOKENS_PER_FETCH], usize)> =
+        const { std::cell::RefCell::new(([0; TOKEN_BYTES * TOKENS_PER_FETCH], TOKEN_BYTES * TOKENS_PER_FETCH)) };
+}
+
+/// A fresh lock token from the OS random source, as 32 hex digits. The bytes are fetched from
+/// the OS a batch at a time, per thread, and never handed out twice.
 fn new_token() -> Result<Arc<str>, Error> {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut bytes)
-        .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
+    let bytes = RANDOM.with_borrow_mut(|(pool, used)| {
+        if *used == pool.len() {
+            getrandom::fill(pool)
+                .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
+            *used = 0;
+        }
+        let mut bytes = [0u8; TOKEN_BYTES];
+        bytes.copy_from_slice(&pool[*used..*used + TOKEN_BYTES]);
+        *used += TOKEN_BYTES;
+        Ok::<_, Error>(bytes)
+    })?;
     Ok(Arc::from(format!("{:032x}", u128::from_be_bytes(bytes))))
 }
 
@@ -339,33 +371,47 @@ impl Tally {
     }
 }
 
-/// Gives back, if it is dropped before [`Unsettled::settle`], whatever an attempt may hold: the
-/// caller gave up mid-attempt, and a lock it took must not wait for its ttl.
-struct Unsettled {
+/// SETs of an attempt still unanswered, by node. A release to one of those nodes goes after its
+/// SET: on an open connection the SET is queued first anyway, but one still waiting for its
+/// connection is not queued yet, and a release that overtook it would leave the key behind.
+pub(crate) type Outstanding = Vec<Option<Call<Option<u64>>>>;
+
+/// One attempt's SETs and what to do with them: dropped before [`Attempt::settle`] (the caller
+/// gave up mid-attempt), it gives back whatever the attempt may hold, since a lock it took must
+/// not wait for its ttl.
+struct Attempt {
     runtime: Runtime,
     key: Arc<str>,
     token: Arc<str>,
-    settled: bool,
+    round: Option<Round<Option<u64>>>,
 }
 
-impl Unsettled {
-    fn settle(&mut self) {
-        self.settled = true;
+impl Attempt {
+    /// The SETs still out, and the attempt settled: dropping it does nothing any more.
+    fn settle(&mut self) -> Outstanding {
+        let mut outstanding: Outstanding = (0..self.runtime.node_count()).map(|_| None).collect();
+        if let Some(mut round) = self.round.take() {
+            for (node, call) in std::mem::take(&mut round.calls) {
+                outstanding[node] = Some(call);
+            }
+        }
+        outstanding
+    }
+
+    /// The SET round itself, for an attempt that was lost (see [`give_back_after_loss`]).
+    fn settle_round(&mut self) -> Round<Option<u64>> {
+        self.round.take().expect("an attempt is settled once")
     }
 }
 
-impl Drop for Unsettled {
+impl Drop for Attempt {
     fn drop(&mut self) {
-        if self.settled {
+        if self.round.is_none() {
             return;
         }
-        // Every node: which SETs landed is unknown. Each release goes down the node's connection
-        // after our SET, so Redis applies it after the SET.
-        let (runtime, key, token) = (self.runtime.clone(), self.key.clone(), self.token.clone());
-        let all = (0..runtime.node_count()).collect();
-        drop(self.runtime.engine().spawn(async move {
-            let _ = release(&runtime, &key, &token, all, Duration::ZERO).await;
-        }));
+        // Every node: which SETs landed is unknown.
+        let outstanding = self.settle();
+        spawn_release_everywhere(&self.runtime, &self.key, &self.token, outstanding);
     }
 }
 
@@ -391,20 +437,17 @@ pub(crate) async fn acquire(
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     for _ in 0..SPLIT_VOTE_ATTEMPTS {
         let token = new_token()?;
-        let mut unsettled = Unsettled {
+        let started = Instant::now();
+        let mut attempt = Attempt {
             runtime: runtime.clone(),
+            round: Some(set_round(runtime, &key, fence_key.as_ref(), &token, ttl)),
             key: key.clone(),
             token: token.clone(),
-            settled: false,
         };
-        let started = Instant::now();
-        let (tally, round) = vote(runtime, &key, fence_key.as_ref(), &token, ttl).await;
+        let tally = vote(runtime, attempt.round.as_mut().expect("not settled yet")).await;
         tally.record_on_span();
 
         if tally.won() {
-            // The slower nodes get our SET too; whatever they answer, the lease's release goes
-            // to every node.
-            round.detach();
             let fence = match &fence_key {
                 None => Ok(None),
                 Some(fence_key) => {
@@ -413,7 +456,8 @@ pub(crate) async fn acquire(
                         .map(Some)
                 }
             };
-            unsettled.settle();
+            // The slower nodes' SETs go with the lease: its release follows them.
+            let outstanding = attempt.settle();
             let took = started.elapsed();
             return match (fence, validity(ttl, took, runtime.drift_factor())) {
                 (Ok(fence), Some(left)) => {
@@ -421,20 +465,23 @@ pub(crate) async fn acquire(
                     let valid_until = Instant::now() + left;
                     Ok(Some(Lease::new(
                         runtime.clone(),
-                        key,
-                        token,
-                        ttl,
-                        started,
-                        valid_until,
-                        fence,
+                        Taken {
+                            key,
+                            token,
+                            ttl,
+                            acquired_at: started,
+                            valid_until,
+                            fencing_token: fence,
+                            outstanding,
+                        },
                     )))
                 }
                 (Err(no_quorum), _) => {
-                    spawn_release(runtime, &key, &token, tally.maybe_ours());
+                    spawn_release(runtime, &key, &token, tally.maybe_ours(), outstanding);
                     Err(Error::NoQuorum(no_quorum))
                 }
                 (Ok(_), None) => {
-                    spawn_release(runtime, &key, &token, tally.maybe_ours());
+                    spawn_release(runtime, &key, &token, tally.maybe_ours(), outstanding);
                     Err(Error::Expired {
                         key: key.to_string(),
                         elapsed: took,
@@ -446,21 +493,26 @@ pub(crate) async fn acquire(
 
         if tally.split() {
             // Given back before the pause, so that our grants don't split the next round too.
-            // The SETs still out go first on each connection, so the release follows them.
             let maybe_ours = tally.maybe_ours();
-            round.detach();
-            let _ = release(runtime, &key, &token, maybe_ours, Duration::ZERO).await;
-            unsettled.settle();
+            let outstanding = attempt.settle();
+            let _ = release(
+                runtime,
+                &key,
+                &token,
+                maybe_ours,
+                Duration::ZERO,
+                outstanding,
+            )
+            .await;
             window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
-            tokio::time::sleep(random_below(window)?).await;
+            let pause = random_below(window)?;
+            driver::sleep_until(runtime.engine(), Instant::now() + pause).await;
             window *= 2;
             continue;
         }
 
-        // Lost, to a holder or to an outage. Nobody needs to wait for what follows: the release
-        // goes down each node's connection after our SET, so Redis applies it after the SET.
-        unsettled.settle();
-        give_back_after_loss(runtime, &key, &token, &tally, round);
+        // Lost, to a holder or to an outage. Nobody needs to wait for what follows.
+        give_back_after_loss(runtime, &key, &token, &tally, attempt.settle_round());
         return decide_failed(tally, key);
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.
@@ -480,7 +532,7 @@ fn give_back_after_loss(
     let answered = tally.answered_maybe_ours();
     let (runtime_of, key_of, token_of) = (runtime.clone(), key.clone(), token.clone());
     if round.calls.is_empty() {
-        spawn_release(runtime, key, token, answered);
+        spawn_release(runtime, key, token, answered, Vec::new());
         return;
     }
     round.detach_with(move |late| async move {
@@ -491,20 +543,42 @@ fn give_back_after_loss(
                 .map(|(node, _)| node),
         );
         if !ours.is_empty() {
-            let _ = release(&runtime_of, &key_of, &token_of, ours, Duration::ZERO).await;
+            let _ = release(
+                &runtime_of,
+                &key_of,
+                &token_of,
+                ours,
+                Duration::ZERO,
+                Vec::new(),
+            )
+            .await;
         }
     });
 }
 
 /// Gives back what a failed attempt may hold, in the background.
-fn spawn_release(runtime: &Runtime, key: &Arc<str>, token: &Arc<str>, nodes: Vec<usize>) {
+fn spawn_release(
+    runtime: &Runtime,
+    key: &Arc<str>,
+    token: &Arc<str>,
+    nodes: Vec<usize>,
+    outstanding: Outstanding,
+) {
     if nodes.is_empty() {
         return;
     }
     let (runtime_of, key, token) = (runtime.clone(), key.clone(), token.clone());
-    driver::spawn_background(runtime.engine(), async move {
-        let _ = release(&runtime_of, &key, &token, nodes, Duration::ZERO).await;
-    });
+    drop(runtime.engine().spawn(async move {
+        let _ = release(
+            &runtime_of,
+            &key,
+            &token,
+            nodes,
+            Duration::ZERO,
+            outstanding,
+        )
+        .await;
+    }));
 }
 
 /// Where the fencing counter of the lock `key` lives: beside it, and without expiry.
@@ -590,17 +664,16 @@ fn decide_failed(tally: Tally, key: Arc<str>) -> Result<Option<Lease>, Error> {
     }))
 }
 
-/// Sends `SET key token NX PX ttl` to every node at once and collects answers until the result
-/// is decided; the round is returned with the answers still out.
-async fn vote(
+/// `SET key token NX PX ttl` for every node (with fencing, the script that also reads the
+/// fencing counter); the commands go out when the round is first polled.
+fn set_round(
     runtime: &Runtime,
     key: &Arc<str>,
     fence_key: Option<&Arc<str>>,
     token: &Arc<str>,
     ttl: Duration,
-) -> (Tally, Round<Option<u64>>) {
-    let mut tally = Tally::new(runtime.node_count());
-    let mut round = Round::new(runtime, 0..runtime.node_count(), |runtime, node| {
+) -> Round<Option<u64>> {
+    Round::new(runtime, 0..runtime.node_count(), |runtime, node| {
         let (key, token, fence_key) = (key.clone(), token.clone(), fence_key.cloned());
         async move {
             let node = runtime.node(node);
@@ -615,7 +688,13 @@ async fn vote(
                 }
             }
         }
-    });
+    })
+}
+
+/// Collects the answers to the SETs until the result is decided; the round keeps the answers
+/// still out.
+async fn vote(runtime: &Runtime, round: &mut Round<Option<u64>>) -> Tally {
+    let mut tally = Tally::new(runtime.node_count());
     while !tally.decided() {
         let Some((node, answer)) = round.next().await else {
             break;
@@ -627,25 +706,33 @@ async fn vote(
     for (node, answer) in round.take_ready() {
         tally.record(node, runtime.node(node).name(), answer);
     }
-    (tally, round)
+    tally
 }
 
 /// Runs the compare-and-delete script on `nodes` at once (or, with a non-zero `keep`, lets our
 /// key expire that long from now instead: `min_hold`), and returns once a quorum answered: the
 /// lock is then free for others, whatever the rest say. The rest finish in the background; a
-/// node that fails keeps our key until its ttl runs out, which is logged, never retried.
+/// node that fails keeps our key until its ttl runs out, which is logged, never retried. On a
+/// node with a SET in `outstanding`, the release waits for that SET's answer.
 pub(crate) async fn release(
     runtime: &Runtime,
     key: &Arc<str>,
     token: &Arc<str>,
     nodes: Vec<usize>,
     keep: Duration,
+    mut outstanding: Outstanding,
 ) -> Result<(), NoQuorum> {
     let mut answered = 0;
     let mut failures = Vec::new();
     let mut round = Round::new(runtime, nodes, |runtime, node| {
         let (key, token) = (key.clone(), token.clone());
-        async move { runtime.node(node).release(&key, &token, keep).await }
+        let set = outstanding.get_mut(node).and_then(Option::take);
+        async move {
+            if let Some(set) = set {
+                let _ = set.await;
+            }
+            runtime.node(node).release(&key, &token, keep).await
+        }
     });
     while let Some((node, answer)) = round.next().await {
         match answer {
@@ -671,6 +758,50 @@ pub(crate) async fn release(
         needed: runtime.quorum(),
         failures,
     })
+}
+
+/// Releases our lock on every node, on the crate's own runtime, which outlives whichever
+/// runtime, task or panic is giving the lock up; for locks given up by dropping them.
+///
+/// A program that shuts its runtime down drops the tasks that hold leases, and may have dropped
+/// the connection tasks it drove a moment earlier: a node whose connection broke that way gets
+/// one more try, on a fresh connection (driven by the crate's own runtime).
+pub(crate) fn spawn_release_everywhere(
+    runtime: &Runtime,
+    key: &Arc<str>,
+    token: &Arc<str>,
+    mut outstanding: Outstanding,
+) {
+    let (runtime, key, token) = (runtime.clone(), key.clone(), token.clone());
+    let engine = runtime.engine().clone();
+    drop(engine.spawn(async move {
+        let mut broken = Vec::new();
+        let mut round = Round::new(&runtime, 0..runtime.node_count(), |runtime, node| {
+            let (key, token) = (key.clone(), token.clone());
+            let set = outstanding.get_mut(node).and_then(Option::take);
+            async move {
+                if let Some(set) = set {
+                    let _ = set.await;
+                }
+                runtime
+                    .node(node)
+                    .release(&key, &token, Duration::ZERO)
+                    .await
+            }
+        });
+        while let Some((node, answer)) = round.next().await {
+            match answer {
+                Ok(_) => {}
+                Err(NodeError::Redis(err)) if err.is_connection_dropped() || err.is_io_error() => {
+                    broken.push(node);
+                }
+                Err(err) => drop(release_failed(&runtime, &key, node, &err)),
+            }
+        }
+        if !broken.is_empty() {
+            let _ = release(&runtime, &key, &token, broken, Duration::ZERO, Vec::new()).await;
+        }
+    }));
 }
 
 /// Logs a node's failed release, and says what failed.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::runtime::Handle;
 
+use crate::backlog::Backlog;
 use crate::node::Node;
 use crate::redlock::{acquire, quorum};
 use tracing::Instrument;
@@ -79,6 +80,7 @@ struct Inner {
     drift_factor: f64,
     node_timeout: Duration,
     engine: Handle,
+    backlog: Arc<Backlog>,
 }
 
 impl Runtime {
@@ -121,6 +123,7 @@ impl Runtime {
                 drift_factor: config.drift_factor,
                 node_timeout: config.node_timeout,
                 engine: engine.handle().clone(),
+                backlog: Backlog::new(engine.handle().clone()),
             }),
         })
     }
@@ -218,7 +221,7 @@ impl Runtime {
             if Instant::now() + pause >= deadline {
                 return attempt;
             }
-            tokio::time::sleep(pause).await;
+            crate::driver::sleep_until(self.engine(), Instant::now() + pause).await;
             window = (window * 2).min(WAIT_MAX_WINDOW);
         }
     }
@@ -446,6 +449,11 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Handle {
         &self.inner.engine
+    }
+
+    /// Where commands nobody waits for any more are kept until answered.
+    pub(crate) fn backlog(&self) -> &Arc<Backlog> {
+        &self.inner.backlog
     }
 
     /// How long a round waits for a node's answer.

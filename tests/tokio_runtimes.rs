@@ -1,0 +1,72 @@
+//! The caller's tokio runtime: a multi-threaded one drives the connections itself, and the crate
+//! copes when that runtime shuts down before the crate's `Runtime` does, or cannot drive
+//! connections at all.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Nodes, PROMPTLY};
+
+const KEY: &str = "singleton:shared";
+
+/// A multi-threaded runtime, as a program's `#[tokio::main]` builds.
+fn program_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[test]
+fn a_runtime_outlives_the_tokio_runtimes_that_drove_its_connections() {
+    let nodes = Nodes::start(3);
+    for program in 0..3 {
+        let program_runtime = program_runtime();
+        // Connections driven by a runtime that shut down would fail every node at once:
+        // NoQuorum, not a lease.
+        let lease = program_runtime
+            .block_on(nodes.runtime.lock("shared", Duration::from_secs(60)))
+            .unwrap_or_else(|err| panic!("program {program}: {err}"))
+            .expect("nobody else holds it");
+        program_runtime.block_on(lease.release()).unwrap();
+        drop(program_runtime);
+    }
+    // The release waits for a quorum; the last node gets it in the background, on a connection
+    // of the runtime that was just shut down, which may have cut it short: that copy cannot
+    // stop anyone (the next program took the lock each time), and it expires with the ttl.
+    let copies = nodes.values(KEY, &[]).iter().flatten().count();
+    assert!(
+        copies < 2,
+        "a quorum of nodes must be free: {copies} copies"
+    );
+}
+
+/// Runs `future` on a runtime of its own: a test of runtimes cannot run inside one.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
+
+#[test]
+fn a_runtime_without_io_or_timers_still_locks() {
+    let nodes = Nodes::start(3);
+    // No `enable_all()`: this runtime cannot drive a socket or a timer.
+    let bare = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("a tokio runtime");
+    for _ in 0..3 {
+        let lease = bare
+            .block_on(nodes.runtime.lock("shared", Duration::from_secs(60)))
+            .expect("the crate's own thread drives the connections instead")
+            .expect("nobody else holds it");
+        assert!(nodes.holding(KEY, lease.token()) >= 2);
+        bare.block_on(lease.release()).unwrap();
+    }
+    assert!(block_on(eventually(PROMPTLY, || nodes.absent(KEY, &[]))));
+}
