@@ -29,17 +29,16 @@ use crate::{Config, Error};
 /// sets it to expire in `ARGV[2]` milliseconds; returns 1 when the key was ours. Release, renewal
 /// and `min_hold` are all this one script, so none of them ever touches a lock that someone else
 /// took after ours ran out.
-static EXPIRE_IF_OURS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+static EXPIRE_IF_OURS: LazyLock<Script> = LazyLock::new(|| Script::new(EXPIRE_IF_OURS_LUA));
+
+/// The text of [`EXPIRE_IF_OURS`], for `SCRIPT LOAD`.
+const EXPIRE_IF_OURS_LUA: &str = r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
 if ARGV[2] == "0" then
     return redis.call("DEL", KEYS[1])
 end
-return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#,
-    )
-});
+return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#;
 
 /// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
 /// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
@@ -71,6 +70,9 @@ return 1"#,
 /// After a failed attempt to connect, calls fail at once with its cause for this long before the
 /// next attempt, so that a dead node costs nothing per call and is not hammered.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Commands a connection queues before a sender must wait (see `open`).
+const PIPELINE_QUEUE: usize = 4096;
 
 /// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
 const MILLISECOND: Duration = Duration::from_millis(1);
@@ -252,8 +254,13 @@ impl Node {
             return Ok(store.set_nx(key, token, ttl));
         }
         let session = self.voting_session(ttl).await?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(token).arg("NX").arg("PX").arg(millis(ttl));
+        let mut cmd = redis::Cmd::with_capacity(6, 48 + key.len() + token.len());
+        cmd.arg("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
         // `OK`, or nil when the key is set; `()` reads either without allocating.
         let reply: Option<()> = self
             .query(&session, cmd.query_async(&mut session.connection.clone()))
@@ -345,6 +352,9 @@ impl Node {
         self.expire_if_ours(&session, key, token, keep).await
     }
 
+    /// [`EXPIRE_IF_OURS`] by its SHA1, in a command built at its final size (it runs on every
+    /// release and renewal); the script is loaded when the node lacks it (a restart, a
+    /// `SCRIPT FLUSH`) and the command sent again.
     async fn expire_if_ours(
         &self,
         session: &Arc<Session>,
@@ -352,14 +362,31 @@ impl Node {
         token: &str,
         keep: Duration,
     ) -> Result<bool, NodeError> {
-        let mut invocation = EXPIRE_IF_OURS.key(key);
-        invocation.arg(token).arg(millis(keep));
-        let ours: i64 = self
-            .query(
-                session,
-                invocation.invoke_async(&mut session.connection.clone()),
-            )
-            .await?;
+        let mut eval = redis::Cmd::with_capacity(6, 80 + key.len() + token.len());
+        eval.arg("EVALSHA")
+            .arg(EXPIRE_IF_OURS.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(token)
+            .arg(millis(keep));
+        let sent = self
+            .query(session, eval.query_async(&mut session.connection.clone()))
+            .await;
+        let ours: i64 = match sent {
+            Err(NodeError::Redis(err))
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let load = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(EXPIRE_IF_OURS_LUA)
+                    .to_owned();
+                self.query::<String>(session, load.query_async(&mut session.connection.clone()))
+                    .await?;
+                self.query(session, eval.query_async(&mut session.connection.clone()))
+                    .await?
+            }
+            sent => sent?,
+        };
         Ok(ours == 1)
     }
 
@@ -623,9 +650,12 @@ async fn open(
 ) -> Opened {
     let opening = async {
         // No response timeout inside: every command has the node's deadline around it already.
+        // A deep queue: a command parked in the backlog is queued by its first poll, which a
+        // full queue (redis-rs's default holds 50) would make wait for a later one.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(None);
+            .set_response_timeout(None)
+            .set_pipeline_buffer_size(PIPELINE_QUEUE);
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;

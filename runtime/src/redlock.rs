@@ -95,14 +95,14 @@ impl<T: Send + 'static> Round<T> {
         C: FnMut(Runtime, usize) -> F,
         F: Future<Output = Result<T, NodeError>> + Send + 'static,
     {
-        let calls = nodes
+        let calls: Vec<_> = nodes
             .into_iter()
             .map(|node| (node, Box::pin(command(runtime.clone(), node)) as Call<T>))
             .collect();
         Round {
             runtime: runtime.clone(),
+            ready: Vec::with_capacity(calls.len()),
             calls,
-            ready: Vec::new(),
             deadline: Instant::now() + runtime.node_timeout(),
             timer: None,
             sent: false,
@@ -217,29 +217,13 @@ impl<T: Send + 'static> Drop for Round<T> {
     }
 }
 
-/// Tokens' worth of OS randomness fetched at once: one system call per this many locks.
-const TOKENS_PER_FETCH: usize = 32;
-
-thread_local! {
-    /// OS randomness, and how much of it was handed out: each byte is used once.
-    static RANDOM: std::cell::RefCell<([u8; TOKEN_BYTES * TOKENS_PER_FETCH], usize)> =
-        const { std::cell::RefCell::new(([0; TOKEN_BYTES * TOKENS_PER_FETCH], TOKEN_BYTES * TOKENS_PER_FETCH)) };
-}
-
-/// A fresh lock token from the OS random source, as 32 hex digits. The bytes are fetched from
-/// the OS a batch at a time, per thread, and never handed out twice.
+/// A fresh lock token from the OS random source, as 32 hex digits. One system call per token:
+/// a pool of random bytes kept in the process would be copied by a `fork`, and two processes
+/// would then hand out the same tokens.
 fn new_token() -> Result<Arc<str>, Error> {
-    let bytes = RANDOM.with_borrow_mut(|(pool, used)| {
-        if *used == pool.len() {
-            getrandom::fill(pool)
-                .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
-            *used = 0;
-        }
-        let mut bytes = [0u8; TOKEN_BYTES];
-        bytes.copy_from_slice(&pool[*used..*used + TOKEN_BYTES]);
-        *used += TOKEN_BYTES;
-        Ok::<_, Error>(bytes)
-    })?;
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::fill(&mut bytes)
+        .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
     Ok(Arc::from(format!("{:032x}", u128::from_be_bytes(bytes))))
 }
 

@@ -18,10 +18,10 @@ use crate::slot::{self, Period};
 use crate::telemetry;
 use crate::{Config, Error, Lease, OnLost, Options, Outcome, Skip};
 
-/// The crate's own tokio runtime: one background thread that owns every Redis connection and
-/// runs every release. Connections made on a caller's runtime die with it (each
-/// `#[tokio::test]` has its own; redis-rs/redis-rs#1678), and a release spawned there during
-/// shutdown might never run; this one lives as long as the process.
+/// The crate's own tokio runtime, one background thread that lives as long as the process: it
+/// drives the connections that no caller's multi-threaded runtime drives (see
+/// [`crate::driver`]), runs renewal and the releases of dropped leases (a release spawned on a
+/// runtime that is shutting down might never run), and keeps the clock of every deadline.
 static ENGINE: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ENGINE_THREADS)
