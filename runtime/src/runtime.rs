@@ -306,10 +306,13 @@ impl Runtime {
             elapsed_ms = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self
-            .run_traced(key, options, body, succeeded)
-            .instrument(span.clone())
-            .await;
+        let call = self.run_traced(key, options, body, succeeded);
+        // Entering a span on every poll costs even when nothing listens: only when something does.
+        let result = if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span.clone()).await
+        };
         let outcome = telemetry::outcome_name(&result);
         span.record("outcome", outcome);
         span.record("elapsed_ms", started.elapsed().as_millis() as u64);
