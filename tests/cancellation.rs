@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cluster_singleton::singleton;
-use common::{eventually, Nodes, PROMPTLY};
+use common::{block_on, eventually, program_runtime, Nodes, PROMPTLY};
 use futures_util::FutureExt;
 
 const KEY: &str = "singleton:fragile";
@@ -134,16 +134,6 @@ async fn dropped_while_acquiring() {
     assert!(eventually(PROMPTLY, || nodes.absent(KEY, &[])).await);
 }
 
-/// A multi-threaded runtime, as a program's `#[tokio::main]` builds: it drives the connections
-/// of the calls made on it.
-fn program_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
 #[test]
 fn a_runtime_shutting_down_with_a_body_running_releases_the_lock() {
     let nodes = Nodes::start(3);
@@ -158,12 +148,8 @@ fn a_runtime_shutting_down_with_a_body_running_releases_the_lock() {
     // The shutdown drops the task that holds the lease, and the connection tasks it drove.
     drop(program);
 
-    let check = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
     assert!(
-        check.block_on(eventually(PROMPTLY, || nodes.absent(KEY, &[]))),
+        block_on(eventually(PROMPTLY, || nodes.absent(KEY, &[]))),
         "the key must be gone within a second, not after its 60 s ttl: {:?}",
         nodes.values(KEY, &[])
     );

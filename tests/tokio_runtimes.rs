@@ -6,32 +6,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Nodes, PROMPTLY};
+use common::{block_on, eventually, fresh_nodes, program_runtime, Nodes, PROMPTLY};
 
 const KEY: &str = "singleton:shared";
-
-/// A multi-threaded runtime, as a program's `#[tokio::main]` builds.
-fn program_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
 
 #[test]
 fn a_runtime_outlives_the_tokio_runtimes_that_drove_its_connections() {
     let nodes = Nodes::start(3);
     for program in 0..3 {
-        let program_runtime = program_runtime();
+        let program_rt = program_runtime();
         // Connections driven by a runtime that shut down would fail every node at once:
         // NoQuorum, not a lease.
-        let lease = program_runtime
+        let lease = program_rt
             .block_on(nodes.runtime.lock("shared", Duration::from_secs(60)))
             .unwrap_or_else(|err| panic!("program {program}: {err}"))
             .expect("nobody else holds it");
-        program_runtime.block_on(lease.release()).unwrap();
-        drop(program_runtime);
+        program_rt.block_on(lease.release()).unwrap();
+        drop(program_rt);
     }
     // The release waits for a quorum; the last node gets it in the background, on a connection
     // of the runtime that was just shut down, which may have cut it short: that copy cannot
@@ -43,18 +34,16 @@ fn a_runtime_outlives_the_tokio_runtimes_that_drove_its_connections() {
     );
 }
 
-/// Runs `future` on a runtime of its own: a test of runtimes cannot run inside one.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-        .block_on(future)
-}
-
 #[test]
 fn a_runtime_without_io_or_timers_still_locks() {
     let nodes = Nodes::start(3);
+    // The first call's deadline covers the failed attempt on the bare runtime (a panic in a task
+    // of its own, printed with a backtrace when RUST_BACKTRACE is set) and the second on the
+    // crate's thread: give it room on a loaded machine.
+    let runtime = fresh_nodes(&nodes.cluster)
+        .node_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     // No `enable_all()`: this runtime cannot drive a socket or a timer.
     let bare = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -62,7 +51,7 @@ fn a_runtime_without_io_or_timers_still_locks() {
         .expect("a tokio runtime");
     for _ in 0..3 {
         let lease = bare
-            .block_on(nodes.runtime.lock("shared", Duration::from_secs(60)))
+            .block_on(runtime.lock("shared", Duration::from_secs(60)))
             .expect("the crate's own thread drives the connections instead")
             .expect("nobody else holds it");
         assert!(nodes.holding(KEY, lease.token()) >= 2);

@@ -122,3 +122,23 @@ pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -
         tokio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// A multi-threaded runtime, as a program's `#[tokio::main]` builds: it drives the connections of
+/// the calls made on it.
+pub fn program_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs `future` on a current-thread runtime of its own, for tests of runtimes, which cannot run
+/// inside one.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
