@@ -71,6 +71,10 @@ return 1"#,
 /// next attempt, so that a dead node costs nothing per call and is not hammered.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
+/// How coarse Redis's `uptime_in_seconds` is: whole seconds, from a start time and a clock that
+/// are both whole seconds, so it can be ahead of the truth by up to this much.
+const UPTIME_RESOLUTION: Duration = Duration::from_secs(1);
+
 /// Commands a connection queues before a sender must wait (see `open`).
 const PIPELINE_QUEUE: usize = 4096;
 
@@ -130,8 +134,8 @@ type Opened = Result<(Arc<Session>, Option<String>), String>;
 /// One open connection and the server behind it.
 struct Session {
     connection: MultiplexedConnection,
-    /// When the server started, by its own `uptime_in_seconds` (rounded down, so this errs late,
-    /// which only makes the grace longer); `None` when not read.
+    /// When the server started, by its own `uptime_in_seconds`, on the late side (see `open`);
+    /// `None` when not read.
     up_since: Option<Instant>,
     /// Cleared when the runtime that drives the connection shuts down (see [`crate::driver`]).
     driver_alive: Option<Arc<AtomicBool>>,
@@ -669,20 +673,24 @@ async fn open(
                 None,
             ));
         }
-        let opened_at = Instant::now();
         let info: InfoDict = redis::cmd("INFO")
             .arg("server")
             .query_async(&mut connection)
             .await?;
+        // After the answer, so that the server's clock read the uptime no later than this.
+        let answered_at = Instant::now();
         let uptime = info.get::<u64>("uptime_in_seconds").ok_or_else(|| {
             RedisError::from((
                 redis::ErrorKind::Client,
                 "`INFO server` has no `uptime_in_seconds`",
             ))
         })?;
-        let up_since = opened_at
+        // Redis counts its uptime from its start in whole seconds to its clock in whole seconds,
+        // so it may say 1 s when 1 ms has passed: taking the start a second later than it says
+        // errs on the late side, which only makes the grace longer.
+        let up_since = (answered_at + UPTIME_RESOLUTION)
             .checked_sub(Duration::from_secs(uptime))
-            .unwrap_or(opened_at);
+            .unwrap_or(answered_at);
         let run_id = info.get::<String>("run_id");
         Ok::<_, RedisError>((
             Arc::new(Session {
