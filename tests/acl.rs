@@ -44,8 +44,9 @@ const LEAST_PRIVILEGE: [&str; 11] = [
 /// shorter than the uptime the tests wait for, so that votes count at once.
 const RESTART_GRACE: Duration = Duration::from_millis(500);
 
-/// How long the node must have been up before the runtime connects: `INFO` gives whole seconds.
-const UP_FOR: u64 = 1;
+/// How long the node must say it has been up before the runtime connects: `INFO` gives whole
+/// seconds, and the runtime takes a node's start a second later than it says.
+const UP_FOR: u64 = 2;
 
 /// Creates the ACL user `name` with `LEAST_PRIVILEGE` less the rules in `without`.
 fn create_user(cluster: &Cluster, name: &str, without: &[&str]) {
