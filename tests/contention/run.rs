@@ -311,8 +311,8 @@ pub fn run(setup: Setup) -> Report {
 }
 
 /// Waits until every node has been up long enough that every worker counts its votes: a worker
-/// takes a node's age from `uptime_in_seconds`, rounded down, so it may see a node as up to a
-/// second younger than it is. Until then, a fault on one node could leave fewer than a majority
+/// takes a node's age from `uptime_in_seconds` less a second, so it may see a node as up to a
+/// second younger than it says. Until then, a fault on one node could leave fewer than a majority
 /// voting, which the schedule promises never to do.
 fn wait_until_nodes_vote(cluster: &Cluster, grace: Duration, within: Duration) -> bool {
     let needed = grace.as_secs() + u64::from(grace.subsec_nanos() > 0) + 1;
