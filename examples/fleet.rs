@@ -63,8 +63,9 @@ const TICK_MS: u64 = 1_000;
 /// From launching the workers to the first tick: room for them to start and connect, and for
 /// the Redis nodes to count as up. A node's vote counts only once it has been up for the restart
 /// grace (by default the ttl), so that a node that restarted and forgot its locks cannot grant
-/// them again; the nodes the demo starts are that new.
-const FIRST_TICK_DELAY_MS: u64 = TTL_MS + 1_000;
+/// them again; the nodes the demo starts are that new. Redis gives its uptime in whole seconds
+/// and the runtime takes a node's start a second later than it says: two seconds of room.
+const FIRST_TICK_DELAY_MS: u64 = TTL_MS + 2_000;
 
 /// How far into a tick the faults strike: while that tick's body runs.
 const FAULT_OFFSET_MS: u64 = 300;

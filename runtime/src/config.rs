@@ -162,7 +162,8 @@ impl Config {
     /// outlived it.
     ///
     /// The cost: for one grace after a node restarts, the cluster tolerates one failure fewer;
-    /// right after a whole cluster starts, nothing can be locked for one ttl (the error says
+    /// right after a whole cluster starts, nothing can be locked for one ttl and up to a second
+    /// more (Redis gives its uptime in whole seconds, and the runtime errs late; the error says
     /// which node counts again when). `Duration::ZERO` turns the check off: right for nodes
     /// that persist every write (`appendfsync always`), and for tests that start fresh nodes.
     /// The check needs the `INFO` command; with the check off, it is never sent.
