@@ -25,8 +25,8 @@ fn a_runtime_outlives_the_tokio_runtimes_that_drove_its_connections() {
         drop(program_rt);
     }
     // The release waits for a quorum; the last node gets it in the background, on a connection
-    // of the runtime that was just shut down, which may have cut it short: that copy cannot
-    // stop anyone (the next program took the lock each time), and it expires with the ttl.
+    // of the runtime that was just shut down, which may have cut it short: a quorum is free of
+    // that copy (the next program took the lock each time), and it expires with the ttl.
     let copies = nodes.values(KEY, &[]).iter().flatten().count();
     assert!(
         copies < 2,

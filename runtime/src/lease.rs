@@ -208,8 +208,8 @@ impl Lease {
     /// is cancelled while waiting, the release still completes in the background. Fails with
     /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered; the copies left behind
     /// expire with the ttl. (So may a copy on a slower node when the tokio runtime that drives
-    /// its connection shuts down right after this returns, as at the end of `main`: it cannot
-    /// stop anyone from taking the lock, since a quorum of nodes is free.)
+    /// its connection shuts down right after this returns, as at the end of `main`: a quorum of
+    /// nodes is free of it, so it stops nobody while those nodes are up.)
     pub async fn release(self) -> Result<(), Error> {
         self.release_keeping(Duration::ZERO).await
     }
