@@ -355,7 +355,7 @@ impl Tally {
     }
 }
 
-/// SETs of an attempt still unanswered, by node. A release to one of those nodes goes after its
+/// SETs of an attempt still unanswered, by node (empty when none is). A release to one of those nodes goes after its
 /// SET: on an open connection the SET is queued first anyway, but one still waiting for its
 /// connection is not queued yet, and a release that overtook it would leave the key behind.
 pub(crate) type Outstanding = Vec<Option<Call<Option<u64>>>>;
@@ -373,9 +373,14 @@ struct Attempt {
 impl Attempt {
     /// The SETs still out, and the attempt settled: dropping it does nothing any more.
     fn settle(&mut self) -> Outstanding {
-        let mut outstanding: Outstanding = (0..self.runtime.node_count()).map(|_| None).collect();
+        let mut outstanding = Outstanding::new();
         if let Some(mut round) = self.round.take() {
             for (node, call) in std::mem::take(&mut round.calls) {
+                // Sized only when a SET is outstanding: a lock whose every node answered (the
+                // usual case on one node) allocates nothing here.
+                if outstanding.is_empty() {
+                    outstanding.resize_with(self.runtime.node_count(), || None);
+                }
                 outstanding[node] = Some(call);
             }
         }
@@ -704,20 +709,11 @@ pub(crate) async fn release(
     token: &Arc<str>,
     nodes: Vec<usize>,
     keep: Duration,
-    mut outstanding: Outstanding,
+    outstanding: Outstanding,
 ) -> Result<(), NoQuorum> {
     let mut answered = 0;
     let mut failures = Vec::new();
-    let mut round = Round::new(runtime, nodes, |runtime, node| {
-        let (key, token) = (key.clone(), token.clone());
-        let set = outstanding.get_mut(node).and_then(Option::take);
-        async move {
-            if let Some(set) = set {
-                let _ = set.await;
-            }
-            runtime.node(node).release(&key, &token, keep).await
-        }
-    });
+    let mut round = release_round(runtime, key, token, nodes, keep, outstanding);
     while let Some((node, answer)) = round.next().await {
         match answer {
             Ok(_deleted) => answered += 1,
@@ -754,25 +750,14 @@ pub(crate) fn spawn_release_everywhere(
     runtime: &Runtime,
     key: &Arc<str>,
     token: &Arc<str>,
-    mut outstanding: Outstanding,
+    outstanding: Outstanding,
 ) {
     let (runtime, key, token) = (runtime.clone(), key.clone(), token.clone());
     let engine = runtime.engine().clone();
     drop(engine.spawn(async move {
         let mut broken = Vec::new();
-        let mut round = Round::new(&runtime, 0..runtime.node_count(), |runtime, node| {
-            let (key, token) = (key.clone(), token.clone());
-            let set = outstanding.get_mut(node).and_then(Option::take);
-            async move {
-                if let Some(set) = set {
-                    let _ = set.await;
-                }
-                runtime
-                    .node(node)
-                    .release(&key, &token, Duration::ZERO)
-                    .await
-            }
-        });
+        let all = 0..runtime.node_count();
+        let mut round = release_round(&runtime, &key, &token, all, Duration::ZERO, outstanding);
         while let Some((node, answer)) = round.next().await {
             match answer {
                 Ok(_) => {}
@@ -786,6 +771,28 @@ pub(crate) fn spawn_release_everywhere(
             let _ = release(&runtime, &key, &token, broken, Duration::ZERO, Vec::new()).await;
         }
     }));
+}
+
+/// The compare-and-expire script for each of `nodes`; on a node with a SET in `outstanding`, it
+/// goes after that SET's answer.
+fn release_round(
+    runtime: &Runtime,
+    key: &Arc<str>,
+    token: &Arc<str>,
+    nodes: impl IntoIterator<Item = usize>,
+    keep: Duration,
+    mut outstanding: Outstanding,
+) -> Round<bool> {
+    Round::new(runtime, nodes, |runtime, node| {
+        let (key, token) = (key.clone(), token.clone());
+        let set = outstanding.get_mut(node).and_then(Option::take);
+        async move {
+            if let Some(set) = set {
+                let _ = set.await;
+            }
+            runtime.node(node).release(&key, &token, keep).await
+        }
+    })
 }
 
 /// Logs a node's failed release, and says what failed.
