@@ -71,10 +71,10 @@ async fn locks_again(runtime: &Runtime) {
     }
 }
 
-async fn majority_fails_fast_then_recovers(freeze: bool) {
-    let mut nodes = Nodes::start(5);
-    nodes
-        .runtime
+/// One lock and release while every node is healthy, so that the faults meet a runtime that
+/// has connected already.
+async fn connect_every_node(runtime: &Runtime) {
+    runtime
         .lock("warm", TTL)
         .await
         .unwrap()
@@ -82,6 +82,11 @@ async fn majority_fails_fast_then_recovers(freeze: bool) {
         .release()
         .await
         .unwrap();
+}
+
+async fn majority_fails_fast_then_recovers(freeze: bool) {
+    let mut nodes = Nodes::start(5);
+    connect_every_node(&nodes.runtime).await;
     for i in 0..3 {
         if freeze {
             nodes.cluster.freeze(i).unwrap();
@@ -130,14 +135,7 @@ async fn a_partitioned_majority_fails_within_a_node_timeout_and_recovers_when_he
         .start()
         .unwrap();
     let runtime = common::runtime_for(&cluster);
-    runtime
-        .lock("warm", TTL)
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    connect_every_node(&runtime).await;
     for i in 0..3 {
         cluster.proxy(i).partition();
     }
