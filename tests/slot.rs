@@ -55,8 +55,9 @@ async fn a_second_run_in_the_period_is_already_done_on_any_machine() {
             "node {i}: {pttl}"
         );
     }
+    // The release returns once a quorum answered; the last node's answer may still be on its way.
     assert!(
-        nodes.absent("singleton:report", &[]),
+        eventually(PROMPTLY, || nodes.absent("singleton:report", &[])).await,
         "the lock itself is released"
     );
 }
