@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
 use crate::driver;
 use crate::lease::Taken;
 use crate::node::NodeError;
@@ -355,10 +357,12 @@ impl Tally {
     }
 }
 
-/// SETs of an attempt still unanswered, by node (empty when none is). A release to one of those nodes goes after its
-/// SET: on an open connection the SET is queued first anyway, but one still waiting for its
-/// connection is not queued yet, and a release that overtook it would leave the key behind.
-pub(crate) type Outstanding = Vec<Option<Call<Option<u64>>>>;
+/// SETs of an attempt still unanswered, by node (empty when none is). A release to one of those
+/// nodes goes after its SET: on an open connection the SET is queued first anyway, but one still
+/// waiting for its connection is not queued yet, and a release that overtook it would leave the
+/// key behind. Each SET also waits in the backlog, which drives it on (through a connection
+/// still opening, say) while the lease is held; the release awaits the same, shared, future.
+pub(crate) type Outstanding = Vec<Option<Shared<BoxFuture<'static, ()>>>>;
 
 /// One attempt's SETs and what to do with them: dropped before [`Attempt::settle`] (the caller
 /// gave up mid-attempt), it gives back whatever the attempt may hold, since a lock it took must
@@ -381,7 +385,10 @@ impl Attempt {
                 if outstanding.is_empty() {
                     outstanding.resize_with(self.runtime.node_count(), || None);
                 }
-                outstanding[node] = Some(call);
+                let set = call.map(drop).boxed().shared();
+                let until = round.deadline + 3 * self.runtime.node_timeout();
+                self.runtime.backlog().park(until, set.clone());
+                outstanding[node] = Some(set);
             }
         }
         outstanding
@@ -788,7 +795,7 @@ fn release_round(
         let set = outstanding.get_mut(node).and_then(Option::take);
         async move {
             if let Some(set) = set {
-                let _ = set.await;
+                set.await;
             }
             runtime.node(node).release(&key, &token, keep).await
         }
