@@ -6,8 +6,9 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_singleton::{singleton, Error, Outcome};
-use common::{eventually, Nodes, NODE_TIMEOUT, PROMPTLY};
+use cluster_singleton::{singleton, Error, Lease, Outcome};
+use cluster_singleton_testkit::Cluster;
+use common::{eventually, fresh_nodes, Nodes, NODE_TIMEOUT, PROMPTLY};
 
 const KEY: &str = "singleton:fault-job";
 
@@ -167,4 +168,67 @@ async fn a_node_down_at_start_up_is_retried_later() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A lease taken on three nodes while the third one's first connection is still opening (a
+/// frozen node accepts the connection and answers nothing), with that node still frozen. The
+/// runtime gives a connection, and a node's answer, seconds rather than the tests' usual
+/// fraction of one, so that nothing times out on a loaded machine before the test resumes it.
+async fn lease_while_node_2_connects() -> (Nodes, Lease, String) {
+    let cluster = Cluster::start(3).expect("start redis-server nodes");
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid configuration");
+    let mut nodes = Nodes { cluster, runtime };
+    nodes.cluster.freeze(2).unwrap();
+    let lease = nodes
+        .runtime
+        .lock("opening", Duration::from_secs(10))
+        .await
+        .expect("a majority is up")
+        .expect("the key is free");
+    let key = lease.key().to_owned();
+    (nodes, lease, key)
+}
+
+/// A node whose first connection is still opening when the others have granted: the lock is
+/// taken without it, and its SET goes out as soon as the connection opens, while the lease is
+/// held, not at the release.
+#[tokio::test]
+async fn a_set_waiting_for_its_connection_goes_out_while_the_lease_is_held() {
+    let (mut nodes, lease, key) = lease_while_node_2_connects().await;
+    assert_eq!(
+        nodes.values(&key, &[2]),
+        vec![Some(lease.token().to_owned()); 2]
+    );
+
+    nodes.cluster.resume(2).unwrap();
+    assert!(
+        eventually(PROMPTLY, || nodes.get(2, &key).as_deref()
+            == Some(lease.token()))
+        .await,
+        "the SET reached the third node while the lease was held"
+    );
+    lease.release().await.expect("released");
+    assert!(eventually(PROMPTLY, || nodes.absent(&key, &[])).await);
+}
+
+/// The same, released before the connection opens, with that node needed for the release's
+/// quorum: the release to it waits for the SET. A release that overtook the SET would find
+/// nothing there, and the SET would then leave the key behind until its ttl.
+#[tokio::test]
+async fn a_release_follows_a_set_that_waited_for_its_connection() {
+    let (mut nodes, lease, key) = lease_while_node_2_connects().await;
+    nodes.cluster.kill(1).unwrap();
+    let release = tokio::spawn(lease.release());
+    // The release has reached node 0; node 1 is dead, so it needs node 2 for its quorum.
+    assert!(eventually(PROMPTLY, || nodes.scripts_run(0) >= 1).await);
+    assert!(!release.is_finished());
+
+    nodes.cluster.resume(2).unwrap();
+    release.await.unwrap().expect("released on nodes 0 and 2");
+    assert_eq!(nodes.calls(2, "set"), 1, "the SET reached node 2");
+    assert_eq!(nodes.get(2, &key), None, "the release went after the SET");
 }

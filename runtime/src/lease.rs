@@ -119,7 +119,8 @@ impl Held {
 pub struct Lease {
     runtime: Runtime,
     held: Arc<Held>,
-    /// The slower nodes' SETs, not answered when the lock was taken: its release follows them.
+    /// The slower nodes' SETs that were not queued on an open connection yet when the lock was
+    /// taken (see `Outstanding`): its release follows them.
     outstanding: Outstanding,
     /// Cleared by `release`, so that `Drop` knows there is nothing left to do.
     holding: bool,

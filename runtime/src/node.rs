@@ -227,6 +227,16 @@ impl Node {
         &self.name
     }
 
+    /// Whether the connection to this node is open, and the runtime that drives it runs: a
+    /// command started on it now is queued there at its first poll, ahead of any started later.
+    pub(crate) fn is_connected(&self) -> bool {
+        let link = self
+            .link
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        matches!(&*link, Link::Up(session) if session.is_usable())
+    }
+
     /// Whether this node is an in-process `memory://` store.
     pub(crate) fn is_memory(&self) -> bool {
         matches!(self.backend, Backend::Memory(_))

@@ -17,7 +17,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -357,11 +357,17 @@ impl Tally {
     }
 }
 
-/// SETs of an attempt still unanswered, by node (empty when none is). A release to one of those
-/// nodes goes after its SET: on an open connection the SET is queued first anyway, but one still
-/// waiting for its connection is not queued yet, and a release that overtook it would leave the
-/// key behind. Each SET also waits in the backlog, which drives it on (through a connection
-/// still opening, say) while the lease is held; the release awaits the same, shared, future.
+/// SETs of an attempt still unanswered that a release to their node must wait for, by node
+/// (empty when there is none). A SET on an open connection was queued there at its first poll,
+/// ahead of anything sent later on it, the release among them; but one still waiting for its
+/// connection is not queued yet (nor is a fencing SET's second send, see `Attempt`), and a
+/// release that overtook it would leave the key behind. Such
+/// a SET also waits in the backlog, which drives it on (through the connection still opening)
+/// while the lease is held; the release awaits the same, shared, future.
+///
+/// (A connection's queue holds 4,096 commands. On a node so stalled that its queue is full, a
+/// release can overtake a SET after all: that node's copy then lasts until the ttl, as when a
+/// release does not reach a node.)
 pub(crate) type Outstanding = Vec<Option<Shared<BoxFuture<'static, ()>>>>;
 
 /// One attempt's SETs and what to do with them: dropped before [`Attempt::settle`] (the caller
@@ -372,24 +378,41 @@ struct Attempt {
     key: Arc<str>,
     token: Arc<str>,
     round: Option<Round<Option<u64>>>,
+    /// Whether a SET is one command, so that once queued it stays ahead of a release. The
+    /// fencing SET is a script, which redis-rs sends again (after loading it) on a node that
+    /// lacks it: the second send could come after the release.
+    one_command: bool,
 }
 
 impl Attempt {
-    /// The SETs still out, and the attempt settled: dropping it does nothing any more.
+    /// Hands the SETs still out to the backlog, which keeps them until answered, and settles the
+    /// attempt: dropping it does nothing any more. Returns those that were not queued on an open
+    /// connection yet (see [`Outstanding`]).
     fn settle(&mut self) -> Outstanding {
         let mut outstanding = Outstanding::new();
-        if let Some(mut round) = self.round.take() {
-            for (node, call) in std::mem::take(&mut round.calls) {
-                // Sized only when a SET is outstanding: a lock whose every node answered (the
-                // usual case on one node) allocates nothing here.
-                if outstanding.is_empty() {
-                    outstanding.resize_with(self.runtime.node_count(), || None);
-                }
-                let set = call.map(drop).boxed().shared();
-                let until = round.deadline + 3 * self.runtime.node_timeout();
-                self.runtime.backlog().park(until, set.clone());
-                outstanding[node] = Some(set);
+        let Some(mut round) = self.round.take() else {
+            return outstanding;
+        };
+        let until = round.deadline + 3 * self.runtime.node_timeout();
+        for (node, mut call) in std::mem::take(&mut round.calls) {
+            // Polled once more first: a SET whose connection opened since its last poll goes out
+            // now. Its answer no longer matters, only that it is sent.
+            let mut cx = Context::from_waker(Waker::noop());
+            if call.as_mut().poll(&mut cx).is_ready() {
+                continue;
             }
+            if self.one_command && self.runtime.node(node).is_connected() {
+                // Queued: it only has to be kept until it is written (the usual straggler).
+                self.runtime.backlog().park(until, call.map(drop));
+                continue;
+            }
+            // Sized only when needed: most locks allocate nothing here.
+            if outstanding.is_empty() {
+                outstanding.resize_with(self.runtime.node_count(), || None);
+            }
+            let set = call.map(drop).boxed().shared();
+            self.runtime.backlog().park(until, set.clone());
+            outstanding[node] = Some(set);
         }
         outstanding
     }
@@ -439,6 +462,7 @@ pub(crate) async fn acquire(
             round: Some(set_round(runtime, &key, fence_key.as_ref(), &token, ttl)),
             key: key.clone(),
             token: token.clone(),
+            one_command: fence_key.is_none(),
         };
         let tally = vote(runtime, attempt.round.as_mut().expect("not settled yet")).await;
         tally.record_on_span();
@@ -452,7 +476,8 @@ pub(crate) async fn acquire(
                         .map(Some)
                 }
             };
-            // The slower nodes' SETs go with the lease: its release follows them.
+            // The slower nodes' SETs go to the backlog; those not queued yet go with the lease too,
+            // whose release follows them.
             let outstanding = attempt.settle();
             let took = started.elapsed();
             return match (fence, validity(ttl, took, runtime.drift_factor())) {

@@ -70,14 +70,20 @@ impl Nodes {
     /// How many scripts (`EVALSHA`) node `i` has run: how a test knows that a release reached a
     /// node, so that it can look at what the release did without sleeping.
     pub fn scripts_run(&self, i: usize) -> u64 {
+        self.calls(i, "evalsha")
+    }
+
+    /// How many times node `i` has run `command` (lower case, as `INFO commandstats` names it).
+    pub fn calls(&self, i: usize, command: &str) -> u64 {
         let mut connection = self.cluster.connection(i).expect("connect to node");
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
             .query(&mut connection)
             .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
         stats
             .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .find_map(|line| line.strip_prefix(&prefix))
             .and_then(|rest| rest.split(',').next())
             .map_or(0, |calls| calls.parse().expect("a count"))
     }
