@@ -10,13 +10,19 @@
 //! every few milliseconds while anything waits. A task per straggler would cost a spawn, and
 //! often a wake-up of another thread, on every lock.
 //!
+//! A look polls only the futures that were woken since they were last polled (each has a waker
+//! of its own that just raises a flag), and drops, unpolled, those past their time. Behind a
+//! frozen node, thousands of commands wait at once for an answer that does not come: polling
+//! them all on every look kept the crate's thread half busy.
+//!
 //! The janitor's looks also drive what a parked future does after its answer (a release where a
 //! late node granted), so background work here is never more than a look's interval late.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
@@ -50,6 +56,34 @@ struct Parked {
     future: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Dropped after this, done or not: its node has had far more than its timeout.
     until: Instant,
+    /// Raised by `waker`: the future has something to do, and the next look polls it.
+    woken: Arc<Woken>,
+    waker: Waker,
+}
+
+/// A waker's flag: raised when the future it was given to is woken.
+struct Woken(AtomicBool);
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Parked {
+    /// Polls the future if it was woken since its last poll (or was never polled here), with
+    /// its own waker; whether it is still pending.
+    fn poll_if_woken(&mut self) -> bool {
+        if !self.woken.0.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        let mut cx = Context::from_waker(&self.waker);
+        self.future.as_mut().poll(&mut cx).is_pending()
+    }
 }
 
 impl Backlog {
@@ -72,9 +106,14 @@ impl Backlog {
     pub(crate) fn park(&self, until: Instant, future: impl Future<Output = ()> + Send + 'static) {
         let due = {
             let mut waiting = self.lock();
+            // Raised, so that the first look polls it: until then, it would wake whoever
+            // polled it last.
+            let woken = Arc::new(Woken(AtomicBool::new(true)));
             waiting.futures.push(Parked {
                 future: Box::pin(future),
                 until,
+                waker: Waker::from(woken.clone()),
+                woken,
             });
             if !waiting.janitor_busy {
                 waiting.janitor_busy = true;
@@ -87,18 +126,17 @@ impl Backlog {
         }
     }
 
-    /// Polls `futures` once, outside the lock (polling one may park another), and puts back
-    /// those that are neither done nor past their time. For the janitor, says whether nothing is
-    /// left, in which case it is marked idle under the same lock (a park after that wakes it).
+    /// Polls those of `futures` that were woken, outside the lock (polling one may park
+    /// another), and puts back those that are neither done nor past their time. For the
+    /// janitor, says whether nothing is left, in which case it is marked idle under the same
+    /// lock (a park after that wakes it).
     fn look(&self, mut futures: Vec<Parked>, by_janitor: bool) -> bool {
         let now = Instant::now();
         let mut cx = Context::from_waker(Waker::noop());
         // Unconstrained: polling many futures must not spend the budget of the task that parks
         // (tokio would then make that task's own next poll yield).
-        let mut poll_all = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
-            futures.retain_mut(|parked| {
-                parked.until > now && parked.future.as_mut().poll(cx).is_pending()
-            });
+        let mut poll_all = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|_| {
+            futures.retain_mut(|parked| parked.until > now && parked.poll_if_woken());
             Poll::Ready(())
         })));
         let _ = poll_all.as_mut().poll(&mut cx);
@@ -142,5 +180,69 @@ async fn janitor(backlog: Weak<Backlog>, wake: Arc<Notify>) {
             }
             tokio::time::sleep(LOOK_EVERY).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Never done; counts its polls and keeps the waker of the last one.
+    #[derive(Clone, Default)]
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        waker: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    impl Probe {
+        fn polls(&self) -> usize {
+            self.polls.load(Ordering::SeqCst)
+        }
+
+        fn wake(&self) {
+            self.waker.lock().unwrap().take().expect("polled").wake();
+        }
+    }
+
+    /// A look as the janitor takes it (the janitor itself never runs here: its runtime is not
+    /// driven).
+    fn look(backlog: &Backlog) {
+        let futures = std::mem::take(&mut backlog.lock().futures);
+        backlog.look(futures, false);
+    }
+
+    #[test]
+    fn a_look_polls_only_what_was_woken_and_drops_what_is_past_its_time() {
+        let engine = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let backlog = Backlog::new(engine.handle().clone());
+        let (waiting, expired) = (Probe::default(), Probe::default());
+        backlog.park(Instant::now() + Duration::from_secs(60), waiting.clone());
+        backlog.park(Instant::now(), expired.clone());
+
+        look(&backlog);
+        assert_eq!((waiting.polls(), expired.polls()), (1, 0));
+        assert_eq!(backlog.lock().futures.len(), 1, "the expired one is gone");
+
+        look(&backlog);
+        assert_eq!(waiting.polls(), 1, "not woken, not polled");
+
+        waiting.wake();
+        look(&backlog);
+        look(&backlog);
+        assert_eq!(waiting.polls(), 2, "polled once per wake");
+        assert_eq!(backlog.lock().futures.len(), 1);
     }
 }
