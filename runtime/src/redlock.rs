@@ -361,9 +361,9 @@ impl Tally {
 /// (empty when there is none). A SET on an open connection was queued there at its first poll,
 /// ahead of anything sent later on it, the release among them; but one still waiting for its
 /// connection is not queued yet (nor is a fencing SET's second send, see `Attempt`), and a
-/// release that overtook it would leave the key behind. Such
-/// a SET also waits in the backlog, which drives it on (through the connection still opening)
-/// while the lease is held; the release awaits the same, shared, future.
+/// release that overtook it would leave the key behind. Such a SET also waits in the backlog,
+/// which drives it on (through the connection still opening) while the lease is held; the
+/// release awaits the same, shared, future.
 ///
 /// (A connection's queue holds 4,096 commands. On a node so stalled that its queue is full, a
 /// release can overtake a SET after all: that node's copy then lasts until the ttl, as when a
