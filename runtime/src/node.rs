@@ -230,11 +230,20 @@ impl Node {
     /// Whether the connection to this node is open, and the runtime that drives it runs: a
     /// command started on it now is queued there at its first poll, ahead of any started later.
     pub(crate) fn is_connected(&self) -> bool {
-        let link = self
+        self.open_session().is_some()
+    }
+
+    /// The open connection, if there is one and the runtime that drives it runs: a read lock,
+    /// the path of every command once connected.
+    fn open_session(&self) -> Option<Arc<Session>> {
+        match &*self
             .link
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        matches!(&*link, Link::Up(session) if session.is_usable())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            Link::Up(session) if session.is_usable() => Some(session.clone()),
+            _ => None,
+        }
     }
 
     /// Whether this node is an in-process `memory://` store.
@@ -477,14 +486,8 @@ impl Node {
         let Backend::Redis(client) = &self.backend else {
             unreachable!("memory nodes answer before asking for a session");
         };
-        if let Link::Up(session) = &*self
-            .link
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-        {
-            if session.is_usable() {
-                return Ok(session.clone());
-            }
+        if let Some(session) = self.open_session() {
+            return Ok(session);
         }
         let attempt = {
             let mut link = self
