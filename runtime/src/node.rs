@@ -643,17 +643,17 @@ async fn connect_on_a_driver(
         .handle
         .spawn(open(client.clone(), connect_timeout, read_uptime, on.alive))
         .await;
-    match joined {
+    let joined = match joined {
         Err(err) if callers && err.is_panic() => {
             driver::cannot_drive(&on.handle);
             tracing::warn!(error = %err, "the caller's tokio runtime cannot drive Redis connections (is it built without `enable_all()`?); the crate's own thread drives them instead");
-            let joined = engine
+            engine
                 .spawn(open(client, connect_timeout, read_uptime, None))
-                .await;
-            joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}")))
+                .await
         }
-        joined => joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}"))),
-    }
+        joined => joined,
+    };
+    joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}")))
 }
 
 /// Opens a connection (its driver task lives on the runtime this runs on, whose sentinel clears
