@@ -120,6 +120,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod proxy;
+mod resp;
 #[cfg(feature = "tls")]
 mod tls;
 

@@ -20,6 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+mod relay;
+
 /// How long the proxy waits for the node to accept a connection. The node is
 /// on loopback, so only a frozen node takes long; then the client's own
 /// timeout has long given up.
@@ -56,6 +58,12 @@ const DIRECTIONS: usize = 2;
 /// - [`reset`](Proxy::reset) closes every open connection at once, as a
 ///   crashed middlebox or a restarted network stack would; the node itself
 ///   stays up and new connections work.
+/// - [`black_hole_open_connections`](Proxy::black_hole_open_connections)
+///   stops forwarding on every connection open now, for good, without closing
+///   it: a flow that a NAT or firewall forgot. New connections work.
+/// - [`set_redis_aware`](Proxy::set_redis_aware) makes connections opened
+///   from then on survive a restart of the node, as through a Redis-aware
+///   proxy or a managed endpoint.
 ///
 /// Dropping the proxy closes every connection and stops its threads.
 ///
@@ -103,6 +111,7 @@ struct State {
     partitioned: bool,
     latency: Duration,
     stopped: bool,
+    redis_aware: bool,
     links: Vec<Arc<Link>>,
 }
 
@@ -112,6 +121,8 @@ struct Link {
     /// `None` until the target accepted the connection.
     upstream: Mutex<Option<TcpStream>>,
     closed: AtomicBool,
+    /// Set by `black_hole_open_connections`: nothing is forwarded any more.
+    black_holed: AtomicBool,
     /// Directions whose sender has finished (end of stream or error).
     finished: AtomicUsize,
 }
@@ -150,6 +161,7 @@ impl Proxy {
                 partitioned: false,
                 latency: Duration::ZERO,
                 stopped: false,
+                redis_aware: false,
                 links: Vec::new(),
             }),
             changed: Condvar::new(),
@@ -326,6 +338,58 @@ impl Proxy {
     pub fn connections(&self) -> usize {
         self.shared.lock().links.len()
     }
+
+    /// Stops forwarding, for good, on every connection open now, in both
+    /// directions, without closing any: what a client sees when a NAT or a
+    /// firewall on the path forgets its flow, or when the node behind an
+    /// address is replaced. Its requests time out, and only the operating
+    /// system's retransmission limit (about fifteen minutes on Linux) or the
+    /// client itself ends the connection. Connections opened later work.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let proxy = cluster_singleton_testkit::Proxy::start("127.0.0.1:6379".parse().unwrap())?;
+    /// let _old = std::net::TcpStream::connect(proxy.addr())?;
+    /// proxy.black_hole_open_connections(); // `_old` hears nothing from now on
+    /// let _new = std::net::TcpStream::connect(proxy.addr())?; // works
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn black_hole_open_connections(&self) {
+        let links = self.shared.lock().links.clone();
+        for link in &links {
+            link.black_holed.store(true, Ordering::SeqCst);
+        }
+        self.shared.changed.notify_all();
+    }
+
+    /// With `true`, connections opened from now on behave as through a
+    /// Redis-aware proxy (or a managed Redis endpoint): when the target closes
+    /// its side, because the node was restarted say, the client's connection
+    /// stays open; its next request goes to a new connection to the target,
+    /// and each request that was lost with the old one is answered with an
+    /// error (`-ERR proxy: ...`). Requests are forwarded whole, never split
+    /// across two server connections. Partitions, latency and resets apply as
+    /// to any connection. Default `false`: a closed target closes the client's
+    /// connection, as a plain TCP path would.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cluster = cluster_singleton_testkit::Cluster::builder().nodes(1).proxied(true).start()?;
+    /// cluster.proxy(0).set_redis_aware(true);
+    /// let mut con = redis::Client::open(cluster.url(0))?.get_connection()?;
+    /// cluster.restart(0)?;
+    /// let _ = redis::cmd("PING").query::<String>(&mut con); // the same connection, a new server
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_redis_aware(&self, redis_aware: bool) {
+        self.shared.update(|state| state.redis_aware = redis_aware);
+    }
 }
 
 impl fmt::Debug for Proxy {
@@ -390,8 +454,9 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    /// Blocks until `due` has passed and no partition is in force; `false` if
-    /// the connection was closed or the proxy stopped meanwhile.
+    /// Blocks until `due` has passed and neither a partition nor a black hole
+    /// holds the link; `false` if the connection was closed or the proxy
+    /// stopped meanwhile.
     fn wait_to_forward(&self, link: &Link, due: Instant) -> bool {
         let mut state = self.lock();
         loop {
@@ -404,7 +469,7 @@ impl Shared {
                     .wait_timeout(state, due - now)
                     .unwrap_or_else(|p| p.into_inner())
                     .0
-            } else if state.partitioned {
+            } else if state.partitioned || link.black_holed.load(Ordering::SeqCst) {
                 self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
             } else {
                 return true;
@@ -462,9 +527,14 @@ fn serve(client: TcpStream, shared: &Arc<Shared>) {
         client: handle,
         upstream: Mutex::new(None),
         closed: AtomicBool::new(false),
+        black_holed: AtomicBool::new(false),
         finished: AtomicUsize::new(0),
     });
     if !shared.register(&link) {
+        return;
+    }
+    if shared.lock().redis_aware {
+        relay::serve(client, shared, &link);
         return;
     }
     // A new connection during a partition gets no answer: the target is not

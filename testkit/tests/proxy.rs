@@ -280,3 +280,93 @@ fn asking_an_unproxied_cluster_for_a_proxy_panics_clearly() {
     assert!(!cluster.is_proxied());
     let _ = cluster.proxy(0);
 }
+
+#[test]
+fn a_black_hole_silences_open_connections_and_lets_new_ones_through() {
+    let proxy = Proxy::start(echo_server()).unwrap();
+    let mut old = connect(&proxy);
+    old.write_all(b"before").unwrap();
+    assert_eq!(read_n(&mut old, 6), b"before");
+
+    proxy.black_hole_open_connections();
+    old.write_all(b"lost").unwrap();
+    let mut byte = [0; 1];
+    let silent = old.read(&mut byte);
+    assert!(
+        silent.as_ref().is_err_and(is_timeout),
+        "a black-holed connection hears nothing, and is not closed: {silent:?}"
+    );
+
+    let mut new = connect(&proxy);
+    new.write_all(b"after").unwrap();
+    assert_eq!(read_n(&mut new, 5), b"after");
+}
+
+/// `INFO server`'s `run_id` over `con`.
+fn run_id(con: &mut redis::Connection) -> redis::RedisResult<String> {
+    let info: redis::InfoDict = redis::cmd("INFO").arg("server").query(con)?;
+    Ok(info.get("run_id").expect("INFO server has a run_id"))
+}
+
+#[test]
+fn a_redis_aware_proxy_keeps_the_client_across_a_restart() {
+    let mut cluster = Cluster::builder().nodes(1).proxied(true).start().unwrap();
+    cluster.proxy(0).set_redis_aware(true);
+    let client = redis::Client::open(cluster.url(0)).unwrap();
+    let mut con = client.get_connection_with_timeout(PROMPTLY).unwrap();
+    con.set_read_timeout(Some(PROMPTLY)).unwrap();
+    let before = run_id(&mut con).unwrap();
+    redis::cmd("SET").arg("k").arg("v").exec(&mut con).unwrap();
+
+    cluster.restart(0).unwrap();
+
+    // The request that meets the closed server connection may be answered with
+    // the proxy's error; the one after it reaches the new server, over the
+    // same client connection.
+    let after = run_id(&mut con).or_else(|lost| {
+        assert!(lost.to_string().contains("proxy"), "{lost}");
+        run_id(&mut con)
+    });
+    let after = after.unwrap();
+    assert_ne!(before, after, "a new server behind the same connection");
+    let value: Option<String> = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+    assert_eq!(value, None, "the restarted node forgot the key");
+    assert_eq!(cluster.proxy(0).connections(), 1);
+}
+
+#[test]
+fn a_redis_aware_proxy_answers_requests_lost_with_the_server() {
+    let mut cluster = Cluster::builder().nodes(1).proxied(true).start().unwrap();
+    cluster.proxy(0).set_redis_aware(true);
+    let client = redis::Client::open(cluster.url(0)).unwrap();
+    let mut con = client.get_connection_with_timeout(PROMPTLY).unwrap();
+    con.set_read_timeout(Some(PROMPTLY)).unwrap();
+    redis::cmd("PING").exec(&mut con).unwrap();
+
+    // A request the server never answers: it is killed while it waits.
+    let pid = i32::try_from(cluster.pid(0).unwrap()).unwrap();
+    let killer = thread::spawn(move || {
+        thread::sleep(SILENCE);
+        // SAFETY: kill(2) has no memory effects; the pid is the cluster's
+        // child, not reaped yet (the cluster reaps it below).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    });
+    let lost = redis::cmd("BLPOP")
+        .arg("never")
+        .arg(0)
+        .query::<redis::Value>(&mut con);
+    killer.join().unwrap();
+    let err = lost.unwrap_err();
+    assert!(
+        err.to_string().contains("ended before it answered"),
+        "{err}"
+    );
+
+    cluster.kill(0).unwrap();
+    cluster.start_node(0).unwrap();
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(
+        pong, "PONG",
+        "the same client connection, and the pairing of replies is kept"
+    );
+}
