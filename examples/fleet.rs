@@ -48,7 +48,7 @@ const REDIS_NODES: usize = 3;
 const URLS_ENV: &str = "REDIS_URLS";
 
 /// The Redis key of the job (the runtime puts `singleton:` before the attribute's key).
-const KEY: &str = "singleton:fleet-job";
+const KEY: &str = "singleton:lock:fleet-job";
 /// The job's ttl, as written in its attribute (which takes a literal).
 const TTL_MS: u64 = 1_500;
 /// How long the job's body takes: long enough that the others, firing at the same tick, find the

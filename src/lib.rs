@@ -69,7 +69,7 @@
 #[doc(inline)]
 pub use cluster_singleton_macros::singleton;
 pub use cluster_singleton_runtime::{
-    lease, Error, Lease, LeaseInfo, LostReason, NoQuorum, NodeFailure, Outcome, Skip,
+    lease, Error, FailureKind, Lease, LeaseInfo, LostReason, NoQuorum, NodeFailure, Outcome, Skip,
 };
 
 /// Setting up the Redis nodes: [`init`](runtime::init) once at start-up, or a
@@ -89,8 +89,8 @@ pub use cluster_singleton_runtime::{
 /// ```
 pub mod runtime {
     pub use cluster_singleton_runtime::{
-        init, lock, Config, OnLost, Options, Runtime, DEFAULT_CLOCK_DRIFT_FACTOR,
-        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_NODE_TIMEOUT,
+        init, lock, shutdown, Config, OnLost, Options, Runtime, DEFAULT_CLOCK_DRIFT_FACTOR,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
     };
 }
 

@@ -1,7 +1,7 @@
 //! Least privilege: a Redis ACL user limited to the key prefix and to the commands the crate
 //! sends can do everything the crate does (lock, renew, release, `min_hold`, `slot`, `fencing`,
 //! and the restart check's `INFO`), cannot touch any other key, and needs every command of its
-//! line: without one, calls fail with a `NoQuorum` that names the refused command.
+//! line: without one, calls fail with `Error::Refused`, which names the refused command.
 //!
 //! The ACL line, as the README gives it:
 //!
@@ -40,13 +40,30 @@ const LEAST_PRIVILEGE: [&str; 11] = [
     "+info",
 ];
 
-/// Not zero, so that the runtime reads every node's uptime with `INFO` as it does by default;
-/// shorter than the uptime the tests wait for, so that votes count at once.
-const RESTART_GRACE: Duration = Duration::from_millis(500);
+/// The longest ttl of these tests, and so the restart grace: the runtime reads every node's
+/// uptime with `INFO`, as it does by default, and the tests wait until the node is older.
+const MAX_TTL: Duration = Duration::from_secs(2);
 
-/// How long the node must say it has been up before the runtime connects: `INFO` gives whole
-/// seconds, and the runtime takes a node's start a second later than it says.
-const UP_FOR: u64 = 2;
+/// How long the node must say it has been up before the runtime connects: the grace, and a
+/// second more since `INFO` gives whole seconds and the runtime takes a node's start a second
+/// later than it says.
+const UP_FOR: u64 = MAX_TTL.as_secs() + 1;
+
+/// The `slot` period of the tests: short, so that a period that began after the node had been up
+/// for a while comes soon. (A node that started during a period cannot say it is not done: it
+/// may have forgotten its marker in a restart.)
+const SLOT: Duration = Duration::from_secs(2);
+
+/// Waits until a `SLOT` period has just begun, so that two calls fall in it.
+async fn early_in_a_period() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % SLOT.as_millis();
+    let left = SLOT.as_millis() - into;
+    tokio::time::sleep(Duration::from_millis(left as u64 + 20)).await;
+}
 
 /// Creates the ACL user `name` with `LEAST_PRIVILEGE` less the rules in `without`.
 fn create_user(cluster: &Cluster, name: &str, without: &[&str]) {
@@ -90,11 +107,11 @@ fn url_for(cluster: &Cluster, name: &str) -> String {
 }
 
 /// A runtime that connects to node 0 as the ACL user `name`, with every setting that decides
-/// which commands are sent at its default, but the restart grace.
+/// which commands are sent at its default, but the longest ttl (and so the restart grace).
 async fn runtime_as(cluster: &Cluster, name: &str) -> Runtime {
     wait_until_up(cluster).await;
     Config::new([url_for(cluster, name)])
-        .restart_grace(RESTART_GRACE)
+        .max_ttl(MAX_TTL)
         .node_timeout(common::NODE_TIMEOUT)
         .build()
         .expect("valid configuration")
@@ -120,17 +137,17 @@ async fn the_user_can_lock_renew_and_release() {
     let runtime = runtime_as(&cluster, USER).await;
 
     let mut lease = runtime
-        .lock("acl-job", Duration::from_secs(10))
+        .lock("acl-job", MAX_TTL)
         .await
         .expect("the user may lock")
         .expect("the key is free");
     assert_eq!(
-        get(&cluster, "singleton:acl-job").as_deref(),
+        get(&cluster, "singleton:lock:acl-job").as_deref(),
         Some(lease.token())
     );
     lease.extend().await.expect("the user may extend");
     lease.release().await.expect("the user may release");
-    assert_eq!(get(&cluster, "singleton:acl-job"), None);
+    assert_eq!(get(&cluster, "singleton:lock:acl-job"), None);
 
     // A body three ttls long keeps its lease only if the renewals go through.
     let ttl = Duration::from_millis(300);
@@ -144,7 +161,7 @@ async fn the_user_can_lock_renew_and_release() {
         .await
         .expect("renewed as the ACL user");
     assert_eq!(outcome, Outcome::Ran(true));
-    assert_eq!(get(&cluster, "singleton:acl-renewed"), None);
+    assert_eq!(get(&cluster, "singleton:lock:acl-renewed"), None);
 }
 
 #[tokio::test]
@@ -155,34 +172,35 @@ async fn the_user_can_use_min_hold_slot_and_fencing() {
     let succeeded = |_: &()| true;
 
     // `min_hold`: the key stays after the body, so the next call skips.
-    let held = Options::new(Duration::from_secs(10)).min_hold(Duration::from_secs(5));
+    let held = Options::new(MAX_TTL).min_hold(MAX_TTL / 2);
     let first = runtime
         .run_with("acl-min-hold", held, async {}, succeeded)
         .await;
     assert_eq!(first.expect("min_hold as the ACL user"), Outcome::Ran(()));
-    assert!(get(&cluster, "singleton:acl-min-hold").is_some());
+    assert!(get(&cluster, "singleton:lock:acl-min-hold").is_some());
     let second = runtime
         .run_with("acl-min-hold", held, async {}, succeeded)
         .await;
     assert_eq!(second.unwrap(), Outcome::Skipped(Skip::Busy));
 
-    // `slot`: a done marker, `singleton:<key>:done:<n>`, and the next call in the period skips.
-    let hourly = Options::new(Duration::from_secs(10)).slot(Duration::from_secs(3600));
+    // `slot`: a done marker, `singleton:done:<key>:<n>`, and the next call in the period skips.
+    let periodic = Options::new(MAX_TTL).slot(SLOT);
+    early_in_a_period().await;
     let first = runtime
-        .run_with("acl-slot", hourly, async {}, succeeded)
+        .run_with("acl-slot", periodic, async {}, succeeded)
         .await;
     assert_eq!(first.expect("slot as the ACL user"), Outcome::Ran(()));
-    assert_eq!(keys(&cluster, "singleton:acl-slot:done:*").len(), 1);
+    assert_eq!(keys(&cluster, "singleton:done:acl-slot:*").len(), 1);
     let second = runtime
-        .run_with("acl-slot", hourly, async {}, succeeded)
+        .run_with("acl-slot", periodic, async {}, succeeded)
         .await;
     assert!(
         matches!(second, Ok(Outcome::Skipped(Skip::AlreadyDone { .. }))),
         "{second:?}"
     );
 
-    // `fencing`: the counter `singleton:<key>:fence` holds the latest token, and tokens grow.
-    let fenced = Options::new(Duration::from_secs(10)).fencing(true);
+    // `fencing`: the counter `singleton:fence:<key>` holds the latest token, and tokens grow.
+    let fenced = Options::new(MAX_TTL).fencing(true);
     let mut tokens = Vec::new();
     for _ in 0..2 {
         let lease = runtime
@@ -192,7 +210,7 @@ async fn the_user_can_use_min_hold_slot_and_fencing() {
             .expect("the key is free");
         let token = lease.fencing_token().expect("a fenced lease has a token");
         assert_eq!(
-            get(&cluster, "singleton:acl-fenced:fence"),
+            get(&cluster, "singleton:fence:acl-fenced"),
             Some(token.to_string())
         );
         tokens.push(token);
@@ -258,7 +276,7 @@ async fn the_user_cannot_touch_keys_outside_the_prefix() {
 
 /// What the crate sends: lock, extend and release; a fenced lock; a run with `slot`.
 async fn every_kind_of_call(runtime: &Runtime) -> Result<(), Error> {
-    let ttl = Duration::from_secs(10);
+    let ttl = MAX_TTL;
     let mut lease = runtime.lock("acl-every", ttl).await?.expect("free");
     lease.extend().await?;
     lease.release().await?;
@@ -267,7 +285,8 @@ async fn every_kind_of_call(runtime: &Runtime) -> Result<(), Error> {
         .await?
         .expect("free");
     fenced.release().await?;
-    let options = Options::new(ttl).slot(Duration::from_secs(3600));
+    let options = Options::new(ttl).slot(SLOT);
+    early_in_a_period().await;
     let outcome = runtime
         .run_with("acl-every-slot", options, async {}, |_| true)
         .await?;
@@ -298,8 +317,8 @@ async fn every_command_of_the_line_is_needed_and_its_lack_is_a_clear_error() {
             .await
             .expect_err(&format!("a user without `{missing}` must fail"));
 
-        let Error::NoQuorum(no_quorum) = &err else {
-            panic!("without `{missing}`: expected NoQuorum, got {err:?}");
+        let Error::Refused(no_quorum) = &err else {
+            panic!("without `{missing}`: expected a refusal, got {err:?}");
         };
         let cause = &no_quorum.failures[0].cause;
         // Commands sent by the crate are refused with NOPERM ("no permissions to run the 'set'
@@ -322,7 +341,7 @@ async fn every_command_of_the_line_is_needed_and_its_lack_is_a_clear_error() {
         .await
         .expect("the whole line is enough");
     assert!(
-        eventually(PROMPTLY, || keys(&cluster, "singleton:acl-every")
+        eventually(PROMPTLY, || keys(&cluster, "singleton:lock:acl-every")
             .is_empty())
         .await,
         "released"

@@ -47,8 +47,8 @@ async fn placeholders_make_one_lock_per_parameter_value() {
     let nodes = Nodes::start(3);
     let first = nodes.scope(invoice(42, &nodes)).await.unwrap();
     let second = nodes.scope(invoice(7, &nodes)).await.unwrap();
-    assert_eq!(first, Outcome::Ran("singleton:invoice:42".to_owned()));
-    assert_eq!(second, Outcome::Ran("singleton:invoice:7".to_owned()));
+    assert_eq!(first, Outcome::Ran("singleton:lock:invoice:42".to_owned()));
+    assert_eq!(second, Outcome::Ran("singleton:lock:invoice:7".to_owned()));
 
     let held = nodes
         .runtime
@@ -80,7 +80,11 @@ async fn min_hold_slot_and_fencing_reach_the_runtime() {
         Outcome::Skipped(Skip::Busy),
         "min_hold"
     );
-    assert!(eventually(PROMPTLY * 2, || nodes.absent("singleton:minute-sync", &[])).await);
+    assert!(
+        eventually(PROMPTLY * 2, || nodes
+            .absent("singleton:lock:minute-sync", &[]))
+        .await
+    );
 
     assert_eq!(nodes.scope(daily_report()).await.unwrap(), Outcome::Ran(()));
     let again = nodes.scope(daily_report()).await.unwrap();

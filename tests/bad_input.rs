@@ -36,7 +36,9 @@ fn impostor(reply: Option<&'static [u8]>) -> String {
     url
 }
 
-async fn no_quorum_quickly(url: String) -> String {
+/// Locks on the one node of `url`, which fails within about a node timeout; the failure's
+/// message and whether the node refused (as opposed to being out of reach).
+async fn fails_quickly(url: String) -> (String, bool) {
     let runtime = Config::new([url])
         .node_timeout(NODE_TIMEOUT)
         .connect_timeout(NODE_TIMEOUT)
@@ -52,11 +54,26 @@ async fn no_quorum_quickly(url: String) -> String {
         "took {:?}",
         started.elapsed()
     );
-    let Error::NoQuorum(no_quorum) = &err else {
-        panic!("expected no quorum, got {err:?}")
+    let (Error::NoQuorum(no_quorum) | Error::Refused(no_quorum)) = &err else {
+        panic!("expected no quorum or a refusal, got {err:?}")
     };
     assert_eq!((no_quorum.answered, no_quorum.failures.len()), (0, 1));
-    err.to_string()
+    (err.to_string(), matches!(err, Error::Refused(_)))
+}
+
+/// As [`fails_quickly`], for a node that is out of reach (or not Redis): an outage.
+async fn no_quorum_quickly(url: String) -> String {
+    let (message, refused) = fails_quickly(url).await;
+    assert!(!refused, "{message}");
+    message
+}
+
+/// As [`fails_quickly`], for a node that refuses: a configuration to fix, not an outage.
+async fn refused_quickly(url: String) -> String {
+    let (message, refused) = fails_quickly(url).await;
+    assert!(refused, "{message}");
+    assert!(message.contains("not an outage"), "{message}");
+    message
 }
 
 #[tokio::test]
@@ -67,7 +84,7 @@ async fn a_wrong_password() {
         .start()
         .unwrap();
     let url = format!("redis://:wrong-password@127.0.0.1:{}", cluster.port(0));
-    let message = no_quorum_quickly(url).await;
+    let message = refused_quickly(url).await;
     assert!(message.contains(":***@127.0.0.1"), "{message}");
     assert!(
         !message.contains("wrong-password") && !message.contains(PASSWORD),
@@ -82,7 +99,7 @@ async fn a_wrong_password() {
 async fn a_password_where_none_is_set() {
     let cluster = Cluster::start(1).unwrap();
     let message =
-        no_quorum_quickly(format!("redis://:{PASSWORD}@127.0.0.1:{}", cluster.port(0))).await;
+        refused_quickly(format!("redis://:{PASSWORD}@127.0.0.1:{}", cluster.port(0))).await;
     assert!(!message.contains(PASSWORD), "{message}");
 }
 
@@ -113,7 +130,7 @@ async fn a_key_that_holds_another_type_is_busy_and_untouched() {
     for i in 0..3 {
         let mut connection = nodes.cluster.connection(i).unwrap();
         let _: () = redis::cmd("LPUSH")
-            .arg("singleton:listed")
+            .arg("singleton:lock:listed")
             .arg("item")
             .query(&mut connection)
             .unwrap();
@@ -133,7 +150,7 @@ async fn a_key_that_holds_another_type_is_busy_and_untouched() {
     for i in 0..3 {
         let mut connection = nodes.cluster.connection(i).unwrap();
         let kind: String = redis::cmd("TYPE")
-            .arg("singleton:listed")
+            .arg("singleton:lock:listed")
             .query(&mut connection)
             .unwrap();
         assert_eq!(kind, "list");
@@ -151,11 +168,11 @@ async fn our_key_turned_into_another_type_fails_the_release_cleanly() {
         .unwrap();
     let mut connection = nodes.cluster.connection(0).unwrap();
     let _: () = redis::cmd("DEL")
-        .arg("singleton:retyped")
+        .arg("singleton:lock:retyped")
         .query(&mut connection)
         .unwrap();
     let _: () = redis::cmd("LPUSH")
-        .arg("singleton:retyped")
+        .arg("singleton:lock:retyped")
         .arg("item")
         .query(&mut connection)
         .unwrap();
@@ -164,7 +181,7 @@ async fn our_key_turned_into_another_type_fails_the_release_cleanly() {
 
     assert!(err.to_string().contains("WRONGTYPE"), "{err}");
     let kind: String = redis::cmd("TYPE")
-        .arg("singleton:retyped")
+        .arg("singleton:lock:retyped")
         .query(&mut connection)
         .unwrap();
     assert_eq!(kind, "list", "not ours, not deleted");
@@ -181,7 +198,7 @@ async fn a_very_long_key_and_a_non_ascii_key() {
             .await
             .unwrap()
             .expect("free");
-        let redis_key = format!("singleton:{key}");
+        let redis_key = format!("singleton:lock:{key}");
         assert_eq!(lease.key(), redis_key);
         assert!(nodes.holding(&redis_key, lease.token()) >= 2);
         assert!(nodes
@@ -214,7 +231,7 @@ async fn scripts_flushed_from_the_server_load_again_on_their_own() {
         lease.release().await.unwrap();
 
         let left: Option<String> = redis::cmd("GET")
-            .arg("singleton:flushed")
+            .arg("singleton:lock:flushed")
             .query(&mut connection)
             .unwrap();
         assert_eq!(left, None, "round {round}: released after NOSCRIPT");

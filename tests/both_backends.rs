@@ -253,7 +253,7 @@ async fn the_body_sees_its_lease(machines: Machines) {
         .unwrap();
     assert_eq!(
         seen,
-        Outcome::Ran(Some(("singleton:visible".to_owned(), true)))
+        Outcome::Ran(Some(("singleton:lock:visible".to_owned(), true)))
     );
 }
 

@@ -10,7 +10,7 @@ use cluster_singleton::singleton;
 use common::{block_on, eventually, program_runtime, Nodes, PROMPTLY};
 use futures_util::FutureExt;
 
-const KEY: &str = "singleton:fragile";
+const KEY: &str = "singleton:lock:fragile";
 
 #[singleton(key = "fragile", ttl = "60s")]
 async fn panics_midway(nodes: &Nodes) {

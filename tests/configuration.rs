@@ -1,9 +1,11 @@
 //! Bad configuration is an error that says what to fix, never a panic, and no password is ever
 //! printed.
 
+mod common;
+
 use std::time::Duration;
 
-use cluster_singleton::runtime::Config;
+use cluster_singleton::runtime::{Config, Options};
 use cluster_singleton::Error;
 use cluster_singleton_testkit::Cluster;
 
@@ -110,4 +112,94 @@ async fn a_password_protected_node_works_with_its_password() {
         .unwrap();
     let lease = right.lock("job", Duration::from_secs(5)).await.unwrap();
     assert!(lease.is_some());
+}
+
+/// Every duration setting is checked before anything is sent: out of range, it is an
+/// `InvalidConfig` that names the setting, never a panic at the first lock (`Duration::MAX` as a
+/// node timeout once overflowed the clock) and never an outage (a ttl Redis would refuse).
+#[tokio::test]
+async fn out_of_range_durations_are_errors_not_panics() {
+    for (config, setting) in [
+        (
+            Config::new(["redis://127.0.0.1:1"]).node_timeout(Duration::MAX),
+            "`node_timeout`",
+        ),
+        (
+            Config::new(["redis://127.0.0.1:1"]).connect_timeout(Duration::MAX),
+            "`connect_timeout`",
+        ),
+        (
+            Config::new(["redis://127.0.0.1:1"]).max_ttl(Duration::MAX),
+            "`max_ttl`",
+        ),
+        (
+            Config::new(["redis://127.0.0.1:1"]).restart_grace(Duration::MAX),
+            "`restart_grace`",
+        ),
+    ] {
+        let message = invalid(config);
+        assert!(message.contains(setting), "{message}");
+    }
+
+    let nodes = common::Nodes::start(1);
+    let day = Duration::from_secs(24 * 3600);
+    let ttl = Duration::from_secs(10);
+    for (options, setting) in [
+        (
+            Options::new(Duration::from_millis(i64::MAX as u64)),
+            "`Config::max_ttl`",
+        ),
+        (Options::new(day), "`Config::max_ttl`"),
+        (Options::new(ttl).wait(Duration::MAX), "`wait`"),
+        (Options::new(ttl).max_hold(Duration::MAX), "`max_hold`"),
+        (Options::new(ttl).slot(Duration::MAX), "`slot`"),
+        (
+            Options::new(ttl).slot(Duration::from_millis(u64::MAX)),
+            "`slot`",
+        ),
+        (
+            Options::new(ttl).min_hold(Duration::from_micros(1500)),
+            "`min_hold`",
+        ),
+    ] {
+        let err = nodes
+            .runtime
+            .run_with("bad-setting", options, async {}, |_| true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains(setting), "{setting}: {err}");
+    }
+    assert!(
+        nodes.absent("singleton:lock:bad-setting", &[]),
+        "nothing was sent"
+    );
+}
+
+/// The longest ttl is a setting of the fleet; the grace follows it unless set, and cannot be
+/// set below it (except to zero, for nodes that persist every write).
+#[test]
+fn the_restart_grace_covers_the_longest_ttl() {
+    let message = invalid(
+        Config::new(["redis://127.0.0.1:1"])
+            .max_ttl(Duration::from_secs(60))
+            .restart_grace(Duration::from_secs(30)),
+    );
+    assert!(message.contains("shorter than `max_ttl`"), "{message}");
+    for grace in [
+        Duration::ZERO,
+        Duration::from_secs(60),
+        Duration::from_secs(90),
+    ] {
+        Config::new(["redis://127.0.0.1:1"])
+            .max_ttl(Duration::from_secs(60))
+            .restart_grace(grace)
+            .build()
+            .unwrap();
+    }
+    let printed = format!("{:?}", Config::new(["redis://127.0.0.1:1"]));
+    assert!(
+        printed.contains("max_ttl: 600s, restart_grace: Some(600s)"),
+        "{printed}"
+    );
 }

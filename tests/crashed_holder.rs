@@ -79,7 +79,7 @@ async fn a_killed_holder_blocks_its_key_for_its_ttl_and_no_longer() {
     for i in 0..3 {
         let mut connection = nodes.cluster.connection(i).unwrap();
         let pttl: i64 = redis::cmd("PTTL")
-            .arg("singleton:crash-job")
+            .arg("singleton:lock:crash-job")
             .query(&mut connection)
             .unwrap();
         assert!(

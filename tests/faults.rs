@@ -6,11 +6,11 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_singleton::{singleton, Error, Lease, Outcome};
+use cluster_singleton::{singleton, Error, FailureKind, Lease, Outcome};
 use cluster_singleton_testkit::Cluster;
 use common::{eventually, fresh_nodes, Nodes, NODE_TIMEOUT, PROMPTLY};
 
-const KEY: &str = "singleton:fault-job";
+const KEY: &str = "singleton:lock:fault-job";
 
 /// "About one node timeout": the timeout itself plus room for a loaded 2-core CI machine.
 const ABOUT_ONE_NODE_TIMEOUT: Duration = NODE_TIMEOUT.saturating_add(Duration::from_millis(800));
@@ -102,10 +102,20 @@ async fn a_majority_down_fails_fast(node_count: usize, fault: Fault) {
         assert!(took < ABOUT_ONE_NODE_TIMEOUT, "took {took:?}");
         assert_eq!(no_quorum.needed, nodes.runtime.quorum());
         // The attempt stops as soon as a quorum is out of reach, so a live node may not have
-        // answered yet; every failure named is a node that is down.
+        // answered yet, and is named as such; every other failure named is a node that is down.
         assert!(no_quorum.answered <= node_count - down.len(), "{no_quorum}");
-        let failed: Vec<&str> = no_quorum.failures.iter().map(|f| f.node.as_str()).collect();
+        let failed: Vec<&str> = no_quorum
+            .failures
+            .iter()
+            .filter(|failure| failure.kind != FailureKind::Unanswered)
+            .map(|failure| failure.node.as_str())
+            .collect();
         let down_urls: Vec<String> = down.iter().map(|&i| nodes.cluster.url(i)).collect();
+        assert_eq!(
+            no_quorum.answered + no_quorum.failures.len(),
+            node_count,
+            "every node is named or answered: {no_quorum}"
+        );
         assert_eq!(failed.len(), down.len(), "{no_quorum}");
         assert!(
             failed

@@ -218,3 +218,42 @@ async fn a_restarted_node_does_not_turn_tokens_back() {
         "the clock floor keeps it increasing"
     );
 }
+
+/// Sets the fencing counter of `key` on node 0 of `cluster` to `value`.
+fn set_counter(cluster: &Cluster, key: &str, value: &str) {
+    let mut connection = cluster.connection(0).unwrap();
+    let () = redis::cmd("SET")
+        .arg(format!("singleton:fence:{key}"))
+        .arg(value)
+        .query(&mut connection)
+        .unwrap();
+}
+
+/// Lua numbers are doubles, exact only up to 2^53: counters are compared and returned as
+/// decimal strings, so that tokens stay exact over the whole of `u64`.
+#[tokio::test]
+async fn tokens_stay_exact_past_two_to_the_53() {
+    let cluster = Cluster::start(1).unwrap();
+    let runtime = common::fresh_nodes(&cluster).build().unwrap();
+    let options = Options::new(TTL).fencing(true);
+    // 2^53 + 1: a double rounds it to 2^53.
+    set_counter(&cluster, "exact", "9007199254740993");
+    let lease = runtime.lock_with("exact", &options).await.unwrap().unwrap();
+    assert_eq!(lease.fencing_token(), Some(9_007_199_254_740_994));
+    lease.release().await.unwrap();
+
+    set_counter(&cluster, "exact", &(u64::MAX - 1).to_string());
+    let lease = runtime.lock_with("exact", &options).await.unwrap().unwrap();
+    assert_eq!(lease.fencing_token(), Some(u64::MAX));
+    lease.release().await.unwrap();
+
+    // No token is larger than the largest: a clear error, and no lock left behind.
+    let err = runtime.lock_with("exact", &options).await.unwrap_err();
+    assert!(err.to_string().contains("largest 64-bit number"), "{err}");
+    let mut connection = cluster.connection(0).unwrap();
+    let left: Option<String> = redis::cmd("GET")
+        .arg("singleton:lock:exact")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(left, None);
+}

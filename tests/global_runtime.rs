@@ -116,7 +116,7 @@ async fn a_scoped_runtime_takes_precedence_over_the_global_one() {
         scoped.scope(job_scoped()).await.unwrap(),
         Outcome::Skipped(cluster_singleton::Skip::Busy)
     );
-    assert_eq!(held.key(), "scoped:global-scoped");
+    assert_eq!(held.key(), "scoped:lock:global-scoped");
     assert_eq!(job_scoped().await.unwrap(), Outcome::Ran(5));
     held.release().await.unwrap();
 }

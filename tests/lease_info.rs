@@ -29,7 +29,7 @@ async fn the_body_sees_its_lease() {
     else {
         panic!("the key was free")
     };
-    assert_eq!(key, "singleton:inspect");
+    assert_eq!(key, "singleton:lock:inspect");
     assert_eq!(token.len(), 32);
     assert!(
         validity > Duration::from_secs(9) && validity <= Duration::from_secs(10),

@@ -25,9 +25,9 @@ async fn free_key_runs_the_body_and_leaves_no_key(nodes: usize) {
 
     assert_eq!(outcome, Outcome::Ran(1));
     assert!(
-        eventually(PROMPTLY, || nodes.absent("singleton:report", &[])).await,
+        eventually(PROMPTLY, || nodes.absent("singleton:lock:report", &[])).await,
         "the release must delete the key on every node: {:?}",
-        nodes.values("singleton:report", &[])
+        nodes.values("singleton:lock:report", &[])
     );
     // And the key is free again for the next call.
     assert_eq!(nodes.scope(report(&runs)).await.unwrap(), Outcome::Ran(2));
@@ -51,7 +51,7 @@ async fn free_key_runs_on_five_nodes() {
 #[tokio::test]
 async fn held_key_skips_without_running_the_body() {
     let nodes = Nodes::start(3);
-    nodes.set_everywhere("singleton:report", "someone-else");
+    nodes.set_everywhere("singleton:lock:report", "someone-else");
     let runs = AtomicUsize::new(0);
 
     let outcome = nodes.scope(report(&runs)).await.expect("quorum is up");
@@ -63,7 +63,7 @@ async fn held_key_skips_without_running_the_body() {
         "a skipped call must not run its body"
     );
     assert_eq!(
-        nodes.values("singleton:report", &[]),
+        nodes.values("singleton:lock:report", &[]),
         vec![Some("someone-else".to_owned()); 3],
         "skipping must not touch the holder's key"
     );
@@ -74,7 +74,7 @@ async fn key_held_on_a_minority_still_runs() {
     let nodes = Nodes::start(3);
     let mut node0 = nodes.cluster.connection(0).unwrap();
     let _: () = redis::cmd("SET")
-        .arg("singleton:report")
+        .arg("singleton:lock:report")
         .arg("stale")
         .query(&mut node0)
         .unwrap();
@@ -84,14 +84,14 @@ async fn key_held_on_a_minority_still_runs() {
 
     assert_eq!(outcome, Outcome::Ran(1));
     assert_eq!(
-        nodes.get(0, "singleton:report").as_deref(),
+        nodes.get(0, "singleton:lock:report").as_deref(),
         Some("stale"),
         "not ours, not deleted"
     );
 }
 
 #[tokio::test]
-async fn the_redis_key_is_the_prefix_then_the_key() {
+async fn the_redis_key_is_the_prefix_then_lock_then_the_key() {
     let nodes = Nodes::start(1);
     let runtime = common::fresh_nodes(&nodes.cluster)
         .key_prefix("app1:")
@@ -104,11 +104,14 @@ async fn the_redis_key_is_the_prefix_then_the_key() {
         .unwrap()
         .expect("the key is free");
 
-    assert_eq!(lease.key(), "app1:report");
-    assert_eq!(nodes.get(0, "app1:report").as_deref(), Some(lease.token()));
+    assert_eq!(lease.key(), "app1:lock:report");
+    assert_eq!(
+        nodes.get(0, "app1:lock:report").as_deref(),
+        Some(lease.token())
+    );
     assert_eq!(lease.token().len(), 32, "128 bits in hex");
     lease.release().await.unwrap();
-    assert_eq!(nodes.get(0, "app1:report"), None);
+    assert_eq!(nodes.get(0, "app1:lock:report"), None);
 }
 
 #[tokio::test]
@@ -120,9 +123,9 @@ async fn the_default_prefix_is_singleton() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(lease.key(), "singleton:report");
+    assert_eq!(lease.key(), "singleton:lock:report");
     assert_eq!(
-        nodes.get(0, "singleton:report").as_deref(),
+        nodes.get(0, "singleton:lock:report").as_deref(),
         Some(lease.token())
     );
 }

@@ -11,7 +11,7 @@ use common::{eventually, Nodes, PROMPTLY};
 
 const TTL: Duration = Duration::from_secs(10);
 const MIN_HOLD: Duration = Duration::from_millis(800);
-const KEY: &str = "singleton:nightly";
+const KEY: &str = "singleton:lock:nightly";
 
 fn options() -> Options {
     Options::new(TTL).min_hold(MIN_HOLD)

@@ -337,3 +337,13 @@ mod metrics_facade {
         );
     }
 }
+
+#[tokio::test]
+async fn memory_at_init_warns_that_it_locks_nothing_across_processes() {
+    let captured = captured();
+    cluster_singleton::runtime::init(["memory://observability"])
+        .await
+        .unwrap();
+    let warnings = captured.warnings_mentioning("locks nothing across processes");
+    assert_eq!(warnings.len(), 1, "{:?}", captured.warnings.lock().unwrap());
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cluster_singleton::{singleton, Outcome};
 use common::{eventually, Nodes, PROMPTLY};
 
-const KEY: &str = "singleton:handover";
+const KEY: &str = "singleton:lock:handover";
 
 #[singleton(key = "handover", ttl = "10s")]
 async fn job_whose_lock_is_taken_over(nodes: &Nodes) {

@@ -13,7 +13,7 @@ use cluster_singleton::{lease, Error, LostReason, Outcome};
 use common::{eventually, Nodes, PROMPTLY};
 
 const TTL: Duration = Duration::from_millis(600);
-const KEY: &str = "singleton:long-job";
+const KEY: &str = "singleton:lock:long-job";
 
 /// Why the lease was lost, and whether the body finished; panics unless the call says it was.
 fn lost<T: std::fmt::Debug>(result: &Result<Outcome<T>, Error>) -> (LostReason, bool) {
@@ -270,4 +270,46 @@ async fn an_extended_lease_outlives_its_first_ttl() {
         "{err}"
     );
     assert_eq!(lease.validity(), Duration::ZERO);
+}
+
+/// A lease taken while a node missed it (here: its copy on node 2 is gone, as after a SET that
+/// never arrived) is repaired by renewal, which puts the token back where the key is absent; so
+/// when node 1 is then cut off, nodes 0 and 2 still hold the lease, and the body runs to its end
+/// under the lock. Without the repair, the lease would stand on nodes 0 and 1 only, and losing
+/// node 1 would lose it.
+#[tokio::test]
+async fn renewal_repairs_a_node_that_missed_the_lock() {
+    let cluster = cluster_singleton_testkit::Cluster::builder()
+        .nodes(3)
+        .proxied(true)
+        .start()
+        .unwrap();
+    let runtime = common::runtime_for(&cluster);
+    let direct = |i: usize| cluster.connection(i).unwrap();
+    let outcome = runtime
+        .run("repaired-job", TTL, async {
+            let lease = lease().unwrap();
+            let _: () = redis::cmd("DEL")
+                .arg(lease.key())
+                .query(&mut direct(2))
+                .unwrap();
+            let repaired = eventually(TTL, || {
+                let value: Option<String> = redis::cmd("GET")
+                    .arg(lease.key())
+                    .query(&mut direct(2))
+                    .unwrap();
+                value.as_deref() == Some(lease.token())
+            })
+            .await;
+            assert!(repaired, "renewal put the token back on node 2");
+            cluster.proxy(1).partition();
+            tokio::time::sleep(TTL * 3).await;
+            lease.validity()
+        })
+        .await;
+    cluster.proxy(1).heal();
+    match outcome {
+        Ok(Outcome::Ran(validity)) => assert!(validity > Duration::ZERO),
+        other => panic!("the lease should have survived on nodes 0 and 2: {other:?}"),
+    }
 }

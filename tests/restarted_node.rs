@@ -1,7 +1,7 @@
 //! A node restarted without persistence has forgotten the locks it held. If its fresh vote
 //! counted at once, a second caller could win a majority while the first still holds the lock.
-//! The runtime counts a node's votes only once it has been up for the restart grace (by default
-//! the lock's ttl).
+//! The runtime counts a node's votes only once it has been up for the restart grace, by default
+//! the longest ttl of the fleet (`Config::max_ttl`), whatever the ttl of the call.
 
 mod common;
 
@@ -65,15 +65,17 @@ async fn without_the_grace_a_restarted_node_lets_a_second_holder_in() {
 #[tokio::test]
 async fn with_the_default_grace_a_restarted_node_cannot_let_a_second_holder_in() {
     let mut cluster = Cluster::start(3).unwrap();
+    // The grace defaults to the longest ttl of the fleet.
     let default_config = || {
         Config::new(cluster.urls())
             .node_timeout(NODE_TIMEOUT)
+            .max_ttl(TTL)
             .build()
             .unwrap()
     };
     let (first, second) = (default_config(), default_config());
 
-    // Fresh nodes count only once they have been up for the ttl.
+    // Fresh nodes count only once they have been up for the grace.
     let young = first.lock(KEY, TTL).await.unwrap_err();
     assert!(
         young
@@ -133,7 +135,7 @@ async fn with_the_default_grace_a_restarted_node_cannot_let_a_second_holder_in()
 }
 
 #[tokio::test]
-async fn a_fixed_grace_replaces_the_ttl() {
+async fn a_grace_longer_than_the_longest_ttl_counts() {
     let cluster = Cluster::start(1).unwrap();
     let runtime = Config::new(cluster.urls())
         .restart_grace(Duration::from_secs(3600))
@@ -146,5 +148,119 @@ async fn a_fixed_grace_replaces_the_ttl() {
     assert!(
         err.to_string().contains("once it has been up for 3600s"),
         "{err}"
+    );
+}
+
+/// The longest ttl of the fleet in the test below; the restart grace defaults to it.
+const FLEET_MAX_TTL: Duration = Duration::from_secs(5);
+
+/// Two callers of one key with different ttls (a rolling deploy that changed the ttl, two
+/// attributes on one key): node 2 is down while the first locks with the long ttl on {0, 1};
+/// node 0 restarts without persistence and node 2 comes back empty; two seconds later the second
+/// asks with a ttl of one second. A grace of the caller's own ttl would count nodes 0 and 2, and
+/// hand it {0, 2} while the first lease is valid; a grace of the fleet's longest ttl does not.
+#[tokio::test]
+async fn callers_with_different_ttls_are_never_both_holders() {
+    let mut cluster = Cluster::start(3).unwrap();
+    let fleet = || {
+        Config::new(cluster.urls())
+            .node_timeout(NODE_TIMEOUT)
+            .max_ttl(FLEET_MAX_TTL)
+            .build()
+            .unwrap()
+    };
+    let (long, short) = (fleet(), fleet());
+    let deadline = Instant::now() + FLEET_MAX_TTL + UPTIME_RESOLUTION * 3;
+    while long.lock("warm-up", FLEET_MAX_TTL).await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes never came of age");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+
+    cluster.kill(2).unwrap();
+    let held = long
+        .lock(KEY, FLEET_MAX_TTL)
+        .await
+        .unwrap()
+        .expect("nodes 0 and 1 grant it");
+    cluster.restart(0).unwrap();
+    cluster.start_node(2).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let intruder = short.lock(KEY, Duration::from_secs(1)).await;
+    let still_valid = held.validity();
+    assert!(
+        still_valid > Duration::ZERO,
+        "the first lease is still valid"
+    );
+    match intruder {
+        Ok(Some(_)) => panic!("a second holder while the first lease has {still_valid:?} left"),
+        Ok(None) => panic!("node 1 alone cannot make the attempt busy"),
+        Err(Error::NoQuorum(no_quorum)) => {
+            let reason = no_quorum.to_string();
+            assert!(reason.contains("up for 5s"), "{reason}");
+        }
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+/// How long the runtime may take to notice a restart that kept the connection open: its
+/// `run_id` check runs every second, and a loaded machine gets the rest.
+const RESTART_NOTICED_WITHIN: Duration = Duration::from_millis(2500);
+
+/// A Redis-aware proxy (or a managed endpoint) keeps the client's connection open across a
+/// restart of the node behind it, so no reconnect reads the new server's uptime. The runtime
+/// checks the server's `run_id` on a schedule, and a node whose `run_id` changed is young again.
+#[tokio::test]
+async fn a_restart_behind_a_redis_aware_proxy_is_noticed() {
+    const GRACE: Duration = Duration::from_secs(5);
+    let mut cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    cluster.proxy(0).set_redis_aware(true);
+    let fleet = || {
+        Config::new(cluster.urls())
+            .node_timeout(NODE_TIMEOUT)
+            .max_ttl(GRACE)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (fleet(), fleet());
+    let deadline = Instant::now() + GRACE + UPTIME_RESOLUTION * 3;
+    for runtime in [&first, &second] {
+        while runtime.lock("warm-up", GRACE).await.is_err() {
+            assert!(Instant::now() < deadline, "the nodes never came of age");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+    assert_eq!(
+        cluster.proxy(0).connections(),
+        2,
+        "one connection per runtime"
+    );
+
+    let held = first.lock(KEY, GRACE).await.unwrap().expect("free");
+    // Node 2 lost its copy (a SET that never arrived), and node 0 restarts without persistence
+    // behind the proxy: a second majority, {0, 2}, would be free but for the restart.
+    let mut node_2 = cluster.connection(2).unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(held.key())
+        .query(&mut node_2)
+        .unwrap();
+    cluster.restart(0).unwrap();
+    let restarted = Instant::now();
+    tokio::time::sleep(RESTART_NOTICED_WITHIN).await;
+    assert_eq!(
+        cluster.proxy(0).connections(),
+        2,
+        "the runtimes' connections to node 0 survived the restart"
+    );
+
+    let intruder = second.lock(KEY, GRACE).await;
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lease is still valid {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert!(
+        !matches!(intruder, Ok(Some(_))),
+        "a second holder: the restarted node's vote counted"
     );
 }

@@ -43,7 +43,7 @@ async fn a_second_run_in_the_period_is_already_done_on_any_machine() {
     assert_eq!(first, Outcome::Ran(Ok(1)));
     let (period_start, index) = this_hour();
     assert_eq!(second, Outcome::Skipped(Skip::AlreadyDone { period_start }));
-    let marker = format!("singleton:report:done:{index}");
+    let marker = format!("singleton:done:report:{index}");
     for i in 0..3 {
         let mut connection = nodes.cluster.connection(i).unwrap();
         let pttl: i64 = redis::cmd("PTTL")
@@ -57,7 +57,7 @@ async fn a_second_run_in_the_period_is_already_done_on_any_machine() {
     }
     // The release returns once a quorum answered; the last node's answer may still be on its way.
     assert!(
-        eventually(PROMPTLY, || nodes.absent("singleton:report", &[])).await,
+        eventually(PROMPTLY, || nodes.absent("singleton:lock:report", &[])).await,
         "the lock itself is released"
     );
 }
@@ -109,7 +109,7 @@ async fn a_panicking_or_cancelled_run_marks_nothing() {
     .await;
     assert!(panicked.is_err());
 
-    assert!(eventually(PROMPTLY, || nodes.absent("singleton:report", &[])).await);
+    assert!(eventually(PROMPTLY, || nodes.absent("singleton:lock:report", &[])).await);
 
     let (entered, body_started) = tokio::sync::oneshot::channel();
     let runtime = nodes.runtime.clone();
@@ -123,7 +123,7 @@ async fn a_panicking_or_cancelled_run_marks_nothing() {
     body_started.await.expect("the body started under the lock");
     cancelled.abort();
     assert!(cancelled.await.unwrap_err().is_cancelled());
-    assert!(eventually(PROMPTLY, || nodes.absent("singleton:report", &[])).await);
+    assert!(eventually(PROMPTLY, || nodes.absent("singleton:lock:report", &[])).await);
 
     let outcome = nodes
         .runtime
@@ -193,4 +193,64 @@ async fn the_next_period_runs_again() {
         "{same_period:?}"
     );
     assert_eq!(next_period, Outcome::Ran(()));
+}
+
+/// The done marker reached nodes 0 and 1 only (node 2 was down); then node 0 restarts without
+/// persistence, node 2 comes back empty and node 1 goes down. Nodes 0 and 2 answer "no marker",
+/// a majority; but both started after the period began, so either may have forgotten a marker of
+/// it, and their "no" does not count: the period must not run a second time.
+#[tokio::test]
+async fn nodes_started_during_the_period_cannot_say_it_is_not_done() {
+    const PERIOD: Duration = Duration::from_secs(10);
+    // A node's start is known to within a second, and a marker's writer may be a second ahead.
+    const NODE_AGE_NEEDED: Duration = Duration::from_secs(3);
+    let mut cluster = cluster_singleton_testkit::Cluster::start(3).unwrap();
+    let started = SystemTime::now();
+    let max_ttl = Duration::from_millis(100);
+    let machine = || {
+        cluster_singleton::runtime::Config::new(cluster.urls())
+            .node_timeout(common::NODE_TIMEOUT)
+            .max_ttl(max_ttl)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (machine(), machine());
+    let options = Options::new(max_ttl).slot(PERIOD);
+    // The first period that began after the nodes had been up for a while: they have seen all
+    // of it, and may say whether it is done.
+    let period_start = |at: SystemTime| {
+        let since_epoch = at.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        since_epoch - since_epoch % PERIOD.as_secs()
+    };
+    let period = period_start(started + NODE_AGE_NEEDED) + PERIOD.as_secs();
+    let begins = UNIX_EPOCH + Duration::from_secs(period);
+    tokio::time::sleep(begins.duration_since(SystemTime::now()).unwrap()).await;
+
+    cluster.kill(2).unwrap();
+    let ran = first
+        .run_with("periodic-report", options, async {}, |_| true)
+        .await
+        .unwrap();
+    assert_eq!(ran, Outcome::Ran(()));
+    cluster.restart(0).unwrap();
+    cluster.start_node(2).unwrap();
+    cluster.kill(1).unwrap();
+    // Past the grace (and the second by which Redis rounds uptimes), so that nodes 0 and 2 grant
+    // the lock itself.
+    tokio::time::sleep(max_ttl + Duration::from_millis(2100)).await;
+
+    let again = second
+        .run_with("periodic-report", options, async {}, |_| true)
+        .await;
+    assert_eq!(
+        period_start(SystemTime::now()),
+        period,
+        "the scenario fits in one period"
+    );
+    assert!(
+        !matches!(again, Ok(Outcome::Ran(()))),
+        "the period ran twice"
+    );
+    let err = again.unwrap_err().to_string();
+    assert!(err.contains("started after the period began"), "{err}");
 }

@@ -67,7 +67,7 @@ async fn locks_and_releases_through_tls(nodes: usize) {
         .expect("the TLS nodes answer")
         .expect("the key is free");
     let holding = (0..nodes)
-        .filter(|&i| get(&cluster, i, "singleton:tls-job").as_deref() == Some(lease.token()))
+        .filter(|&i| get(&cluster, i, "singleton:lock:tls-job").as_deref() == Some(lease.token()))
         .count();
     assert!(holding > nodes / 2, "a quorum holds the token: {holding}");
     assert!(
@@ -79,13 +79,13 @@ async fn locks_and_releases_through_tls(nodes: usize) {
         "a held key is busy over TLS too"
     );
     lease.release().await.expect("release through TLS");
-    assert!(absent_everywhere(&cluster, "singleton:tls-job"));
+    assert!(absent_everywhere(&cluster, "singleton:lock:tls-job"));
 
     assert_eq!(runtime.scope(report()).await.unwrap(), Outcome::Ran("sent"));
     assert!(
         eventually(PROMPTLY, || absent_everywhere(
             &cluster,
-            "singleton:tls-report"
+            "singleton:lock:tls-report"
         ))
         .await,
         "the attribute's release must reach every TLS node"
@@ -131,7 +131,7 @@ async fn a_wrong_ca_is_a_clear_no_quorum() {
     assert!(message.contains("rediss://:***@127.0.0.1:"), "{message}");
     assert!(!message.contains(PASSWORD), "{message}");
     assert!(
-        absent_everywhere(&cluster, "singleton:tls-job"),
+        absent_everywhere(&cluster, "singleton:lock:tls-job"),
         "nothing may be written through a connection whose server was not trusted"
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{block_on, eventually, fresh_nodes, program_runtime, Nodes, PROMPTLY};
 
-const KEY: &str = "singleton:shared";
+const KEY: &str = "singleton:lock:shared";
 
 #[test]
 fn a_runtime_outlives_the_tokio_runtimes_that_drove_its_connections() {

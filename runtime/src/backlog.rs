@@ -126,6 +126,12 @@ impl Backlog {
         }
     }
 
+    /// Whether nothing waits here (nothing parked, and no look in progress).
+    pub(crate) fn is_empty(&self) -> bool {
+        let waiting = self.lock();
+        waiting.futures.is_empty() && !waiting.janitor_busy
+    }
+
     /// Polls those of `futures` that were woken, outside the lock (polling one may park
     /// another), and puts back those that are neither done nor past their time. For the
     /// janitor, says whether nothing is left, in which case it is marked idle under the same

@@ -25,6 +25,43 @@ pub const DEFAULT_CLOCK_DRIFT_FACTOR: f64 = 0.01;
 /// The largest accepted drift factor: beyond it a lock would spend most of its ttl on drift.
 const MAX_CLOCK_DRIFT_FACTOR: f64 = 0.5;
 
+/// The longest ttl any holder may use unless [`Config::max_ttl`] says otherwise, and so the
+/// default restart grace: ten minutes, the ttl of the examples' daily jobs (longer jobs renew).
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// The longest any duration setting may be (a ttl, a grace, `wait`, `max_hold`, `slot`, a
+/// timeout): far beyond any sensible value, and far from where clock arithmetic overflows.
+pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Checks a duration setting named `name`: at most [`LONGEST_SETTING`], and above zero unless
+/// `zero_allowed`.
+pub(crate) fn check_duration(name: &str, value: Duration, zero_allowed: bool) -> Result<(), Error> {
+    if value.is_zero() && !zero_allowed {
+        return Err(Error::InvalidConfig(format!(
+            "`{name}` must be greater than zero"
+        )));
+    }
+    if value > LONGEST_SETTING {
+        return Err(Error::InvalidConfig(format!(
+            "`{name}` must be at most {} days, got {value:?}",
+            LONGEST_SETTING.as_secs() / (24 * 3600)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a duration that Redis takes in whole milliseconds (`PX`, `PEXPIRE`): from 1 ms to
+/// [`LONGEST_SETTING`], whole milliseconds.
+pub(crate) fn check_millis(name: &str, value: Duration) -> Result<(), Error> {
+    check_duration(name, value, false)?;
+    if !value.subsec_nanos().is_multiple_of(1_000_000) || value < Duration::from_millis(1) {
+        return Err(Error::InvalidConfig(format!(
+            "`{name}` must be a whole number of milliseconds, at least 1ms, got {value:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// The settings of a [`Runtime`]: which Redis nodes, and how to talk to them.
 ///
 /// `runtime::init(urls)` is `Config::new(urls).init()`; build a `Config` yourself to change a
@@ -50,6 +87,7 @@ pub struct Config {
     pub(crate) node_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) drift_factor: f64,
+    pub(crate) max_ttl: Duration,
     pub(crate) restart_grace: Option<Duration>,
     /// The CA certificates (PEM) that `rediss://` nodes are checked against, instead of the
     /// system's roots.
@@ -96,6 +134,7 @@ impl Config {
             node_timeout: DEFAULT_NODE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             drift_factor: DEFAULT_CLOCK_DRIFT_FACTOR,
+            max_ttl: DEFAULT_MAX_TTL,
             restart_grace: None,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
@@ -150,32 +189,70 @@ impl Config {
         self
     }
 
-    /// How long a Redis node must have been up before its votes count (default: the ttl of the
-    /// lock being taken).
+    /// The longest ttl that any holder of any key may use on these nodes (default
+    /// [`DEFAULT_MAX_TTL`], ten minutes): a fleet-wide setting, the same on every machine that
+    /// uses the nodes, like their URLs.
     ///
-    /// A node restarted without persistence has forgotten the locks it held; if its fresh vote
-    /// counted at once, it could hand a second caller a majority while the first still holds the
-    /// lock. The runtime reads each node's uptime whenever it connects (a restart always breaks
-    /// the connection, so this costs nothing per lock) and ignores the node's votes until it has
-    /// been up for the grace. By default the grace is the lock's own ttl: every holder of a key
-    /// takes it with the same ttl, so a node up for longer has either seen the current lock or
-    /// outlived it.
+    /// Every call's ttl is checked against it (a longer one fails with
+    /// [`Error::InvalidConfig`] naming this setting), and so, since they never exceed the ttl,
+    /// are every extension and `min_hold`: no key on the nodes can ever have longer than this
+    /// left to live. That is what the restart grace needs (see [`Config::restart_grace`]), and
+    /// why the grace defaults to it.
     ///
-    /// The cost: for one grace after a node restarts, the cluster tolerates one failure fewer;
-    /// right after a whole cluster starts, nothing can be locked for one ttl and up to a second
-    /// more (Redis gives its uptime in whole seconds, and the runtime errs late; the error says
-    /// which node counts again when). `Duration::ZERO` turns the check off: right for nodes
-    /// that persist every write (`appendfsync always`), and for tests that start fresh nodes.
-    /// The check needs the `INFO` command; with the check off, it is never sent.
+    /// A machine whose `max_ttl` is shorter than another's would count a restarted node's votes
+    /// before a lock of the other's longer ttl could have run out: give every machine the same
+    /// value (raise it everywhere before any machine uses a longer ttl, lower it everywhere after
+    /// the last such lock is gone). A job longer than this renews its lease instead (the
+    /// default), so a short `max_ttl` costs nothing but a shorter wait after restarts.
     ///
     /// ```
     /// # use std::time::Duration;
     /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
-    ///     .restart_grace(Duration::from_secs(600));
+    ///     .max_ttl(Duration::from_secs(60));
+    /// ```
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// How long a Redis node must have been up before its votes count (default: [`max_ttl`]).
+    ///
+    /// A node restarted without persistence has forgotten the locks it held; if its fresh vote
+    /// counted at once, it could hand a second caller a majority while the first still holds the
+    /// lock. So the runtime learns when each node started (its `uptime_in_seconds`, read on every
+    /// connect, and its `run_id`, checked every second, which also catches a restart behind a
+    /// proxy that kept the connection open) and counts no vote from a node up for less than the
+    /// grace. A key the node forgot had at most [`max_ttl`] left to live, so once the node has
+    /// been up that long, every lock it could have forgotten has run out: the grace must be at
+    /// least [`max_ttl`], and [`Config::build`] refuses a shorter one.
+    ///
+    /// The cost: for one grace after a node restarts, the cluster tolerates one failure fewer;
+    /// right after a whole cluster starts, nothing can be locked for one grace and up to a second
+    /// more (Redis gives its uptime in whole seconds, and the runtime errs late; the error says
+    /// which node counts again when). `Duration::ZERO` turns the check off: right only for
+    /// nodes that persist every write before answering (`appendonly yes`, `appendfsync always`),
+    /// and for tests that start fresh nodes. The check needs the `INFO` command.
+    ///
+    /// [`max_ttl`]: Config::max_ttl
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    ///     .max_ttl(Duration::from_secs(60))
+    ///     .restart_grace(Duration::from_secs(120));
     /// ```
     pub fn restart_grace(mut self, grace: Duration) -> Self {
         self.restart_grace = Some(grace);
         self
+    }
+
+    /// The restart grace in force: the one set, else [`Config::max_ttl`]; `None` when off.
+    pub(crate) fn effective_restart_grace(&self) -> Option<Duration> {
+        match self.restart_grace {
+            None => Some(self.max_ttl),
+            Some(grace) if grace.is_zero() => None,
+            Some(grace) => Some(grace),
+        }
     }
 
     /// Trusts this CA for `rediss://` nodes, in place of the system's root certificates: for
@@ -252,15 +329,20 @@ impl Config {
                 "no Redis URLs given; pass at least one, like `redis://127.0.0.1:6379`".into(),
             ));
         }
-        if self.node_timeout.is_zero() {
-            return Err(Error::InvalidConfig(
-                "`node_timeout` must be greater than zero".into(),
-            ));
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(Error::InvalidConfig(
-                "`connect_timeout` must be greater than zero".into(),
-            ));
+        check_duration("node_timeout", self.node_timeout, false)?;
+        check_duration("connect_timeout", self.connect_timeout, false)?;
+        check_millis("max_ttl", self.max_ttl)?;
+        if let Some(grace) = self.restart_grace {
+            check_duration("restart_grace", grace, true)?;
+            if !grace.is_zero() && grace < self.max_ttl {
+                return Err(Error::InvalidConfig(format!(
+                    "`restart_grace` ({grace:?}) is shorter than `max_ttl` ({:?}): a node that \
+                     restarted without persistence could vote while a lock it forgot is still \
+                     held; leave the grace at its default (`max_ttl`), or set it to zero only if \
+                     every node persists every write (`appendfsync always`)",
+                    self.max_ttl
+                )));
+            }
         }
         if !(0.0..MAX_CLOCK_DRIFT_FACTOR).contains(&self.drift_factor) {
             return Err(Error::InvalidConfig(format!(
@@ -281,7 +363,8 @@ impl fmt::Debug for Config {
             .field("node_timeout", &self.node_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("drift_factor", &self.drift_factor)
-            .field("restart_grace", &self.restart_grace)
+            .field("max_ttl", &self.max_ttl)
+            .field("restart_grace", &self.effective_restart_grace())
             .finish()
     }
 }
@@ -329,9 +412,33 @@ mod tests {
             (base().drift_factor(0.5), "`drift_factor`"),
             (base().drift_factor(-0.1), "`drift_factor`"),
             (base().drift_factor(f64::NAN), "`drift_factor`"),
+            (base().node_timeout(Duration::MAX), "`node_timeout`"),
+            (base().connect_timeout(Duration::MAX), "`connect_timeout`"),
+            (base().max_ttl(Duration::ZERO), "`max_ttl`"),
+            (base().max_ttl(Duration::from_micros(1500)), "`max_ttl`"),
+            (base().max_ttl(Duration::MAX), "`max_ttl`"),
+            (base().restart_grace(Duration::MAX), "`restart_grace`"),
+            (
+                base().restart_grace(DEFAULT_MAX_TTL / 2),
+                "shorter than `max_ttl`",
+            ),
         ] {
             let err = config.build().unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn the_grace_defaults_to_the_longest_ttl() {
+        let config = Config::new(["redis://127.0.0.1"]);
+        assert_eq!(config.effective_restart_grace(), Some(DEFAULT_MAX_TTL));
+        let config = config.max_ttl(Duration::from_secs(5));
+        assert_eq!(
+            config.effective_restart_grace(),
+            Some(Duration::from_secs(5))
+        );
+        let config = config.restart_grace(Duration::ZERO);
+        assert_eq!(config.effective_restart_grace(), None);
+        assert!(config.build().is_ok());
     }
 }

@@ -37,8 +37,25 @@ pub enum Error {
     InvalidConfig(String),
 
     /// Too few Redis nodes answered to decide: the lock was neither taken nor known to be busy.
+    /// An outage (or nodes inside their restart grace): the body did not run anywhere, as far as
+    /// this machine knows.
     #[error(transparent)]
     NoQuorum(#[from] NoQuorum),
+
+    /// Nodes answered, but with an error instead of a vote, and too few voted to decide: a key of
+    /// another type where the crate keeps its keys, a missing ACL permission, a wrong password, a
+    /// script the server refused. Not an outage: restarting nodes will not help, fixing what
+    /// [`NoQuorum::failures`] says will. The body did not run.
+    #[error("{}", .0.refusal())]
+    Refused(NoQuorum),
+
+    /// The runtime was shut down ([`Runtime::shutdown`](crate::Runtime::shutdown)): it takes no
+    /// more locks, and the leases it held were released.
+    #[error(
+        "the cluster-singleton runtime was shut down; nothing is locked after `shutdown`, \
+         so call it only when the program is ending"
+    )]
+    ShutDown,
 
     /// A quorum granted the lock, but so slowly that no validity was left of the ttl; the partial
     /// lock was released again.
@@ -87,12 +104,13 @@ pub enum Error {
 
 /// Too few Redis nodes gave an answer (granted or busy) to decide the attempt.
 ///
-/// Its message names every failed node and why, for example:
+/// Its message names every node that gave no answer and why, those still silent when the call
+/// gave up included, for example:
 ///
 /// ```text
-/// no quorum for `singleton:daily-email`: 1 of 3 Redis nodes answered, 2 needed
-/// (redis://10.0.0.2:6379: connection refused; redis://10.0.0.3:6379: timed out after 250ms);
-/// check that a majority of the nodes is up and reachable
+/// no quorum for `singleton:lock:daily-email`: 1 of 3 Redis nodes answered, 2 needed
+/// (redis://10.0.0.2:6379: cannot connect: connection refused; redis://10.0.0.3:6379: no answer
+/// within 250ms); check that a majority of the nodes is up and reachable
 /// ```
 ///
 /// ```
@@ -121,20 +139,85 @@ pub struct NoQuorum {
     pub failures: Vec<NodeFailure>,
 }
 
-impl fmt::Display for NoQuorum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no quorum for `{}`: {} of {} Redis nodes answered, {} needed (",
-            self.key, self.answered, self.nodes, self.needed
-        )?;
+impl NoQuorum {
+    /// How many nodes answered with an error rather than a vote.
+    fn refused(&self) -> usize {
+        self.failures
+            .iter()
+            .filter(|failure| failure.kind == FailureKind::Refused)
+            .count()
+    }
+
+    /// The error a caller gets: [`Error::Refused`] when the nodes that refused would have made a
+    /// quorum with those that answered (so the refusals, not an outage, decided it), else
+    /// [`Error::NoQuorum`].
+    pub(crate) fn into_error(self) -> Error {
+        if self.refused() > 0 && self.answered + self.refused() >= self.needed {
+            Error::Refused(self)
+        } else {
+            Error::NoQuorum(self)
+        }
+    }
+
+    fn write_failures(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(" (")?;
         for (i, failure) in self.failures.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{failure}")?;
         }
-        f.write_str("); check that a majority of the nodes is up and reachable")
+        f.write_str(")")
+    }
+
+    /// The message of [`Error::Refused`].
+    fn refusal(&self) -> impl fmt::Display + '_ {
+        struct Refusal<'a>(&'a NoQuorum);
+        impl fmt::Display for Refusal<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let it = self.0;
+                write!(
+                    f,
+                    "Redis refused the command for `{}`: {} of {} nodes answered with an error \
+                     instead of a vote, {} voted, {} needed",
+                    it.key,
+                    it.refused(),
+                    it.nodes,
+                    it.answered,
+                    it.needed
+                )?;
+                it.write_failures(f)?;
+                f.write_str(
+                    "; this is not an outage: fix what the nodes said (a missing ACL permission, \
+                     a wrong password, a key of another type under the key prefix)",
+                )
+            }
+        }
+        Refusal(self)
+    }
+}
+
+impl fmt::Display for NoQuorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no quorum for `{}`: {} of {} Redis nodes answered, {} needed",
+            self.key, self.answered, self.nodes, self.needed
+        )?;
+        self.write_failures(f)?;
+        let young = self
+            .failures
+            .iter()
+            .filter(|failure| failure.kind == FailureKind::Restarted)
+            .count();
+        if young > 0 && self.answered + young >= self.needed {
+            f.write_str(
+                "; nodes inside their restart grace give no vote yet: locking resumes once \
+                 enough of them have been up for the grace (see `Config::restart_grace`)",
+            )
+        } else {
+            f.write_str("; check that a majority of the nodes is up and reachable")
+        }
     }
 }
 
@@ -150,6 +233,26 @@ pub struct NodeFailure {
     pub node: String,
     /// What went wrong.
     pub cause: String,
+    /// What kind of failure it is.
+    pub kind: FailureKind,
+}
+
+/// What kind of failure kept a node from voting.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The node could not be reached: refused connection, broken connection, DNS, TLS.
+    Unreachable,
+    /// The node did not answer within the node timeout (it may have applied the command).
+    Timeout,
+    /// The node had not answered yet when the call's outcome was decided without it.
+    Unanswered,
+    /// The node answered with an error instead of a vote: a missing ACL permission, a wrong
+    /// password, a key of another type, a script error.
+    Refused,
+    /// The node restarted too recently for its vote to count (see `Config::restart_grace`), or
+    /// for a "no done marker" answer to count (`slot`).
+    Restarted,
 }
 
 impl fmt::Display for NodeFailure {
@@ -173,10 +276,12 @@ mod tests {
                 NodeFailure {
                     node: "redis://10.0.0.2:6379".into(),
                     cause: "connection refused".into(),
+                    kind: FailureKind::Unreachable,
                 },
                 NodeFailure {
                     node: "redis://:***@10.0.0.3:6379".into(),
                     cause: "timed out after 250ms".into(),
+                    kind: FailureKind::Timeout,
                 },
             ],
         };
@@ -186,5 +291,30 @@ mod tests {
              (redis://10.0.0.2:6379: connection refused; redis://:***@10.0.0.3:6379: timed out after 250ms); \
              check that a majority of the nodes is up and reachable",
         );
+        assert!(matches!(err.into_error(), Error::NoQuorum(_)));
+    }
+
+    #[test]
+    fn refusals_that_decide_are_not_an_outage() {
+        let refused = |node: &str| NodeFailure {
+            node: node.into(),
+            cause: "NoPerm: this user has no permissions to run the 'set' command".into(),
+            kind: FailureKind::Refused,
+        };
+        let err = NoQuorum {
+            key: "singleton:lock:job".into(),
+            nodes: 3,
+            answered: 1,
+            needed: 2,
+            failures: vec![refused("redis://a"), refused("redis://b")],
+        }
+        .into_error();
+        let message = err.to_string();
+        assert!(matches!(err, Error::Refused(_)), "{message}");
+        assert!(
+            message.contains("2 of 3 nodes answered with an error"),
+            "{message}"
+        );
+        assert!(message.contains("not an outage"), "{message}");
     }
 }

@@ -1,5 +1,13 @@
 //! A held lock: released when done with or dropped, renewed while a body runs, and visible to
 //! that body through [`lease()`].
+//!
+//! A lease is valid until a deadline on this machine's monotonic clock: what was left of the ttl
+//! after taking it, or after the last extension that a quorum confirmed, less the drift
+//! allowance. The deadline only moves when an extension's answers arrive before it; once it has
+//! passed, the lease is lost for good, whatever an extension still on its way says later. So
+//! "lost" is never later than the end of the validity: every wait for it (the body's
+//! cancellation, [`LeaseInfo::lost`]) has a timer at the deadline, and the call checks it once
+//! more when the body ends.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -7,10 +15,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::redlock::{extend, release, spawn_release_everywhere, Extension, Outstanding};
-use crate::{Error, Options, Runtime};
+use crate::{driver, Error, Options, Runtime};
 
 /// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
 /// before the lease would run out.
@@ -36,8 +45,12 @@ pub enum LostReason {
     TakenOver,
     /// The body ran longer than `max_hold`.
     MaxHold,
-    /// The body ran longer than the ttl, with renewal off.
+    /// The lease's validity ran out before an extension moved it: renewal is off, or came too
+    /// late (a body that blocked the thread before renewal began, a paused process).
     Expired,
+    /// The runtime was shut down ([`Runtime::shutdown`](crate::Runtime::shutdown)), which
+    /// released the lock.
+    Shutdown,
 }
 
 impl fmt::Display for LostReason {
@@ -46,51 +59,138 @@ impl fmt::Display for LostReason {
             LostReason::NoQuorum => "renewing it could not reach a quorum of Redis nodes",
             LostReason::TakenOver => "a majority of Redis nodes no longer holds it",
             LostReason::MaxHold => "the body ran longer than `max_hold`",
-            LostReason::Expired => "the body ran longer than the ttl, with renewal off",
+            LostReason::Expired => {
+                "its validity ran out before it was extended (renewal off, or too late)"
+            }
+            LostReason::Shutdown => "the runtime was shut down",
         })
     }
 }
 
 /// What the holder of a lease and the body running under it share.
-struct Held {
+pub(crate) struct Held {
     key: Arc<str>,
     token: Arc<str>,
     ttl: Duration,
     acquired_at: Instant,
     fencing_token: Option<u64>,
-    valid_until: Mutex<Instant>,
+    validity: Mutex<Validity>,
     lost: watch::Sender<Option<LostReason>>,
+    /// Where the deadline's timers run: the crate's own runtime, whatever the caller's has.
+    engine: Handle,
+}
+
+/// Until when a lease is valid, and why it is lost if that passes.
+struct Validity {
+    until: Instant,
+    /// The reason given when `until` passes: what kept the lease from being extended.
+    if_it_runs_out: LostReason,
+    /// Released, or its call is over: it can no longer be lost.
+    ended: bool,
 }
 
 impl Held {
-    fn valid_until(&self) -> Instant {
-        *self
-            .valid_until
+    fn validity(&self) -> std::sync::MutexGuard<'_, Validity> {
+        self.validity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn set_valid_until(&self, valid_until: Instant) {
-        *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = valid_until;
+    /// Marks the lease lost for `reason`, unless it was lost (or ended) already.
+    pub(crate) fn lose(&self, reason: LostReason) {
+        if self.validity().ended {
+            return;
+        }
+        self.lost.send_if_modified(|lost| {
+            let first = lost.is_none();
+            if first {
+                *lost = Some(reason);
+            }
+            first
+        });
     }
 
-    fn lose(&self, reason: LostReason) {
-        self.lost
-            .send_if_modified(|lost| lost.replace(reason).is_none());
+    /// Why the lease is lost, if it is: it was marked lost, or its deadline has passed (which
+    /// marks it lost now, for good). `None` once it ended.
+    pub(crate) fn check(&self) -> Option<LostReason> {
+        let validity = self.validity();
+        if validity.ended {
+            return None;
+        }
+        if let Some(reason) = *self.lost.borrow() {
+            return Some(reason);
+        }
+        if Instant::now() < validity.until {
+            return None;
+        }
+        let reason = validity.if_it_runs_out;
+        self.lost.send_replace(Some(reason));
+        Some(reason)
     }
 
-    fn lost(&self) -> Option<LostReason> {
-        *self.lost.borrow()
+    /// Moves the deadline to `until`, if the lease is still valid now: an extension whose
+    /// quorum answered only after the deadline does not bring a lost lease back. Returns
+    /// whether it did.
+    fn extend_to(&self, until: Instant) -> bool {
+        if self.check().is_some() {
+            return false;
+        }
+        let mut validity = self.validity();
+        validity.until = until;
+        validity.if_it_runs_out = LostReason::Expired;
+        true
     }
 
-    fn validity(&self) -> Duration {
-        if self.lost().is_some() {
+    /// What to call the loss if the deadline passes from now on.
+    fn if_it_runs_out(&self, reason: LostReason) {
+        self.validity().if_it_runs_out = reason;
+    }
+
+    /// The lease is released, or its call is over: nothing can lose it any more.
+    fn end(&self) {
+        self.validity().ended = true;
+    }
+
+    fn remaining(&self) -> Duration {
+        if self.check().is_some() {
             return Duration::ZERO;
         }
-        self.valid_until().saturating_duration_since(Instant::now())
+        let validity = self.validity();
+        if validity.ended {
+            return Duration::ZERO;
+        }
+        validity.until.saturating_duration_since(Instant::now())
+    }
+
+    /// Resolves when the lease is lost, at its deadline at the latest; never once it ended.
+    fn lost(self: Arc<Self>) -> impl Future<Output = LostReason> + Send + 'static {
+        let mut changes = self.lost.subscribe();
+        async move {
+            loop {
+                if let Some(reason) = self.check() {
+                    return reason;
+                }
+                let (until, ended) = {
+                    let validity = self.validity();
+                    (validity.until, validity.ended)
+                };
+                if ended {
+                    return std::future::pending().await;
+                }
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    () = driver::sleep_until(&self.engine, until) => {}
+                }
+            }
+        }
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
     }
 }
 
@@ -119,6 +219,8 @@ impl Held {
 pub struct Lease {
     runtime: Runtime,
     held: Arc<Held>,
+    /// Its entry in the runtime's register of held leases, which `shutdown` releases.
+    registered: u64,
     /// The slower nodes' SETs that were not queued on an open connection yet when the lock was
     /// taken (see `Outstanding`): its release follows them.
     outstanding: Outstanding,
@@ -139,18 +241,25 @@ pub(crate) struct Taken {
 
 impl Lease {
     pub(crate) fn new(runtime: Runtime, taken: Taken) -> Self {
+        let held = Arc::new(Held {
+            key: taken.key,
+            token: taken.token,
+            ttl: taken.ttl,
+            acquired_at: taken.acquired_at,
+            fencing_token: taken.fencing_token,
+            validity: Mutex::new(Validity {
+                until: taken.valid_until,
+                if_it_runs_out: LostReason::Expired,
+                ended: false,
+            }),
+            lost: watch::Sender::new(None),
+            engine: runtime.engine().clone(),
+        });
         Lease {
+            registered: runtime.register(&held),
             runtime,
             outstanding: taken.outstanding,
-            held: Arc::new(Held {
-                key: taken.key,
-                token: taken.token,
-                ttl: taken.ttl,
-                acquired_at: taken.acquired_at,
-                fencing_token: taken.fencing_token,
-                valid_until: Mutex::new(taken.valid_until),
-                lost: watch::Sender::new(None),
-            }),
+            held,
             holding: true,
         }
     }
@@ -177,28 +286,35 @@ impl Lease {
     /// last extending) it, less the clock-drift allowance, counted down since. Zero once it has
     /// run out or was lost.
     pub fn validity(&self) -> Duration {
-        self.held.validity()
+        self.held.remaining()
     }
 
     /// Extends the lock to expire one ttl from now, on every node where the key still holds
-    /// this lease's token.
+    /// this lease's token, and puts the token back on nodes where the key is absent (a node that
+    /// missed the lock, or lost it), so that the lease regains the fault tolerance of all its
+    /// nodes.
     ///
-    /// Fails with [`Error::LeaseLost`] when a majority of nodes no longer holds our token (the
-    /// lease ran out and someone may have taken the key since: stop relying on it), and with
-    /// [`Error::NoQuorum`] when too few nodes answered to tell (the lease stands until
-    /// [`Lease::validity`] runs out; try again).
+    /// Fails with [`Error::LeaseLost`] when the lease is lost: its validity ran out before a
+    /// quorum confirmed the extension (an extension that arrives later does not bring it back),
+    /// or a majority of nodes holds another token (someone may have taken the key: stop relying
+    /// on it). Fails with [`Error::NoQuorum`] when too few nodes answered to tell (the lease
+    /// stands until [`Lease::validity`] runs out; try again).
     pub async fn extend(&mut self) -> Result<(), Error> {
         let held = &self.held;
-        match extend(&self.runtime, &held.key, &held.token, held.ttl, held.ttl).await {
-            Extension::Extended { valid_until } => {
-                self.held.set_valid_until(valid_until);
-                Ok(())
+        if let Some(reason) = held.check() {
+            return Err(self.lost_error(reason, false));
+        }
+        match extend(&self.runtime, &held.key, &held.token, held.ttl).await {
+            Extension::Extended { valid_until } if held.extend_to(valid_until) => Ok(()),
+            Extension::Extended { .. } => {
+                let reason = held.check().unwrap_or(LostReason::Expired);
+                Err(self.lost_error(reason, false))
             }
             Extension::Gone => {
-                self.held.lose(LostReason::TakenOver);
+                held.lose(LostReason::TakenOver);
                 Err(self.lost_error(LostReason::TakenOver, false))
             }
-            Extension::Undecided(no_quorum) => Err(Error::NoQuorum(no_quorum)),
+            Extension::Undecided(no_quorum) => Err(no_quorum.into_error()),
         }
     }
 
@@ -220,6 +336,8 @@ impl Lease {
     pub(crate) async fn release_keeping(mut self, keep: Duration) -> Result<(), Error> {
         // From here on, a cancelled release is finished by its round (see `redlock::Round`).
         self.holding = false;
+        self.held.end();
+        self.runtime.unregister(self.registered);
         let all = (0..self.runtime.node_count()).collect();
         let outstanding = std::mem::take(&mut self.outstanding);
         release(
@@ -231,7 +349,7 @@ impl Lease {
             outstanding,
         )
         .await
-        .map_err(Error::NoQuorum)
+        .map_err(|no_quorum| no_quorum.into_error())
     }
 
     /// What a body running under this lease sees of it.
@@ -241,9 +359,9 @@ impl Lease {
         }
     }
 
-    /// Why the lease was lost, if it was.
+    /// Why the lease is lost, if it is: marked lost, or past its deadline (see [`Held::check`]).
     pub(crate) fn lost(&self) -> Option<LostReason> {
-        self.held.lost()
+        self.held.check()
     }
 
     /// How long ago the lock was taken.
@@ -261,22 +379,25 @@ impl Lease {
     }
 
     /// Keeps the lease for a body, for as long as the returned future is polled beside it:
-    /// renews it (unless `options` turn renewal off) and notices when it is lost.
+    /// renews it, unless `options` turn renewal off.
     ///
     /// Nothing happens until the first renewal is due (a third of the ttl), so a short body costs
     /// one timer. From then on a task on the crate's own runtime does the work, so that renewal
     /// goes on while the body is busy; dropping the future stops it, so renewal never outlives
     /// the call. (A body that blocks its thread from before that point, never yielding, starts
-    /// no renewal and loses the lease when the ttl runs out.)
+    /// no renewal: its lease runs out, and the call says so when the body ends.)
     pub(crate) fn keep(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
         let (runtime, held, options) = (self.runtime.clone(), self.held.clone(), *options);
-        let due = (held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR).min(held.valid_until());
+        let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
         async move {
-            crate::driver::sleep_until(runtime.engine(), due).await;
-            let engine = runtime.engine().clone();
-            let _keeper = Keeper {
-                task: engine.spawn(keep(runtime, held, options)),
-            };
+            if options.renew {
+                driver::sleep_until(runtime.engine(), due).await;
+                let engine = runtime.engine().clone();
+                let _keeper = Keeper {
+                    task: engine.spawn(keep(runtime, held, options)),
+                };
+                std::future::pending::<()>().await;
+            }
             std::future::pending().await
         }
     }
@@ -289,6 +410,8 @@ impl Drop for Lease {
         if !self.holding {
             return;
         }
+        self.held.end();
+        self.runtime.unregister(self.registered);
         let outstanding = std::mem::take(&mut self.outstanding);
         spawn_release_everywhere(&self.runtime, &self.held.key, &self.held.token, outstanding);
     }
@@ -300,7 +423,7 @@ impl fmt::Debug for Lease {
             .field("key", &self.held.key)
             .field("token", &self.held.token)
             .field("validity", &self.validity())
-            .field("lost", &self.held.lost())
+            .field("lost", &self.held.check())
             .finish()
     }
 }
@@ -316,34 +439,51 @@ impl Drop for Keeper {
     }
 }
 
-/// Renews `held` every third of its ttl while the body runs, and marks it lost when renewal
-/// finds the key taken over, or cannot reach a quorum before the lease runs out, or `max_hold`
-/// is reached (renewal off: when the lease runs out).
+/// Renews `held` every third of its ttl while the body runs, until it is lost: renewal finds the
+/// key taken over, or cannot reach a quorum before the deadline, or `max_hold` is reached. The
+/// deadline itself is kept by [`Held`], not here: a renewal still waiting for answers cannot
+/// make the loss late.
 async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
     let renew_after = held.ttl / RENEW_AFTER_TTL_DIVISOR;
     let retry_after = held.ttl / RENEW_RETRY_TTL_DIVISOR;
+    // Checked against overflow when the call started.
     let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
     let mut next = held.acquired_at + renew_after;
     loop {
-        // How long the next extension may keep the key: a ttl, cut short by `max_hold`.
-        let keep = match hold_until {
-            Some(until) => until.saturating_duration_since(next).min(held.ttl),
-            None => held.ttl,
-        };
-        if !options.renew || keep.is_zero() {
-            tokio::time::sleep_until(held.valid_until().into()).await;
-            held.lose(if options.renew {
-                LostReason::MaxHold
-            } else {
-                LostReason::Expired
-            });
+        tokio::time::sleep_until(next.into()).await;
+        if held.check().is_some() {
             return;
         }
-        tokio::time::sleep_until(next.into()).await;
+        // How long the extension may keep the key: a ttl, cut short by `max_hold`.
+        let keep = match hold_until {
+            Some(until) => until
+                .saturating_duration_since(Instant::now())
+                .min(held.ttl),
+            None => held.ttl,
+        };
+        // Cut short by `max_hold`: the last extension, after which the lease runs out for it.
+        let last = keep < held.ttl;
+        if keep.is_zero() {
+            held.if_it_runs_out(LostReason::MaxHold);
+            return;
+        }
+        // If the deadline passes while this round waits, renewal could not reach a quorum (or,
+        // for the last one, `max_hold` is what ends the lease).
+        held.if_it_runs_out(if last {
+            LostReason::MaxHold
+        } else {
+            LostReason::NoQuorum
+        });
         let started = Instant::now();
-        match extend(&runtime, &held.key, &held.token, keep, held.ttl).await {
+        match extend(&runtime, &held.key, &held.token, keep).await {
             Extension::Extended { valid_until } => {
-                held.set_valid_until(valid_until);
+                if !held.extend_to(valid_until) {
+                    return;
+                }
+                if last {
+                    held.if_it_runs_out(LostReason::MaxHold);
+                    return;
+                }
                 next = started + renew_after;
             }
             Extension::Gone => {
@@ -357,15 +497,6 @@ async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
             Extension::Undecided(no_quorum) => {
                 tracing::debug!(key = &*held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
                 next = Instant::now() + retry_after;
-                if next >= held.valid_until() {
-                    tokio::time::sleep_until(held.valid_until().into()).await;
-                    tracing::warn!(
-                        key = &*held.key,
-                        "lease lost: renewal could not reach a quorum in time"
-                    );
-                    held.lose(LostReason::NoQuorum);
-                    return;
-                }
             }
         }
     }
@@ -407,35 +538,27 @@ impl LeaseInfo {
         self.held.fencing_token
     }
 
-    /// How much longer the lock is safe to rely on, renewals included; zero once lost.
+    /// How much longer the lock is safe to rely on, renewals included; zero once lost or
+    /// released.
     pub fn validity(&self) -> Duration {
-        self.held.validity()
+        self.held.remaining()
     }
 
-    /// Whether the lease is still held: not lost, and still valid.
+    /// Whether the lease is still held: not lost, not released, and still valid.
     pub fn is_held(&self) -> bool {
-        !self.held.validity().is_zero()
+        !self.held.remaining().is_zero()
     }
 
-    /// Why the lease was lost, if it was.
+    /// Why the lease was lost, if it was (its validity running out counts).
     pub fn lost_reason(&self) -> Option<LostReason> {
-        self.held.lost()
+        self.held.check()
     }
 
-    /// Resolves when the lease is lost, with the reason; never, if it is kept to the end.
+    /// Resolves when the lease is lost, with the reason, at the end of its validity at the
+    /// latest (whatever renewal is doing, and even with renewal off); never, if the call ends
+    /// with the lease kept.
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
-        let mut lost = self.held.lost.subscribe();
-        async move {
-            let reason = match lost.wait_for(Option::is_some).await {
-                Ok(reason) => *reason,
-                Err(_closed) => None,
-            };
-            match reason {
-                Some(reason) => reason,
-                // The lease is gone with its holder: nothing is left to lose.
-                None => std::future::pending().await,
-            }
-        }
+        self.held.clone().lost()
     }
 
     /// Runs `future` with this lease as the task's current one.
@@ -450,7 +573,7 @@ impl fmt::Debug for LeaseInfo {
             .field("key", &self.held.key)
             .field("token", &self.held.token)
             .field("validity", &self.validity())
-            .field("lost", &self.held.lost())
+            .field("lost", &self.held.check())
             .finish()
     }
 }

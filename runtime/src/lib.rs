@@ -7,6 +7,7 @@ mod backlog;
 mod config;
 mod driver;
 mod error;
+mod keys;
 mod lease;
 mod memory;
 mod node;
@@ -22,10 +23,10 @@ pub mod __private;
 
 pub use config::{
     Config, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
-    DEFAULT_NODE_TIMEOUT,
+    DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
 };
-pub use error::{Error, NoQuorum, NodeFailure};
+pub use error::{Error, FailureKind, NoQuorum, NodeFailure};
 pub use lease::{lease, Lease, LeaseInfo, LostReason};
 pub use options::{OnLost, Options};
 pub use outcome::{Outcome, Skip};
-pub use runtime::{init, lock, Runtime};
+pub use runtime::{init, lock, shutdown, Runtime};

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::node::Renewed;
+
 /// The URL scheme that selects this backend.
 pub(crate) const SCHEME: &str = "memory://";
 
@@ -139,6 +141,25 @@ impl Store {
         }
     }
 
+    /// Renewal, as the `EXTEND_OR_REPAIR` script does it: extends `key` to expire `keep` from
+    /// now while it holds `token`, puts `token` back where the key is absent, and leaves another
+    /// token alone.
+    pub(crate) fn extend_or_repair(&self, key: &str, token: &str, keep: Duration) -> Renewed {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        match Self::live_value(&mut entries, key, now) {
+            Some(entry) if entry.value == token => {
+                entry.expires_at = Some(now + keep);
+                Renewed::Kept
+            }
+            Some(_) => Renewed::NotOurs,
+            None => {
+                Self::insert(&mut entries, key, token.to_owned(), Some(now + keep), now);
+                Renewed::Repaired
+            }
+        }
+    }
+
     /// `GET key`.
     pub(crate) fn get(&self, key: &str) -> Option<String> {
         let now = Instant::now();
@@ -189,6 +210,11 @@ mod tests {
             store.set_nx_reading_fence("k", "k:fence", "e", ttl),
             Some(7)
         );
+        assert_eq!(store.extend_or_repair("k", "e", ttl), Renewed::Kept);
+        assert_eq!(store.extend_or_repair("k", "f", ttl), Renewed::NotOurs);
+        assert!(store.expire_if_ours("k", "e", Duration::ZERO));
+        assert_eq!(store.extend_or_repair("k", "f", ttl), Renewed::Repaired);
+        assert_eq!(store.get("k").as_deref(), Some("f"));
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //!
 //! The connection is one multiplexed connection per node, opened on first use and opened again
 //! after it breaks (or after the runtime that drove it shut down: see [`crate::driver`]). Each
-//! opening reads `INFO server`, so the node's restarts are seen for free: a restart always breaks
-//! the connection, and the fresh `uptime_in_seconds` tells how long the new server has been up
-//! (see [`Node::set_nx`] for why that matters).
+//! opening reads `INFO server`: its `uptime_in_seconds` tells how long the server has been up
+//! (see [`Node::set_nx`] for why that matters). A restart usually breaks the connection, but not
+//! behind a proxy that keeps clients connected across it, so [`Node::check`] reads `INFO server`
+//! again every second and takes a changed `run_id` for a restart; the same check replaces a
+//! connection that stopped answering (a flow black-holed on the way), which TCP alone would keep
+//! for a quarter of an hour.
 //!
 //! The commands of a lock ([`Node::set_nx`], [`Node::release`], ...) have no deadline of their
 //! own: the round that sends one to every node bounds them all with one (see
@@ -14,16 +17,17 @@
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
 use tokio::runtime::Handle;
 
 use crate::config::redact;
 use crate::{driver, memory};
-use crate::{Config, Error};
+use crate::{Config, Error, FailureKind, NodeFailure};
 
 /// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
 /// sets it to expire in `ARGV[2]` milliseconds; returns 1 when the key was ours. Release, renewal
@@ -40,28 +44,50 @@ if ARGV[2] == "0" then
 end
 return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#;
 
+/// Renewal: while the key holds our token, sets it to expire in `ARGV[2]` milliseconds and
+/// returns 1; where the key is absent (a node that missed our SET, or lost it), puts our token
+/// back with that expiry and returns 2, so that a lease taken on a bare quorum regains its fault
+/// tolerance; where another token holds it, returns 0 and touches nothing.
+static EXTEND_OR_REPAIR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local value = redis.call("GET", KEYS[1])
+if value == ARGV[1] then
+    redis.call("PEXPIRE", KEYS[1], ARGV[2])
+    return 1
+end
+if not value then
+    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+    return 2
+end
+return 0"#,
+    )
+});
+
 /// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
 /// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
-/// the counter (0 when there is none yet), or -1 when the key was already set.
+/// the counter as a decimal string ("0" when there is none yet), or nil when the key was already
+/// set. Counters stay strings: Lua numbers are doubles, exact only up to 2^53.
 static SET_NX_READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    return -1
+    return false
 end
-return tonumber(redis.call("GET", KEYS[2]) or "0")"#,
+return redis.call("GET", KEYS[2]) or "0""#,
     )
 });
 
 /// Raises the key's fencing counter to `ARGV[2]`, only while the lock still holds our token;
-/// returns 1 when the lock was ours.
+/// returns 1 when the lock was ours. Counters are compared as decimal strings without leading
+/// zeros (longer is larger, then by characters), so they stay exact over all of `u64`.
 static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
-local current = tonumber(redis.call("GET", KEYS[2]) or "0")
-if current < tonumber(ARGV[2]) then
-    redis.call("SET", KEYS[2], ARGV[2])
+local current = redis.call("GET", KEYS[2]) or "0"
+local raised = ARGV[2]
+if #current < #raised or (#current == #raised and current < raised) then
+    redis.call("SET", KEYS[2], raised)
 end
 return 1"#,
     )
@@ -78,8 +104,33 @@ const UPTIME_RESOLUTION: Duration = Duration::from_secs(1);
 /// Commands a connection queues before a sender must wait (see `open`).
 const PIPELINE_QUEUE: usize = 4096;
 
+/// TCP keepalive on every connection: an idle connection whose peer vanished is found within
+/// about `KEEPALIVE_IDLE + 3 × KEEPALIVE_INTERVAL`.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long sent data may go unacknowledged before the kernel drops the connection
+/// (`TCP_USER_TIMEOUT`): a request that left on a black-holed flow cannot arrive minutes later.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A restarted node's "no done marker" counts for a period only if the node started this long
+/// before the period began by our clock: room for the clock of the machine that wrote the marker
+/// being ahead of ours.
+const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
+
 /// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
 const MILLISECOND: Duration = Duration::from_millis(1);
+
+/// What renewing a lease did on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Renewed {
+    /// The key held our token; its expiry is set anew.
+    Kept,
+    /// The key was absent; our token is back, with the new expiry.
+    Repaired,
+    /// Another token holds the key.
+    NotOurs,
+}
 
 /// One Redis node, named by its URL with the password hidden.
 pub(crate) struct Node {
@@ -88,7 +139,7 @@ pub(crate) struct Node {
     timeout: Duration,
     connect_timeout: Duration,
     /// `None` skips reading the server's uptime: every vote counts at once.
-    restart_grace: Option<RestartGrace>,
+    restart_grace: Option<Duration>,
     /// Read on every command, written only when the connection opens or breaks: a read lock
     /// costs no wait while other threads send on the same connection.
     link: RwLock<Link>,
@@ -106,16 +157,6 @@ enum Backend {
     Memory(Arc<memory::Store>),
 }
 
-/// How long a restarted node must be up before its votes count.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum RestartGrace {
-    /// The ttl of the lock being taken: every holder of a key takes it with the same ttl, so a
-    /// node up for longer than that has either seen the current lock or outlived it.
-    Ttl,
-    /// A fixed time, from [`Config::restart_grace`].
-    Fixed(Duration),
-}
-
 /// The state of the connection to a node.
 enum Link {
     Up(Arc<Session>),
@@ -123,28 +164,93 @@ enum Link {
     /// timeout) when the calls waiting for it give up at their shorter per-node deadline.
     Connecting(Shared<BoxFuture<'static, Opened>>),
     Down {
-        cause: String,
+        cause: ConnectFailure,
         retry_after: Instant,
     },
 }
 
-/// A connection attempt's result: the session and the server's `run_id`, or why it failed.
-type Opened = Result<(Arc<Session>, Option<String>), String>;
+/// A connection attempt's result: the session, or why it failed.
+type Opened = Result<Arc<Session>, ConnectFailure>;
+
+/// Why a connection could not be opened, and whether the server refused it (a wrong password,
+/// a missing permission) rather than being out of reach.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectFailure {
+    cause: String,
+    refused: bool,
+}
 
 /// One open connection and the server behind it.
 struct Session {
     connection: MultiplexedConnection,
-    /// When the server started, by its own `uptime_in_seconds`, on the late side (see `open`);
-    /// `None` when not read.
-    up_since: Option<Instant>,
+    /// The server behind the connection; `None` when not read (restart grace off).
+    server: Mutex<Option<Server>>,
     /// Cleared when the runtime that drives the connection shuts down (see [`crate::driver`]).
     driver_alive: Option<Arc<AtomicBool>>,
+}
+
+/// What `INFO server` said of the server behind a connection.
+#[derive(Clone, Debug, PartialEq)]
+struct Server {
+    run_id: String,
+    /// When it started, on our monotonic clock, on the late side (see `Server::read`).
+    up_since: Instant,
+    /// When it started, on our wall clock, on the late side: for comparing with periods.
+    started_at: SystemTime,
 }
 
 impl Session {
     /// Whether the runtime that drives the connection still runs.
     fn is_usable(&self) -> bool {
         driver::is_alive(self.driver_alive.as_ref())
+    }
+
+    fn server(&self) -> Option<Server> {
+        self.server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Server {
+    /// Reads `INFO server` on `connection`.
+    async fn read(connection: &mut MultiplexedConnection) -> Result<Server, RedisError> {
+        let info: InfoDict = redis::cmd("INFO")
+            .arg("server")
+            .query_async(connection)
+            .await?;
+        // After the answer, so that the server's clock read the uptime no later than this.
+        let (answered_at, answered_wall) = (Instant::now(), SystemTime::now());
+        let missing = |field| {
+            RedisError::from((
+                redis::ErrorKind::Client,
+                "`INFO server` lacks a field",
+                format!("`{field}` is missing"),
+            ))
+        };
+        let uptime = Duration::from_secs(
+            info.get::<u64>("uptime_in_seconds")
+                .ok_or_else(|| missing("uptime_in_seconds"))?,
+        );
+        let run_id = info
+            .get::<String>("run_id")
+            .ok_or_else(|| missing("run_id"))?;
+        // Redis counts its uptime from its start in whole seconds to its clock in whole seconds,
+        // so it may say 1 s when 1 ms has passed: taking the start a second later than it says
+        // errs on the late side, which only makes the grace longer, and a node's "no marker"
+        // count for fewer periods.
+        let up_since = (answered_at + UPTIME_RESOLUTION)
+            .checked_sub(uptime)
+            .unwrap_or(answered_at);
+        let started_at = answered_wall
+            .checked_sub(uptime)
+            .map_or(answered_wall, |started| started + UPTIME_RESOLUTION);
+        Ok(Server {
+            run_id,
+            up_since,
+            started_at,
+        })
     }
 }
 
@@ -154,18 +260,57 @@ pub(crate) enum NodeError {
     /// No reply within the per-node timeout; the command may still have been applied.
     Timeout(Duration),
     /// Not connected: the last attempt failed for this reason.
-    Down(String),
+    Down(ConnectFailure),
     /// The connection failed or the server answered with an error.
     Redis(RedisError),
     /// The server restarted too recently for its vote to count.
     Restarted { up: Duration, grace: Duration },
+    /// The server started after the period began (`slot`), so its "no marker" may be a marker
+    /// it forgot.
+    StartedInPeriod,
+    /// No answer yet when the round's outcome was decided without it.
+    Unanswered,
+}
+
+impl NodeError {
+    /// The kind of failure, as [`NodeFailure`] reports it.
+    pub(crate) fn kind(&self) -> FailureKind {
+        match self {
+            NodeError::Timeout(_) => FailureKind::Timeout,
+            NodeError::Down(failure) if failure.refused => FailureKind::Refused,
+            NodeError::Down(_) => FailureKind::Unreachable,
+            NodeError::Redis(err) if is_refusal(err) => FailureKind::Refused,
+            NodeError::Redis(_) => FailureKind::Unreachable,
+            NodeError::Restarted { .. } | NodeError::StartedInPeriod => FailureKind::Restarted,
+            NodeError::Unanswered => FailureKind::Unanswered,
+        }
+    }
+}
+
+/// Whether the server answered `err` (it is up, and refused the command), rather than the
+/// connection failing or the server being busy loading its data or failing over.
+fn is_refusal(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match err.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown,
+        ) => false,
+        ErrorKind::Server(_)
+        | ErrorKind::Extension
+        | ErrorKind::AuthenticationFailed
+        | ErrorKind::UnexpectedReturnType => true,
+        _ => false,
+    }
 }
 
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeError::Timeout(after) => write!(f, "no answer within {after:?}"),
-            NodeError::Down(cause) => write!(f, "cannot connect: {cause}"),
+            NodeError::Down(failure) => write!(f, "cannot connect: {}", failure.cause),
             NodeError::Redis(err) => write!(f, "{err}"),
             NodeError::Restarted { up, grace } => write!(
                 f,
@@ -173,6 +318,13 @@ impl fmt::Display for NodeError {
                  so that it cannot grant a lock it forgot when it restarted (see `Config::restart_grace`)",
                 up.as_secs()
             ),
+            NodeError::StartedInPeriod => f.write_str(
+                "the server started after the period began, so it may have forgotten the period's \
+                 done marker; its \"not done\" counts from the next period on",
+            ),
+            NodeError::Unanswered => {
+                f.write_str("no answer yet when the call's outcome was decided without it")
+            }
         }
     }
 }
@@ -192,19 +344,17 @@ impl Node {
         } else {
             Backend::Redis(Box::new(client(position, &name, url, config)?))
         };
-        let restart_grace = match config.restart_grace {
-            None => Some(RestartGrace::Ttl),
-            Some(grace) if grace.is_zero() => None,
-            Some(grace) => Some(RestartGrace::Fixed(grace)),
-        };
         Ok(Node {
             name,
             backend,
             timeout: config.node_timeout,
             connect_timeout: config.connect_timeout,
-            restart_grace,
+            restart_grace: config.effective_restart_grace(),
             link: RwLock::new(Link::Down {
-                cause: "not connected yet".into(),
+                cause: ConnectFailure {
+                    cause: "not connected yet".into(),
+                    refused: false,
+                },
                 retry_after: Instant::now(),
             }),
             last_run_id: Mutex::new(None),
@@ -225,6 +375,15 @@ impl Node {
     /// The node's URL with its password hidden.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What a caller is told of this node's `err`.
+    pub(crate) fn failure(&self, err: &NodeError) -> NodeFailure {
+        NodeFailure {
+            node: self.name.clone(),
+            cause: err.to_string(),
+            kind: err.kind(),
+        }
     }
 
     /// Whether the connection to this node is open, and the runtime that drives it runs: a
@@ -265,8 +424,8 @@ impl Node {
     ///
     /// A node that restarted without persistence has forgotten the locks it held, and its fresh
     /// vote could hand a second caller a majority while the first still holds the lock. So a
-    /// node that has been up for less than the restart grace (by default the ttl) is not asked
-    /// at all: it answers [`NodeError::Restarted`], a missing vote.
+    /// node that has been up for less than the restart grace (by default `Config::max_ttl`) is
+    /// not asked at all: it answers [`NodeError::Restarted`], a missing vote.
     pub(crate) async fn set_nx(
         &self,
         key: &str,
@@ -276,7 +435,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.set_nx(key, token, ttl));
         }
-        let session = self.voting_session(ttl).await?;
+        let session = self.voting_session().await?;
         let mut cmd = redis::Cmd::with_capacity(6, 48 + key.len() + token.len());
         cmd.arg("SET")
             .arg(key)
@@ -303,16 +462,26 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
         }
-        let session = self.voting_session(ttl).await?;
+        let session = self.voting_session().await?;
         let mut invocation = SET_NX_READ_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(millis(ttl));
-        let counter: i64 = self
+        let counter: Option<String> = self
             .query(
                 &session,
                 invocation.invoke_async(&mut session.connection.clone()),
             )
             .await?;
-        Ok(u64::try_from(counter).ok())
+        counter
+            .map(|counter| {
+                counter.parse().map_err(|_| {
+                    NodeError::Redis(RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "the fencing counter is not a number",
+                        format!("{fence_key} holds {counter:?}"),
+                    )))
+                })
+            })
+            .transpose()
     }
 
     /// Raises the fencing counter at `fence_key` to `fence` while `key` still holds our token:
@@ -323,12 +492,11 @@ impl Node {
         fence_key: &str,
         token: &str,
         fence: u64,
-        ttl: Duration,
     ) -> Result<bool, NodeError> {
         if let Some(store) = self.memory() {
             return Ok(store.raise_fence(key, fence_key, token, fence));
         }
-        let session = self.voting_session(ttl).await?;
+        let session = self.voting_session().await?;
         let mut invocation = RAISE_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(fence);
         let ours: i64 = self
@@ -340,23 +508,35 @@ impl Node {
         Ok(ours == 1)
     }
 
-    /// Extends our lock on `key` to expire `keep` from now: `Ok(true)` when the key still held
-    /// our token, `Ok(false)` when it did not. Like a vote, it counts only from a node up for
-    /// longer than the restart grace: a restarted node has forgotten our token and would report
-    /// it taken.
+    /// Extends our lock on `key` to expire `keep` from now where the key still holds our token,
+    /// and puts our token back (with that expiry) where the key is absent: see
+    /// [`EXTEND_OR_REPAIR`]. Like a vote, it counts only from a node up for longer than the
+    /// restart grace, which is not asked at all: a restarted node has forgotten our token, and
+    /// may have forgotten another's, which a repair would then overwrite in its eyes.
     pub(crate) async fn extend(
         &self,
         key: &str,
         token: &str,
         keep: Duration,
-        ttl: Duration,
-    ) -> Result<bool, NodeError> {
+    ) -> Result<Renewed, NodeError> {
+        let keep = keep.max(MILLISECOND);
         if let Some(store) = self.memory() {
-            return Ok(store.expire_if_ours(key, token, keep.max(MILLISECOND)));
+            return Ok(store.extend_or_repair(key, token, keep));
         }
-        let session = self.voting_session(ttl).await?;
-        self.expire_if_ours(&session, key, token, keep.max(MILLISECOND))
-            .await
+        let session = self.voting_session().await?;
+        let mut invocation = EXTEND_OR_REPAIR.key(key);
+        invocation.arg(token).arg(millis(keep));
+        let renewed: i64 = self
+            .query(
+                &session,
+                invocation.invoke_async(&mut session.connection.clone()),
+            )
+            .await?;
+        Ok(match renewed {
+            1 => Renewed::Kept,
+            2 => Renewed::Repaired,
+            _ => Renewed::NotOurs,
+        })
     }
 
     /// Gives back our lock on `key`: deletes it, or with a non-zero `keep` lets it expire that
@@ -413,17 +593,31 @@ impl Node {
         Ok(ours == 1)
     }
 
-    /// `GET key`, counted like a vote: a node restarted within the grace may have forgotten the
-    /// value, so it answers [`NodeError::Restarted`] rather than "none".
-    pub(crate) async fn get(&self, key: &str, ttl: Duration) -> Result<Option<String>, NodeError> {
+    /// `GET marker` for a done marker of the period that began at `period_start`: a value is
+    /// proof of a run; "none" counts only from a node that cannot have forgotten a marker written
+    /// since the period began, that is, one that started before it (by our clock, with room
+    /// for the writer's clock being ahead), or whose every write persists (restart grace off).
+    pub(crate) async fn get_marker(
+        &self,
+        marker: &str,
+        period_start: SystemTime,
+    ) -> Result<Option<String>, NodeError> {
         if let Some(store) = self.memory() {
-            return Ok(store.get(key));
+            return Ok(store.get(marker));
         }
         within(&self.engine, self.timeout, async {
-            let session = self.voting_session(ttl).await?;
-            let get = redis::cmd("GET").arg(key).to_owned();
-            self.query(&session, get.query_async(&mut session.connection.clone()))
-                .await
+            let session = self.voting_session().await?;
+            let get = redis::cmd("GET").arg(marker).to_owned();
+            let value: Option<String> = self
+                .query(&session, get.query_async(&mut session.connection.clone()))
+                .await?;
+            let remembers_the_period = session
+                .server()
+                .is_none_or(|server| server.started_at + SLOT_CLOCK_SKEW <= period_start);
+            match value {
+                None if !remembers_the_period => Err(NodeError::StartedInPeriod),
+                value => Ok(value),
+            }
         })
         .await
     }
@@ -453,21 +647,90 @@ impl Node {
         .await
     }
 
-    /// The session, if the server behind it has been up long enough for its vote to count on a
-    /// lock of `ttl`.
-    async fn voting_session(&self, ttl: Duration) -> Result<Arc<Session>, NodeError> {
+    /// The session, if the server behind it has been up for the restart grace, so that its vote
+    /// counts.
+    async fn voting_session(&self) -> Result<Arc<Session>, NodeError> {
         let session = self.session().await?;
-        if let (Some(up_since), Some(grace)) = (session.up_since, self.restart_grace) {
-            let grace = match grace {
-                RestartGrace::Ttl => ttl,
-                RestartGrace::Fixed(grace) => grace,
-            };
-            let up = up_since.elapsed();
+        if let (Some(server), Some(grace)) = (session.server(), self.restart_grace) {
+            let up = server.up_since.elapsed();
             if up < grace {
                 return Err(NodeError::Restarted { up, grace });
             }
         }
         Ok(session)
+    }
+
+    /// When the restart grace of the server behind the open connection ends, if it has not yet:
+    /// for telling, at start-up, when locking can begin.
+    pub(crate) fn grace_ends(&self) -> Option<Instant> {
+        let grace = self.restart_grace?;
+        let server = self.open_session()?.server()?;
+        Some(server.up_since + grace).filter(|ends| *ends > Instant::now())
+    }
+
+    /// The check [`crate::Runtime`] runs on every node once a second: reads `INFO server` on the
+    /// open connection, and takes a changed `run_id` for a restart (the server's new uptime then
+    /// starts its restart grace), as a reconnect would; a connection that gives no answer within
+    /// the node timeout is replaced by a new one, so that a silently dead flow costs a second or
+    /// two of votes, not the quarter of an hour TCP would take to give it up.
+    pub(crate) async fn check(&self) {
+        if self.memory().is_some() {
+            return;
+        }
+        let Some(session) = self.open_session() else {
+            return; // the next call connects
+        };
+        let mut connection = session.connection.clone();
+        let read = driver::timeout(&self.engine, self.timeout, Server::read(&mut connection)).await;
+        match read {
+            Ok(Ok(server)) => {
+                let known = session.server();
+                if known
+                    .as_ref()
+                    .is_some_and(|known| known.run_id != server.run_id)
+                {
+                    tracing::warn!(
+                        node = self.name,
+                        "Redis node restarted behind an open connection (new run_id); its votes \
+                         count again once it has been up for the restart grace"
+                    );
+                }
+                if known.is_some() {
+                    *session
+                        .server
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(server);
+                }
+            }
+            Ok(Err(err)) if is_refusal(&err) => {} // `INFO` refused: the calls say so
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(
+                    node = self.name,
+                    timeout = ?self.timeout,
+                    "Redis node gave no answer on its open connection; opening a new one"
+                );
+                self.forget(&session, "the connection stopped answering");
+                let _ = self.session().await;
+            }
+        }
+    }
+
+    /// Drops `session` (if it is still the open one), so that the next call opens a new
+    /// connection and reads the server again.
+    fn forget(&self, session: &Arc<Session>, cause: &str) {
+        let mut link = self
+            .link
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+            *link = Link::Down {
+                cause: ConnectFailure {
+                    cause: cause.to_owned(),
+                    refused: false,
+                },
+                retry_after: Instant::now(),
+            };
+        }
     }
 
     /// Opens the connection now rather than on the first lock, so that the first lock is as fast
@@ -523,8 +786,10 @@ impl Node {
         // Whoever sees the attempt end first records its result; later waiters find it there.
         if matches!(&*link, Link::Connecting(current) if current.ptr_eq(&attempt)) {
             *link = match &opened {
-                Ok((session, run_id)) => {
-                    self.note_run_id(run_id.as_deref());
+                Ok(session) => {
+                    if let Some(server) = session.server() {
+                        self.note_run_id(&server.run_id);
+                    }
                     Link::Up(session.clone())
                 }
                 Err(cause) => Link::Down {
@@ -533,9 +798,7 @@ impl Node {
                 },
             };
         }
-        opened
-            .map(|(session, _run_id)| session)
-            .map_err(NodeError::Down)
+        opened.map_err(NodeError::Down)
     }
 
     /// Awaits a command on `session`; a broken connection is dropped, so that the next call
@@ -548,24 +811,14 @@ impl Node {
         let result = command.await;
         if let Err(err) = &result {
             if err.is_unrecoverable_error() || err.is_connection_dropped() || err.is_io_error() {
-                let mut link = self
-                    .link
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
-                    *link = Link::Down {
-                        cause: err.to_string(),
-                        retry_after: Instant::now(),
-                    };
-                }
+                self.forget(session, &err.to_string());
             }
         }
         result.map_err(NodeError::Redis)
     }
 
     /// Logs a restart, told apart from a mere reconnect by a new `run_id`.
-    fn note_run_id(&self, run_id: Option<&str>) {
-        let Some(run_id) = run_id else { return };
+    fn note_run_id(&self, run_id: &str) {
         let mut last = self
             .last_run_id
             .lock()
@@ -610,7 +863,24 @@ fn client(position: usize, name: &str, url: &str, config: &Config) -> Result<red
     })?;
     #[cfg(feature = "tls")]
     let client = tls::client(client, position, name, url, config)?;
-    Ok(client)
+    with_tcp_settings(client)
+}
+
+/// `client`, with TCP keepalive and a user timeout on its connections, so that the kernel too
+/// gives up a connection whose peer went silent (see [`Node::check`] for the faster way).
+fn with_tcp_settings(client: redis::Client) -> Result<redis::Client, Error> {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    let settings = TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(TCP_USER_TIMEOUT);
+    let info = client
+        .get_connection_info()
+        .clone()
+        .set_tcp_settings(settings);
+    redis::Client::open(info)
+        .map_err(|err| Error::Internal(format!("cannot set up the TCP settings: {err}")))
 }
 
 /// Whether `url` asks for TLS: `rediss://` (or redis-rs's `valkeys://`).
@@ -653,7 +923,12 @@ async fn connect_on_a_driver(
         }
         joined => joined,
     };
-    joined.unwrap_or_else(|err| Err(format!("the connect task failed: {err}")))
+    joined.unwrap_or_else(|err| {
+        Err(ConnectFailure {
+            cause: format!("the connect task failed: {err}"),
+            refused: false,
+        })
+    })
 }
 
 /// Opens a connection (its driver task lives on the runtime this runs on, whose sentinel clears
@@ -676,48 +951,27 @@ async fn open(
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        if !read_uptime {
-            return Ok((
-                Arc::new(Session {
-                    connection,
-                    up_since: None,
-                    driver_alive,
-                }),
-                None,
-            ));
-        }
-        let info: InfoDict = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut connection)
-            .await?;
-        // After the answer, so that the server's clock read the uptime no later than this.
-        let answered_at = Instant::now();
-        let uptime = info.get::<u64>("uptime_in_seconds").ok_or_else(|| {
-            RedisError::from((
-                redis::ErrorKind::Client,
-                "`INFO server` has no `uptime_in_seconds`",
-            ))
-        })?;
-        // Redis counts its uptime from its start in whole seconds to its clock in whole seconds,
-        // so it may say 1 s when 1 ms has passed: taking the start a second later than it says
-        // errs on the late side, which only makes the grace longer.
-        let up_since = (answered_at + UPTIME_RESOLUTION)
-            .checked_sub(Duration::from_secs(uptime))
-            .unwrap_or(answered_at);
-        let run_id = info.get::<String>("run_id");
-        Ok::<_, RedisError>((
-            Arc::new(Session {
-                connection,
-                up_since: Some(up_since),
-                driver_alive,
-            }),
-            run_id,
-        ))
+        let server = if read_uptime {
+            Some(Server::read(&mut connection).await?)
+        } else {
+            None
+        };
+        Ok::<_, RedisError>(Arc::new(Session {
+            connection,
+            server: Mutex::new(server),
+            driver_alive,
+        }))
     };
     match tokio::time::timeout(connect_timeout, opening).await {
         Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(err)) => Err(connect_failure(&err)),
-        Err(_elapsed) => Err(format!("no connection within {connect_timeout:?}")),
+        Ok(Err(err)) => Err(ConnectFailure {
+            cause: connect_failure(&err),
+            refused: is_refusal(&err),
+        }),
+        Err(_elapsed) => Err(ConnectFailure {
+            cause: format!("no connection within {connect_timeout:?}"),
+            refused: false,
+        }),
     }
 }
 

@@ -101,6 +101,14 @@ pub enum Skip {
         /// When the current period began (periods are aligned to the Unix epoch, in UTC).
         period_start: SystemTime,
     },
+    /// Callers that started at the same instant split the nodes' votes among them, each winning
+    /// some but none a quorum, on every one of this many attempts (each given back before the
+    /// next). Nobody may have run the job: alert on it if it happens often, or give the calls a
+    /// `wait`.
+    SplitVote {
+        /// How many attempts were made.
+        attempts: usize,
+    },
 }
 
 impl fmt::Display for Skip {
@@ -115,6 +123,11 @@ impl fmt::Display for Skip {
                     since.as_secs()
                 )
             }
+            Skip::SplitVote { attempts } => write!(
+                f,
+                "the vote split among simultaneous callers on all {attempts} attempts; \
+                 possibly nobody ran the job"
+            ),
         }
     }
 }

@@ -4,10 +4,11 @@
 //!    the result is decided; after a split vote, give back and try again after a random pause;
 //!    with fencing, a second round ([`raise_fence`]) fixes the lease's fencing token;
 //! 2. [`validity`]: what is left of the ttl after the time spent and the clock drift;
-//! 3. on failure, [`release`] on every node where our token may have landed (a node that
-//!    answered "taken" holds someone else's), then tell contention (a quorum answered) from
-//!    outage (it did not);
-//! 4. [`extend`] while the holder works: owner-checked, on a quorum, with validity left;
+//! 3. on failure, [`give_back`] on every node where our token may have landed (a node that
+//!    answered "taken" holds someone else's), before returning, then tell contention (a quorum
+//!    answered) from outage (it did not);
+//! 4. [`extend`] while the holder works: owner-checked, on a quorum, with validity left; nodes
+//!    that lack the key get our token back (repair);
 //! 5. [`release`] when the holder is done: compare-and-delete (or, for `min_hold`,
 //!    compare-and-expire), so it never touches a key whose value is not ours.
 //!
@@ -24,7 +25,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::driver;
 use crate::lease::Taken;
-use crate::node::NodeError;
+use crate::node::{NodeError, Renewed};
 use crate::{Error, Lease, NoQuorum, NodeFailure, Runtime};
 
 /// Subtracted from every lock's validity on top of the drift factor's share of the ttl: the
@@ -176,6 +177,15 @@ impl<T: Send + 'static> Round<T> {
         self.detach_with(|_late| async {});
     }
 
+    /// Drops the commands still unanswered instead of finishing them: one not yet written to
+    /// its connection is then never sent (redis-rs skips a command nobody waits for), and one
+    /// already written is followed, on the same connection, by whatever is sent to the node next.
+    /// For the SETs of an attempt that lost: the give-back that follows finds whatever of them
+    /// landed, and nothing is left to land after it.
+    fn abandon(mut self) {
+        self.calls.clear();
+    }
+
     /// Moves what is left of this round to the backlog, with `then` to run on its answers.
     fn park<F, Fut>(&mut self, then: F)
     where
@@ -271,7 +281,7 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, node: usize, name: &str, answer: Result<Option<u64>, NodeError>) {
+    fn record(&mut self, node: usize, answer: Result<Option<u64>, NodeFailure>) {
         let vote = match answer {
             Ok(Some(fence)) => {
                 self.granted += 1;
@@ -282,15 +292,30 @@ impl Tally {
                 self.busy += 1;
                 Vote::Busy
             }
-            Err(err) => {
-                self.failures.push(NodeFailure {
-                    node: name.to_owned(),
-                    cause: err.to_string(),
-                });
+            Err(failure) => {
+                self.failures.push(failure);
                 Vote::Failed
             }
         };
         self.votes[node] = Some(vote);
+    }
+
+    /// Why the attempt was not decided, naming every node that gave no vote: those that
+    /// failed, and those that had not answered when the outcome was decided without them.
+    fn no_quorum(self, key: &str, runtime: &Runtime) -> NoQuorum {
+        let mut failures = self.failures;
+        for (node, vote) in self.votes.iter().enumerate() {
+            if vote.is_none() {
+                failures.push(runtime.node(node).failure(&NodeError::Unanswered));
+            }
+        }
+        NoQuorum {
+            key: key.to_owned(),
+            nodes: self.nodes,
+            answered: self.granted + self.busy,
+            needed: self.quorum,
+            failures,
+        }
     }
 
     /// Puts the votes on the call's span (a no-op outside `Runtime::run_with`), so that a
@@ -339,13 +364,6 @@ impl Tally {
             .collect()
     }
 
-    /// Nodes that answered and may hold our token: they granted, or failed.
-    fn answered_maybe_ours(&self) -> Vec<usize> {
-        (0..self.nodes)
-            .filter(|&node| self.votes[node].is_some_and(Vote::maybe_ours))
-            .collect()
-    }
-
     /// Whether the answers still outstanding can change the result: once the lock is won, or
     /// cannot be won and it is known whether that is contention or an outage, waiting for slow
     /// nodes would only add their latency.
@@ -370,9 +388,9 @@ impl Tally {
 /// release does not reach a node.)
 pub(crate) type Outstanding = Vec<Option<Shared<BoxFuture<'static, ()>>>>;
 
-/// One attempt's SETs and what to do with them: dropped before [`Attempt::settle`] (the caller
-/// gave up mid-attempt), it gives back whatever the attempt may hold, since a lock it took must
-/// not wait for its ttl.
+/// One attempt's SETs and what to do with them: dropped before it is settled or abandoned (the
+/// caller gave up mid-attempt), it gives back whatever the attempt may hold, in the background,
+/// since a lock it took must not wait for its ttl.
 struct Attempt {
     runtime: Runtime,
     key: Arc<str>,
@@ -385,9 +403,10 @@ struct Attempt {
 }
 
 impl Attempt {
-    /// Hands the SETs still out to the backlog, which keeps them until answered, and settles the
-    /// attempt: dropping it does nothing any more. Returns those that were not queued on an open
-    /// connection yet (see [`Outstanding`]).
+    /// For an attempt that won: hands the SETs still out to the backlog, which keeps them until
+    /// answered, so that the lock reaches the slower nodes too; dropping the attempt does
+    /// nothing any more. Returns those that were not queued on an open connection yet (see
+    /// [`Outstanding`]).
     fn settle(&mut self) -> Outstanding {
         let mut outstanding = Outstanding::new();
         let Some(mut round) = self.round.take() else {
@@ -417,28 +436,45 @@ impl Attempt {
         outstanding
     }
 
-    /// The SET round itself, for an attempt that was lost (see [`give_back_after_loss`]).
-    fn settle_round(&mut self) -> Round<Option<u64>> {
-        self.round.take().expect("an attempt is settled once")
+    /// For an attempt that did not win: drops the SETs still out (see [`Round::abandon`]), then
+    /// gives back, before returning, whatever of ours may have landed on `nodes`.
+    async fn give_back(mut self, nodes: Vec<usize>) {
+        if let Some(round) = self.round.take() {
+            round.abandon();
+        }
+        give_back(&self.runtime, &self.key, &self.token, nodes).await;
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        if self.round.is_none() {
+        let Some(round) = self.round.take() else {
             return;
-        }
+        };
+        round.abandon();
         // Every node: which SETs landed is unknown.
-        let outstanding = self.settle();
-        spawn_release_everywhere(&self.runtime, &self.key, &self.token, outstanding);
+        spawn_release_everywhere(&self.runtime, &self.key, &self.token, Outstanding::new());
     }
 }
 
-/// Tries to take `key` for `ttl` on a quorum of the runtime's nodes.
+/// What an attempt at a lock came to, when it did not fail.
+pub(crate) enum Acquired {
+    /// The lock is ours.
+    Taken(Lease),
+    /// Another holder has it: a quorum of nodes answered, too few granted.
+    Busy,
+    /// Every attempt won some nodes and lost others to simultaneous callers; this many attempts
+    /// were made, each given back. Possibly nobody holds the lock.
+    SplitVote { attempts: usize },
+}
+
+/// Tries to take `key` for `ttl` on a quorum of the runtime's nodes; with `fence_key`, also
+/// fixes the lease's fencing token with the counter there.
 ///
-/// `Ok(Some(lease))` when taken, `Ok(None)` when another holder has it (a quorum answered), and
-/// an error when too few nodes answered to tell or the attempt outlived its ttl. Dropped before
-/// it is done, it gives back in the background what it may have taken.
+/// [`Acquired::Taken`] when taken, [`Acquired::Busy`] when another holder has it (a quorum
+/// answered), and an error when too few nodes answered to tell or the attempt outlived its ttl.
+/// An attempt that does not take the lock gives back what it may hold before it returns;
+/// dropped before it is done, it gives it back in the background.
 ///
 /// One attempt, except after a split vote: callers that fire at the same instant (every
 /// machine's cron at 00:00) can each win a minority of the nodes, and if all of them gave up
@@ -448,11 +484,11 @@ impl Drop for Attempt {
 pub(crate) async fn acquire(
     runtime: &Runtime,
     key: &str,
+    fence_key: Option<&str>,
     ttl: Duration,
-    fencing: bool,
-) -> Result<Option<Lease>, Error> {
+) -> Result<Acquired, Error> {
     let key: Arc<str> = Arc::from(key);
-    let fence_key = fencing.then(|| Arc::<str>::from(fence_key(&key)));
+    let fence_key = fence_key.map(Arc::<str>::from);
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     for _ in 0..SPLIT_VOTE_ATTEMPTS {
         let token = new_token()?;
@@ -471,60 +507,46 @@ pub(crate) async fn acquire(
             let fence = match &fence_key {
                 None => Ok(None),
                 Some(fence_key) => {
-                    raise_fence(runtime, &key, fence_key, &token, tally.highest_fence, ttl)
+                    raise_fence(runtime, &key, fence_key, &token, tally.highest_fence)
                         .await
                         .map(Some)
                 }
             };
-            // The slower nodes' SETs go to the backlog; those not queued yet go with the lease too,
-            // whose release follows them.
-            let outstanding = attempt.settle();
             let took = started.elapsed();
-            return match (fence, validity(ttl, took, runtime.drift_factor())) {
-                (Ok(fence), Some(left)) => {
-                    tracing::Span::current().record("validity_ms", left.as_millis() as u64);
-                    let valid_until = Instant::now() + left;
-                    Ok(Some(Lease::new(
-                        runtime.clone(),
-                        Taken {
-                            key,
-                            token,
+            let left = validity(ttl, took, runtime.drift_factor());
+            let (fence, left) = match (fence, left) {
+                (Ok(fence), Some(left)) => (fence, left),
+                (fence, _) => {
+                    attempt.give_back(tally.maybe_ours()).await;
+                    return Err(match fence {
+                        Err(err) => err,
+                        Ok(_) => Error::Expired {
+                            key: key.to_string(),
+                            elapsed: took,
                             ttl,
-                            acquired_at: started,
-                            valid_until,
-                            fencing_token: fence,
-                            outstanding,
                         },
-                    )))
-                }
-                (Err(no_quorum), _) => {
-                    spawn_release(runtime, &key, &token, tally.maybe_ours(), outstanding);
-                    Err(Error::NoQuorum(no_quorum))
-                }
-                (Ok(_), None) => {
-                    spawn_release(runtime, &key, &token, tally.maybe_ours(), outstanding);
-                    Err(Error::Expired {
-                        key: key.to_string(),
-                        elapsed: took,
-                        ttl,
-                    })
+                    });
                 }
             };
+            // The slower nodes' SETs go to the backlog; those not queued yet go with the lease
+            // too, whose release follows them.
+            let outstanding = attempt.settle();
+            tracing::Span::current().record("validity_ms", left.as_millis() as u64);
+            let taken = Taken {
+                key,
+                token,
+                ttl,
+                acquired_at: started,
+                valid_until: started + took + left,
+                fencing_token: fence,
+                outstanding,
+            };
+            return Ok(Acquired::Taken(Lease::new(runtime.clone(), taken)));
         }
 
         if tally.split() {
             // Given back before the pause, so that our grants don't split the next round too.
-            let maybe_ours = tally.maybe_ours();
-            let outstanding = attempt.settle();
-            let _ = release(
-                runtime,
-                &key,
-                &token,
-                maybe_ours,
-                Duration::ZERO,
-                outstanding,
-            )
-            .await;
+            attempt.give_back(tally.maybe_ours()).await;
             window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
             let pause = random_below(window)?;
             driver::sleep_until(runtime.engine(), Instant::now() + pause).await;
@@ -532,79 +554,30 @@ pub(crate) async fn acquire(
             continue;
         }
 
-        // Lost, to a holder or to an outage. Nobody needs to wait for what follows.
-        give_back_after_loss(runtime, &key, &token, &tally, attempt.settle_round());
-        return decide_failed(tally, key);
+        // Lost, to a holder or to an outage. A busy attempt whose every node said "taken" sends
+        // nothing more: one round trip.
+        attempt.give_back(tally.maybe_ours()).await;
+        return decide_failed(tally, &key, runtime);
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.
-    Ok(None)
+    Ok(Acquired::SplitVote {
+        attempts: SPLIT_VOTE_ATTEMPTS,
+    })
 }
 
-/// After a lost attempt, releases our token where it may have landed: on the nodes that failed
-/// (their SET may have been applied) and, once they answer, on the slower nodes that grant or
-/// fail. A busy attempt whose every node said "taken" sends nothing more: one round trip.
-fn give_back_after_loss(
-    runtime: &Runtime,
-    key: &Arc<str>,
-    token: &Arc<str>,
-    tally: &Tally,
-    round: Round<Option<u64>>,
-) {
-    let answered = tally.answered_maybe_ours();
-    let (runtime_of, key_of, token_of) = (runtime.clone(), key.clone(), token.clone());
-    if round.calls.is_empty() {
-        spawn_release(runtime, key, token, answered, Vec::new());
-        return;
-    }
-    round.detach_with(move |late| async move {
-        let mut ours = answered;
-        ours.extend(
-            late.into_iter()
-                .filter(|(_, answer)| !matches!(answer, Ok(None)))
-                .map(|(node, _)| node),
-        );
-        if !ours.is_empty() {
-            let _ = release(
-                &runtime_of,
-                &key_of,
-                &token_of,
-                ours,
-                Duration::ZERO,
-                Vec::new(),
-            )
-            .await;
-        }
-    });
-}
-
-/// Gives back what a failed attempt may hold, in the background.
-fn spawn_release(
-    runtime: &Runtime,
-    key: &Arc<str>,
-    token: &Arc<str>,
-    nodes: Vec<usize>,
-    outstanding: Outstanding,
-) {
+/// Gives back our lock on `nodes` (where an attempt that did not take it may have landed), and
+/// waits for every node's answer, within the node timeout: a program that returns right after a
+/// failed attempt leaves nothing behind that would make the next caller skip for a ttl.
+async fn give_back(runtime: &Runtime, key: &Arc<str>, token: &Arc<str>, nodes: Vec<usize>) {
     if nodes.is_empty() {
         return;
     }
-    let (runtime_of, key, token) = (runtime.clone(), key.clone(), token.clone());
-    drop(runtime.engine().spawn(async move {
-        let _ = release(
-            &runtime_of,
-            &key,
-            &token,
-            nodes,
-            Duration::ZERO,
-            outstanding,
-        )
-        .await;
-    }));
-}
-
-/// Where the fencing counter of the lock `key` lives: beside it, and without expiry.
-fn fence_key(key: &str) -> String {
-    format!("{key}:fence")
+    let mut round = release_round(runtime, key, token, nodes, Duration::ZERO, Vec::new());
+    while let Some((node, answer)) = round.next().await {
+        if let Err(err) = answer {
+            release_failed(runtime, key, node, &err);
+        }
+    }
 }
 
 /// The second round of a fenced acquisition: picks a fencing token above every counter the
@@ -621,20 +594,26 @@ async fn raise_fence(
     fence_key: &Arc<str>,
     token: &Arc<str>,
     highest: u64,
-    ttl: Duration,
-) -> Result<u64, NoQuorum> {
+) -> Result<u64, Error> {
     let now_micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let fence = highest.saturating_add(1).max(now_micros);
+    let Some(next) = highest.checked_add(1) else {
+        return Err(Error::Internal(format!(
+            "the fencing counter `{fence_key}` is at the largest 64-bit number; no larger token \
+             exists. Delete the counter only once every store that checks the tokens has been \
+             reset too"
+        )));
+    };
+    let fence = next.max(now_micros);
     let (mut raised, mut failures) = (0, Vec::new());
     let mut round = Round::new(runtime, 0..runtime.node_count(), |runtime, node| {
         let (key, fence_key, token) = (key.clone(), fence_key.clone(), token.clone());
         async move {
             runtime
                 .node(node)
-                .raise_fence(&key, &fence_key, &token, fence, ttl)
+                .raise_fence(&key, &fence_key, &token, fence)
                 .await
         }
     });
@@ -642,10 +621,7 @@ async fn raise_fence(
         match answer {
             Ok(true) => raised += 1,
             Ok(false) => {}
-            Err(err) => failures.push(NodeFailure {
-                node: runtime.node(node).name().to_owned(),
-                cause: err.to_string(),
-            }),
+            Err(err) => failures.push(runtime.node(node).failure(&err)),
         }
         if raised >= runtime.quorum() {
             round.detach();
@@ -658,7 +634,8 @@ async fn raise_fence(
         answered: raised,
         needed: runtime.quorum(),
         failures,
-    })
+    }
+    .into_error())
 }
 
 /// A random pause in `[0, window)`, from the OS random source.
@@ -671,18 +648,12 @@ pub(crate) fn random_below(window: Duration) -> Result<Duration, Error> {
 }
 
 /// The result of an attempt that did not take the lock: busy when a quorum answered, otherwise
-/// an outage.
-fn decide_failed(tally: Tally, key: Arc<str>) -> Result<Option<Lease>, Error> {
+/// an outage (or nodes that refused).
+fn decide_failed(tally: Tally, key: &str, runtime: &Runtime) -> Result<Acquired, Error> {
     if tally.answered() >= tally.quorum {
-        return Ok(None);
+        return Ok(Acquired::Busy);
     }
-    Err(Error::NoQuorum(NoQuorum {
-        key: key.to_string(),
-        nodes: tally.nodes,
-        answered: tally.answered(),
-        needed: tally.quorum,
-        failures: tally.failures,
-    }))
+    Err(tally.no_quorum(key, runtime).into_error())
 }
 
 /// `SET key token NX PX ttl` for every node (with fencing, the script that also reads the
@@ -716,16 +687,17 @@ fn set_round(
 /// still out.
 async fn vote(runtime: &Runtime, round: &mut Round<Option<u64>>) -> Tally {
     let mut tally = Tally::new(runtime.node_count());
+    let failure = |node: usize, err: NodeError| runtime.node(node).failure(&err);
     while !tally.decided() {
         let Some((node, answer)) = round.next().await else {
             break;
         };
-        tally.record(node, runtime.node(node).name(), answer);
+        tally.record(node, answer.map_err(|err| failure(node, err)));
     }
     // Answers that came in together with the deciding one count too (they cannot change the
-    // result), so that what is released later is exact.
+    // result), so that what is given back is exact.
     for (node, answer) in round.take_ready() {
-        tally.record(node, runtime.node(node).name(), answer);
+        tally.record(node, answer.map_err(|err| failure(node, err)));
     }
     tally
 }
@@ -784,9 +756,9 @@ pub(crate) fn spawn_release_everywhere(
     token: &Arc<str>,
     outstanding: Outstanding,
 ) {
-    let (runtime, key, token) = (runtime.clone(), key.clone(), token.clone());
-    let engine = runtime.engine().clone();
-    drop(engine.spawn(async move {
+    let (runtime_of, key, token) = (runtime.clone(), key.clone(), token.clone());
+    runtime.spawn_background(async move {
+        let runtime = runtime_of;
         let mut broken = Vec::new();
         let all = 0..runtime.node_count();
         let mut round = release_round(&runtime, &key, &token, all, Duration::ZERO, outstanding);
@@ -802,7 +774,7 @@ pub(crate) fn spawn_release_everywhere(
         if !broken.is_empty() {
             let _ = release(&runtime, &key, &token, broken, Duration::ZERO, Vec::new()).await;
         }
-    }));
+    });
 }
 
 /// The compare-and-expire script for each of `nodes`; on a node with a SET in `outstanding`, it
@@ -829,33 +801,32 @@ fn release_round(
 
 /// Logs a node's failed release, and says what failed.
 fn release_failed(runtime: &Runtime, key: &str, node: usize, err: &NodeError) -> NodeFailure {
-    let name = runtime.node(node).name();
-    tracing::warn!(key, node = name, error = %err, "releasing the lock failed on a node; its copy expires with the ttl");
-    NodeFailure {
-        node: name.to_owned(),
-        cause: err.to_string(),
-    }
+    let node = runtime.node(node);
+    tracing::warn!(key, node = node.name(), error = %err, "releasing the lock failed on a node; its copy expires with the ttl");
+    node.failure(err)
 }
 
 /// What an attempt to extend a lease found.
 pub(crate) enum Extension {
-    /// A quorum still held our token and now holds it until `valid_until`.
+    /// A quorum holds our token (some of them, perhaps, because the extension put it back), until
+    /// `valid_until` at least.
     Extended { valid_until: Instant },
-    /// So many nodes hold another token (or none) that a quorum can no longer be ours: the lock
-    /// was taken over, or expired.
+    /// So many nodes hold another token that a quorum can no longer be ours: the lock was taken
+    /// over.
     Gone,
     /// Too few nodes answered to tell; the lease stands until its validity runs out.
     Undecided(NoQuorum),
 }
 
-/// Extends our lock on `key` to expire `keep` from now on every node where it is still ours, and
-/// says whether a quorum confirmed it in time to count.
+/// Extends our lock on `key` to expire `keep` from now on every node where it is still ours,
+/// puts our token back (with that expiry) on nodes where the key is absent, and says whether a
+/// quorum confirmed it in time to count. The validity counts from the start of this round;
+/// whether it still counts when the answers arrive is the lease's to say (see `lease::Held`).
 pub(crate) async fn extend(
     runtime: &Runtime,
     key: &Arc<str>,
     token: &Arc<str>,
     keep: Duration,
-    ttl: Duration,
 ) -> Extension {
     let started = Instant::now();
     let nodes = runtime.node_count();
@@ -864,16 +835,13 @@ pub(crate) async fn extend(
     let mut failures = Vec::new();
     let mut round = Round::new(runtime, 0..nodes, |runtime, node| {
         let (key, token) = (key.clone(), token.clone());
-        async move { runtime.node(node).extend(&key, &token, keep, ttl).await }
+        async move { runtime.node(node).extend(&key, &token, keep).await }
     });
     while let Some((node, answer)) = round.next().await {
         match answer {
-            Ok(true) => ours += 1,
-            Ok(false) => not_ours += 1,
-            Err(err) => failures.push(NodeFailure {
-                node: runtime.node(node).name().to_owned(),
-                cause: err.to_string(),
-            }),
+            Ok(Renewed::Kept | Renewed::Repaired) => ours += 1,
+            Ok(Renewed::NotOurs) => not_ours += 1,
+            Err(err) => failures.push(runtime.node(node).failure(&err)),
         }
         if ours >= quorum || not_ours > nodes - quorum {
             break;
@@ -884,9 +852,10 @@ pub(crate) async fn extend(
     if not_ours > nodes - quorum {
         return Extension::Gone;
     }
-    match validity(keep, started.elapsed(), runtime.drift_factor()) {
+    let took = started.elapsed();
+    match validity(keep, took, runtime.drift_factor()) {
         Some(left) if ours >= quorum => Extension::Extended {
-            valid_until: Instant::now() + left,
+            valid_until: started + took + left,
         },
         _ => Extension::Undecided(NoQuorum {
             key: key.to_string(),
@@ -930,9 +899,13 @@ mod tests {
             let vote = match *vote {
                 "ok" => Ok(Some(0)),
                 "busy" => Ok(None),
-                _ => Err(NodeError::Timeout(Duration::from_millis(1))),
+                _ => Err(NodeFailure {
+                    node: "node".into(),
+                    cause: "no answer".into(),
+                    kind: crate::FailureKind::Timeout,
+                }),
             };
-            tally.record(node, "node", vote);
+            tally.record(node, vote);
             if tally.decided() {
                 return Some(node + 1);
             }

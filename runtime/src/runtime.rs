@@ -3,20 +3,23 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::runtime::Handle;
 
 use crate::backlog::Backlog;
+use crate::config::{check_duration, check_millis};
+use crate::lease::Held;
 use crate::node::Node;
-use crate::redlock::{acquire, quorum};
+use crate::redlock::{acquire, quorum, Acquired};
 use tracing::Instrument;
 
 use crate::slot::{self, Period};
-use crate::telemetry;
-use crate::{Config, Error, Lease, OnLost, Options, Outcome, Skip};
+use crate::{keys, telemetry};
+use crate::{Config, Error, Lease, LostReason, OnLost, Options, Outcome, Skip};
 
 /// The crate's own tokio runtime, one background thread that lives as long as the process: it
 /// drives the connections that no caller's multi-threaded runtime drives (see
@@ -41,6 +44,14 @@ const WAIT_FIRST_WINDOW: Duration = Duration::from_millis(10);
 /// The widest window between attempts under `wait`: a waiter notices a freed lock within about
 /// this long.
 const WAIT_MAX_WINDOW: Duration = Duration::from_millis(500);
+
+/// How often every node's connection is checked: the server's `run_id` (a restart behind a
+/// proxy that kept the connection open) and whether it answers at all (a dead flow). A restart
+/// behind such a proxy may go unnoticed for this long, plus the node timeout.
+const NODE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often `shutdown` looks whether the background releases are done.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 /// The runtime `runtime::init` sets.
 static GLOBAL: OnceLock<Runtime> = OnceLock::new();
@@ -79,8 +90,15 @@ struct Inner {
     key_prefix: String,
     drift_factor: f64,
     node_timeout: Duration,
+    max_ttl: Duration,
     engine: Handle,
     backlog: Arc<Backlog>,
+    /// The leases held now, which `shutdown` releases.
+    leases: Mutex<HashMap<u64, Weak<Held>>>,
+    next_lease: AtomicU64,
+    /// Releases running in the background, which `shutdown` waits for.
+    background: Arc<AtomicUsize>,
+    shut_down: AtomicBool,
 }
 
 impl Runtime {
@@ -115,17 +133,24 @@ impl Runtime {
                 "an even number of Redis nodes tolerates no more failures than one node fewer; use an odd number"
             );
         }
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                quorum: quorum(nodes.len()),
-                nodes,
-                key_prefix: config.key_prefix,
-                drift_factor: config.drift_factor,
-                node_timeout: config.node_timeout,
-                engine: engine.handle().clone(),
-                backlog: Backlog::new(engine.handle().clone()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            quorum: quorum(nodes.len()),
+            nodes,
+            key_prefix: config.key_prefix,
+            drift_factor: config.drift_factor,
+            node_timeout: config.node_timeout,
+            max_ttl: config.max_ttl,
+            engine: engine.handle().clone(),
+            backlog: Backlog::new(engine.handle().clone()),
+            leases: Mutex::default(),
+            next_lease: AtomicU64::new(0),
+            background: Arc::default(),
+            shut_down: AtomicBool::new(false),
+        });
+        if !inner.nodes.iter().all(Node::is_memory) {
+            drop(engine.spawn(check_nodes(Arc::downgrade(&inner))));
+        }
+        Ok(Runtime { inner })
     }
 
     /// The runtime in effect here: the one [`Runtime::scope`] set for this task, else the one
@@ -204,17 +229,32 @@ impl Runtime {
     /// # }
     /// ```
     pub async fn lock_with(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
-        check_ttl(options.ttl)?;
+        self.check_options(options)?;
+        match self.take(key, options).await? {
+            Acquired::Taken(lease) => Ok(Some(lease)),
+            Acquired::Busy | Acquired::SplitVote { .. } => Ok(None),
+        }
+    }
+
+    /// Takes the lock as `options` say (checked already): one attempt, or with `wait`, attempts
+    /// until one takes it or the wait is over.
+    async fn take(&self, key: &str, options: &Options) -> Result<Acquired, Error> {
         let Some(wait) = options.wait else {
-            return self.lock_once(key, options).await;
+            return self.take_once(key, options).await;
         };
         let deadline = Instant::now() + wait;
         let mut window = WAIT_FIRST_WINDOW;
         loop {
-            let attempt = self.lock_once(key, options).await;
+            let attempt = self.take_once(key, options).await;
             match &attempt {
-                Ok(Some(_)) | Err(Error::InvalidConfig(_) | Error::Internal(_)) => return attempt,
-                Ok(None) | Err(_) => {}
+                Ok(Acquired::Taken(_))
+                | Err(
+                    Error::InvalidConfig(_)
+                    | Error::Internal(_)
+                    | Error::Refused(_)
+                    | Error::ShutDown,
+                ) => return attempt,
+                Ok(_) | Err(_) => {}
             }
             // Full jitter: a pause drawn from the whole window, so that waiters spread out.
             let pause = crate::redlock::random_below(window)?;
@@ -227,9 +267,19 @@ impl Runtime {
     }
 
     /// One attempt (split votes aside) at the lock.
-    async fn lock_once(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
-        let key = format!("{}{key}", self.inner.key_prefix);
-        acquire(self, &key, options.ttl, options.fencing).await
+    async fn take_once(&self, key: &str, options: &Options) -> Result<Acquired, Error> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let prefix = &self.inner.key_prefix;
+        let fence = options.fencing.then(|| keys::fence(prefix, key));
+        acquire(
+            self,
+            &keys::lock(prefix, key),
+            fence.as_deref(),
+            options.ttl,
+        )
+        .await
     }
 
     /// Runs `body` only if this call takes the lock on `key` for `ttl`, with every other option
@@ -338,16 +388,27 @@ impl Runtime {
         F: Future,
         S: FnOnce(&F::Output) -> bool,
     {
-        check_options(&options)?;
+        self.check_options(&options)?;
         let attempt_started = Instant::now();
-        let lease = self.lock_with(key, &options).await;
-        telemetry::attempted(key, attempt_started.elapsed(), matches!(lease, Ok(Some(_))));
-        let Some(lease) = lease? else {
-            return Ok(Outcome::Skipped(Skip::Busy));
+        let acquired = self.take(key, &options).await;
+        telemetry::attempted(
+            key,
+            attempt_started.elapsed(),
+            matches!(acquired, Ok(Acquired::Taken(_))),
+        );
+        let lease = match acquired? {
+            Acquired::Taken(lease) => lease,
+            Acquired::Busy => return Ok(Outcome::Skipped(Skip::Busy)),
+            Acquired::SplitVote { attempts } => {
+                return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
+            }
         };
         let period = options.slot.map(Period::now).transpose()?;
-        if let Some(period) = &period {
-            if slot::done(self, lease.key(), period, options.ttl).await? {
+        let marker = period
+            .as_ref()
+            .map(|period| keys::done_marker(&self.inner.key_prefix, key, period.index()));
+        if let (Some(period), Some(marker)) = (&period, &marker) {
+            if slot::done(self, marker, period).await? {
                 lease.release().await?;
                 return Ok(Outcome::Skipped(Skip::AlreadyDone {
                     period_start: period.start(),
@@ -374,6 +435,9 @@ impl Runtime {
                 never = keeping => match never {},
             },
         };
+        // `Ran` only if the lease is still valid now that the body has ended: a body that
+        // outlived it (blocked its thread, or was paused, past the deadline) may have run beside
+        // another holder.
         let value = match (value, lease.lost()) {
             (Some(value), None) => value,
             (value, Some(reason)) => {
@@ -385,8 +449,8 @@ impl Runtime {
             (None, None) => unreachable!("the body is only cut short by a lost lease"),
         };
         let succeeded = succeeded(&value);
-        if let (Some(period), true) = (&period, succeeded) {
-            if let Err(err) = slot::mark_done(self, lease.key(), lease.token(), period).await {
+        if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
+            if let Err(err) = slot::mark_done(self, marker, lease.token(), period).await {
                 tracing::warn!(error = %err, "the done marker reached too few nodes; this period may run again");
             }
         }
@@ -436,6 +500,180 @@ impl Runtime {
             }
         });
         join_all(attempts).await;
+        if self.inner.nodes.iter().all(Node::is_memory) {
+            tracing::warn!(
+                "cluster-singleton runs on `memory://`, a store inside this process: it locks \
+                 nothing across processes or machines; give `init` the URLs of Redis nodes"
+            );
+            return;
+        }
+        // Fresh nodes (a cluster that just started) give no vote until their restart grace has
+        // passed: say when locking can begin, so that a first run is not a mystery.
+        let mut grace_ends: Vec<Instant> = self
+            .inner
+            .nodes
+            .iter()
+            .filter_map(Node::grace_ends)
+            .collect();
+        let counting = self.node_count() - grace_ends.len();
+        if counting < self.quorum() {
+            grace_ends.sort_unstable();
+            let needed = self.quorum() - counting;
+            if let Some(ends) = grace_ends.get(needed - 1) {
+                tracing::warn!(
+                    young = grace_ends.len(),
+                    nodes = self.node_count(),
+                    locking_in = ?ends.saturating_duration_since(Instant::now()),
+                    "too many Redis nodes are inside their restart grace to lock yet (they \
+                     started recently, and may have forgotten locks); calls fail with `NoQuorum` \
+                     until then (see `Config::restart_grace`)"
+                );
+            }
+        }
+    }
+
+    /// The process-wide runtime's [`Runtime::shutdown`]: for the end of a program that used
+    /// `runtime::init`. Does nothing when no global runtime was set.
+    pub(crate) async fn shutdown_global(timeout: Duration) -> Result<(), Error> {
+        match GLOBAL.get() {
+            Some(runtime) => runtime.shutdown(timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends this runtime's work, for the end of a program: takes no more locks (later calls fail
+    /// with [`Error::ShutDown`]), ends every lease it holds (a running body learns it as a
+    /// lost lease, [`LostReason::Shutdown`], and with `on_lost = "cancel"` is dropped at its next
+    /// `.await`), releases them on every node, and waits for the releases still on their way in
+    /// the background (those of dropped calls and leases). Returns once all of that is done, or
+    /// when `timeout` has passed; a copy it could not release expires with its ttl.
+    ///
+    /// Without it, a program that returns from `main` while a release is in the background (a
+    /// call it dropped, a lease it let go) leaves that copy to block the key for its ttl.
+    ///
+    /// Fails with [`Error::NoQuorum`] when a held lease could not be released on a quorum of
+    /// nodes within `timeout`.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// // ... the program's work, then, on SIGTERM or at the end of `main`:
+    /// runtime.shutdown(Duration::from_secs(5)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
+        check_duration("timeout", timeout, true)?;
+        let deadline = Instant::now() + timeout;
+        self.inner.shut_down.store(true, Ordering::Release);
+        let held: Vec<Arc<Held>> = self
+            .lock_register()
+            .drain()
+            .filter_map(|(_, held)| held.upgrade())
+            .collect();
+        for held in &held {
+            held.lose(LostReason::Shutdown);
+        }
+        let all: Vec<usize> = (0..self.node_count()).collect();
+        let releases = held.iter().map(|held| {
+            let (key, token) = (Arc::from(held.key()), Arc::from(held.token()));
+            let all = all.clone();
+            async move {
+                crate::redlock::release(self, &key, &token, all, Duration::ZERO, Vec::new()).await
+            }
+        });
+        let released = crate::driver::timeout(self.engine(), timeout, join_all(releases)).await;
+        while (self.inner.background.load(Ordering::Acquire) > 0 || !self.backlog().is_empty())
+            && Instant::now() < deadline
+        {
+            crate::driver::sleep_until(self.engine(), Instant::now() + SHUTDOWN_POLL).await;
+        }
+        match released {
+            Ok(results) => results
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(Ok(()), |no_quorum| Err(no_quorum.into_error())),
+            Err(_elapsed) => Err(Error::Internal(format!(
+                "the held leases were not released within {timeout:?}; their copies expire with \
+                 their ttl"
+            ))),
+        }
+    }
+
+    /// Puts a lease in the register that `shutdown` releases; returns its entry.
+    pub(crate) fn register(&self, held: &Arc<Held>) -> u64 {
+        let entry = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        self.lock_register().insert(entry, Arc::downgrade(held));
+        entry
+    }
+
+    /// Takes a released (or dropped) lease out of the register.
+    pub(crate) fn unregister(&self, entry: u64) {
+        self.lock_register().remove(&entry);
+    }
+
+    fn lock_register(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<Held>>> {
+        self.inner
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `work` on the crate's own runtime, counted as background work that `shutdown` waits
+    /// for.
+    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        struct Counted(Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.inner.background.fetch_add(1, Ordering::AcqRel);
+        let counted = Counted(self.inner.background.clone());
+        drop(self.engine().spawn(async move {
+            let _counted = counted;
+            work.await;
+        }));
+    }
+
+    /// Checks a call's options against each other and this runtime's settings, before anything
+    /// is sent: each mistake is an [`Error::InvalidConfig`] that names the option.
+    fn check_options(&self, options: &Options) -> Result<(), Error> {
+        if options.ttl > self.inner.max_ttl {
+            return Err(Error::InvalidConfig(format!(
+                "the ttl ({:?}) is longer than `Config::max_ttl` ({:?}), the longest ttl the \
+                 restart grace covers; raise `max_ttl` on every machine of the fleet, or keep \
+                 the ttl short and let renewal extend the lease",
+                options.ttl, self.inner.max_ttl
+            )));
+        }
+        check_millis("ttl", options.ttl)?;
+        if let Some(wait) = options.wait {
+            check_duration("wait", wait, true)?;
+        }
+        if let Some(period) = options.slot {
+            check_millis("slot", period)?;
+        }
+        if let Some(min_hold) = options.min_hold {
+            check_millis("min_hold", min_hold)?;
+            if min_hold > options.ttl {
+                return Err(Error::InvalidConfig(format!(
+                    "`min_hold` ({min_hold:?}) must not exceed the ttl ({:?}): the key lives \
+                     for one ttl after the last renewal",
+                    options.ttl
+                )));
+            }
+        }
+        if let Some(max_hold) = options.max_hold {
+            check_duration("max_hold", max_hold, false)?;
+            if max_hold < options.ttl {
+                return Err(Error::InvalidConfig(format!(
+                    "`max_hold` ({max_hold:?}) must be at least the ttl ({:?})",
+                    options.ttl
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn set_global(self) -> Result<(), Error> {
@@ -476,55 +714,15 @@ impl fmt::Debug for Runtime {
     }
 }
 
-/// A ttl Redis can take as `PX`: whole milliseconds, from one to `i64::MAX` (the largest expiry
-/// Redis accepts, and small enough that the validity arithmetic cannot overflow).
-fn check_ttl(ttl: Duration) -> Result<(), Error> {
-    const MILLISECOND: Duration = Duration::from_millis(1);
-    const LONGEST: Duration = Duration::from_millis(i64::MAX as u64);
-    let whole_millis = ttl
-        .subsec_nanos()
-        .is_multiple_of(MILLISECOND.subsec_nanos());
-    if ttl < MILLISECOND || ttl > LONGEST || !whole_millis {
-        return Err(Error::InvalidConfig(format!(
-            "the ttl must be a whole number of milliseconds from 1ms to {}ms, got {ttl:?}",
-            i64::MAX
-        )));
+/// Checks every node once a second (see [`Node::check`]) for as long as the runtime lives.
+async fn check_nodes(runtime: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(NODE_CHECK_EVERY).await;
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
+        join_all(runtime.nodes.iter().map(Node::check)).await;
     }
-    Ok(())
-}
-
-/// Options that cannot work together: a `min_hold` longer than the ttl, a `max_hold` shorter
-/// than it. `#[singleton]` checks the same when it compiles.
-fn check_options(options: &Options) -> Result<(), Error> {
-    check_ttl(options.ttl)?;
-    if let Some(period) = options.slot {
-        check_ttl(period).map_err(|_| {
-            Error::InvalidConfig(format!(
-                "`slot` must be a whole number of milliseconds, at least 1ms, got {period:?}"
-            ))
-        })?;
-    }
-    if options
-        .min_hold
-        .is_some_and(|min_hold| min_hold > options.ttl)
-    {
-        return Err(Error::InvalidConfig(format!(
-            "`min_hold` ({:?}) must not exceed the ttl ({:?}): the key lives for one ttl after the last renewal",
-            options.min_hold.unwrap_or_default(),
-            options.ttl
-        )));
-    }
-    if options
-        .max_hold
-        .is_some_and(|max_hold| max_hold < options.ttl)
-    {
-        return Err(Error::InvalidConfig(format!(
-            "`max_hold` ({:?}) must be at least the ttl ({:?})",
-            options.max_hold.unwrap_or_default(),
-            options.ttl
-        )));
-    }
-    Ok(())
 }
 
 /// Tries once to take the lock on `key` for `ttl` with the runtime in effect here (see
@@ -564,4 +762,24 @@ where
     S: AsRef<str>,
 {
     Config::new(urls).init().await
+}
+
+/// Shuts the process-wide runtime down, for the end of a program that called `runtime::init`:
+/// see [`Runtime::shutdown`]. Does nothing when `init` was never called.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn job() {}
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     cluster_singleton_runtime::init(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]).await?;
+///     job().await;
+///     // Releases what is held and waits for releases on their way, then `main` returns.
+///     cluster_singleton_runtime::shutdown(Duration::from_secs(5)).await?;
+///     Ok(())
+/// }
+/// ```
+pub async fn shutdown(timeout: Duration) -> Result<(), Error> {
+    Runtime::shutdown_global(timeout).await
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::node::millis;
-use crate::{Error, NoQuorum, NodeFailure, Runtime};
+use crate::{Error, NoQuorum, Runtime};
 
 /// One period of a `slot`, aligned to the Unix epoch.
 #[derive(Clone, Copy, Debug)]
@@ -37,9 +37,9 @@ impl Period {
         self.start
     }
 
-    /// The marker's key for the lock key `key` (with its prefix).
-    pub(crate) fn marker(&self, key: &str) -> String {
-        format!("{key}:done:{}", self.index)
+    /// The period's number: periods of its length since the Unix epoch.
+    pub(crate) fn index(&self) -> u64 {
+        self.index
     }
 
     /// How long a marker written now should live: to the end of the next period, so that a
@@ -52,22 +52,17 @@ impl Period {
     }
 }
 
-/// Whether a run in `period` already succeeded: a marker on any node that answers. Needs a quorum
-/// of answers (a node restarted within the grace does not count: it may have forgotten), so that
-/// the marker's quorum and ours share a node.
-pub(crate) async fn done(
-    runtime: &Runtime,
-    key: &str,
-    period: &Period,
-    ttl: Duration,
-) -> Result<bool, Error> {
-    let marker = period.marker(key);
+/// Whether a run in `period` already succeeded: its done marker `marker` on any node that
+/// answers. "No marker" counts only from a node that cannot have forgotten a marker of this
+/// period (see `Node::get_marker`), and needs a quorum of them, so that the marker's quorum and
+/// these share a node that would have kept it.
+pub(crate) async fn done(runtime: &Runtime, marker: &str, period: &Period) -> Result<bool, Error> {
     let mut answered = 0;
     let mut failures = Vec::new();
     let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
-        .map(|node| {
-            let marker = &marker;
-            async move { (node, runtime.node(node).get(marker, ttl).await) }
+        .map(|node| async move {
+            let answer = runtime.node(node).get_marker(marker, period.start).await;
+            (node, answer)
         })
         .collect();
     while let Some((node, answer)) = answers.next().await {
@@ -77,50 +72,41 @@ pub(crate) async fn done(
             // period.
             Ok(Some(_token)) => return Ok(true),
             Ok(None) => answered += 1,
-            Err(err) => failures.push(NodeFailure {
-                node: runtime.node(node).name().to_owned(),
-                cause: err.to_string(),
-            }),
+            Err(err) => failures.push(runtime.node(node).failure(&err)),
         }
     }
     drop(answers);
     if answered >= runtime.quorum() {
         return Ok(false);
     }
-    Err(Error::NoQuorum(NoQuorum {
-        key: marker,
+    Err(NoQuorum {
+        key: marker.to_owned(),
         nodes: runtime.node_count(),
         answered,
         needed: runtime.quorum(),
         failures,
-    }))
+    }
+    .into_error())
 }
 
-/// Writes the done marker for `period` (its value: the run's token) on every node; fails unless a
-/// quorum stored it.
+/// Writes the done marker `marker` for `period` (its value: the run's token) on every node;
+/// fails unless a quorum stored it.
 pub(crate) async fn mark_done(
     runtime: &Runtime,
-    key: &str,
+    marker: &str,
     token: &str,
     period: &Period,
 ) -> Result<(), NoQuorum> {
-    let marker = period.marker(key);
     let expiry = period.marker_expiry();
     let mut stored = 0;
     let mut failures = Vec::new();
     let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
-        .map(|node| {
-            let marker = &marker;
-            async move { (node, runtime.node(node).set(marker, token, expiry).await) }
-        })
+        .map(|node| async move { (node, runtime.node(node).set(marker, token, expiry).await) })
         .collect();
     while let Some((node, answer)) = answers.next().await {
         match answer {
             Ok(()) => stored += 1,
-            Err(err) => failures.push(NodeFailure {
-                node: runtime.node(node).name().to_owned(),
-                cause: err.to_string(),
-            }),
+            Err(err) => failures.push(runtime.node(node).failure(&err)),
         }
     }
     drop(answers);
@@ -128,7 +114,7 @@ pub(crate) async fn mark_done(
         return Ok(());
     }
     Err(NoQuorum {
-        key: marker,
+        key: marker.to_owned(),
         nodes: runtime.node_count(),
         answered: stored,
         needed: runtime.quorum(),
@@ -148,10 +134,7 @@ mod tests {
         assert_eq!(start.as_secs() % day.as_secs(), 0);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         assert!(start <= now && now < start + day);
-        assert_eq!(
-            period.marker("singleton:report"),
-            format!("singleton:report:done:{}", now.as_secs() / day.as_secs())
-        );
+        assert_eq!(period.index(), now.as_secs() / day.as_secs());
         assert!(period.marker_expiry() > day && period.marker_expiry() <= day * 2);
     }
 }

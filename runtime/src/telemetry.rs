@@ -13,6 +13,10 @@ pub(crate) fn outcome_name<T>(result: &Result<Outcome<T>, Error>) -> &'static st
         Ok(Outcome::Ran(_)) => "ran",
         Ok(Outcome::Skipped(Skip::Busy)) => "busy",
         Ok(Outcome::Skipped(Skip::AlreadyDone { .. })) => "already_done",
+        Ok(Outcome::Skipped(Skip::SplitVote { .. })) => "split_vote",
+        // `Skip` is non-exhaustive only to its users.
+        #[allow(unreachable_patterns)]
+        Ok(Outcome::Skipped(_)) => "skipped",
         Err(err) => error_kind(err),
     }
 }
@@ -24,6 +28,8 @@ pub(crate) fn error_kind(err: &Error) -> &'static str {
         Error::AlreadyInitialised => "already_initialised",
         Error::InvalidConfig(_) => "invalid_config",
         Error::NoQuorum(_) => "no_quorum",
+        Error::Refused(_) => "refused",
+        Error::ShutDown => "shut_down",
         Error::Expired { .. } => "expired",
         Error::LeaseLost { .. } => "lease_lost",
         Error::Internal(_) => "internal",
@@ -52,7 +58,7 @@ pub(crate) fn finished(key: &str, outcome: &'static str) {
         let key = key.to_owned();
         match outcome {
             "ran" => {}
-            "busy" | "already_done" => {
+            "busy" | "already_done" | "split_vote" => {
                 metrics::counter!("cluster_singleton_skipped_total", "key" => key, "reason" => outcome).increment(1);
             }
             kind => {

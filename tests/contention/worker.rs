@@ -168,6 +168,7 @@ pub fn run(config: WorkerConfig) {
     let runtime = Config::new(&config.urls)
         .node_timeout(NODE_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
+        .max_ttl(TTL)
         .restart_grace(config.restart_grace)
         .build()
         .expect("a valid configuration");

@@ -1,0 +1,39 @@
+//! The Redis keys the crate writes: each kind in a namespace of its own under the key prefix,
+//! so that no lock key, whatever the user's key, can ever be a done marker or a fencing counter.
+//!
+//! With the default prefix, the job `daily-email` has the lock `singleton:lock:daily-email`, the
+//! done markers `singleton:done:daily-email:<period>` and the fencing counter
+//! `singleton:fence:daily-email`. The kinds differ right after the prefix, and a marker's period
+//! (digits only) is what follows its last `:`, so no two keys of any kinds or jobs are the same.
+
+/// The lock of `key`.
+pub(crate) fn lock(prefix: &str, key: &str) -> String {
+    format!("{prefix}lock:{key}")
+}
+
+/// The done marker of `key` for the period numbered `period` (see `slot::Period`).
+pub(crate) fn done_marker(prefix: &str, key: &str, period: u64) -> String {
+    format!("{prefix}done:{key}:{period}")
+}
+
+/// The fencing counter of `key`.
+pub(crate) fn fence(prefix: &str, key: &str) -> String {
+    format!("{prefix}fence:{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_of_one_kind_is_a_key_of_another() {
+        let prefix = "singleton:";
+        // A user key spelled like each other kind of key still lands in the lock namespace.
+        assert_eq!(lock(prefix, "done:job:7"), "singleton:lock:done:job:7");
+        assert_ne!(lock(prefix, "done:job:7"), done_marker(prefix, "job", 7));
+        assert_ne!(lock(prefix, "fence:job"), fence(prefix, "job"));
+        // Markers of different jobs and periods never meet: the period is after the last `:`.
+        assert_ne!(done_marker(prefix, "a:1", 2), done_marker(prefix, "a", 12));
+        assert_ne!(done_marker(prefix, "a:1", 2), done_marker(prefix, "a", 1));
+    }
+}

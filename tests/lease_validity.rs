@@ -1,0 +1,183 @@
+//! `Ran` means the lease was valid when the body ended, and the lost signal fires at the end of
+//! the validity at the latest: not later because a renewal round still waits for answers, and
+//! also when nothing renews the lease at all.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster_singleton::runtime::Options;
+use cluster_singleton::{lease, Error, LostReason, Outcome};
+use cluster_singleton_testkit::Cluster;
+use common::{fresh_nodes, program_runtime, Nodes};
+
+/// How late past the end of the validity the lost signal may fire: a timer's wake-up on a loaded
+/// 2-core machine, far below the node timeouts the tests use.
+const SIGNAL_SLACK: Duration = Duration::from_millis(100);
+
+fn lease_lost<T: std::fmt::Debug>(result: Result<Outcome<T>, Error>) -> (LostReason, bool) {
+    match result {
+        Err(Error::LeaseLost {
+            reason,
+            body_finished,
+            ..
+        }) => (reason, body_finished),
+        other => panic!("expected a lost lease, got {other:?}"),
+    }
+}
+
+/// A body that blocks its thread (a synchronous call, a busy loop) cannot be cancelled, and
+/// renewal off cannot keep its lease: it ends after the validity ran out, when another machine
+/// may hold the key. That is a lost lease, never `Ran`.
+#[tokio::test]
+async fn a_body_that_blocks_past_its_validity_is_not_ran() {
+    let nodes = Nodes::start(1);
+    let ttl = Duration::from_millis(300);
+    let result = nodes
+        .runtime
+        .run_with(
+            "blocking-job",
+            Options::new(ttl).renew(false),
+            async move {
+                std::thread::sleep(ttl * 2);
+            },
+            |_| true,
+        )
+        .await;
+    let (reason, body_finished) = lease_lost(result);
+    assert_eq!(reason, LostReason::Expired);
+    assert!(body_finished);
+}
+
+/// A body that blocks the only thread of its runtime: a rival tries the key while it blocks. If
+/// the rival got it, the call must not claim that its body ran under the lock.
+#[test]
+fn a_blocking_body_whose_key_was_taken_meanwhile_is_not_ran() {
+    let nodes = program_runtime().block_on(async { Nodes::start(1) });
+    let ttl = Duration::from_millis(300);
+    let rival = nodes.runtime.clone();
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rival_took_it = false;
+    let result = caller.block_on(nodes.runtime.run_with(
+        "blocking-job",
+        Options::new(ttl),
+        async {
+            std::thread::sleep(ttl * 2);
+            let rival = rival.clone();
+            let taken = std::thread::spawn(move || {
+                program_runtime().block_on(rival.lock("blocking-job", ttl))
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+            rival_took_it = taken.is_some();
+        },
+        |_| true,
+    ));
+    if rival_took_it {
+        let (reason, body_finished) = lease_lost(result);
+        assert_eq!(reason, LostReason::Expired);
+        assert!(body_finished);
+    } else {
+        assert_eq!(result.unwrap(), Outcome::Ran(()));
+    }
+}
+
+/// A majority of nodes is cut off while a renewal round waits for them for a whole node timeout
+/// (longer than what is left of the lease): the body learns of the loss when the validity ends,
+/// not when the round gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lost_signal_fires_at_the_end_of_validity_while_a_renewal_waits() {
+    let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    let ttl = Duration::from_millis(900);
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let seen: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let seen_in_body = seen.clone();
+    let proxies = [cluster.proxy(1), cluster.proxy(2)];
+    let result = runtime
+        .run_with(
+            "partitioned-job",
+            Options::new(ttl),
+            async {
+                let lease = lease().unwrap();
+                let valid_until = Instant::now() + lease.validity();
+                for proxy in proxies {
+                    proxy.partition();
+                }
+                let lost = lease.lost().await;
+                *seen_in_body.lock().unwrap() = Some((valid_until, Instant::now()));
+                lost
+            },
+            |_| true,
+        )
+        .await;
+    for proxy in proxies {
+        proxy.heal();
+    }
+    let (valid_until, lost_at) = seen.lock().unwrap().expect("the body saw the loss");
+    assert!(
+        lost_at <= valid_until + SIGNAL_SLACK,
+        "the lost signal came {:?} after the end of the validity",
+        lost_at - valid_until
+    );
+    // With `on_lost = "continue"` off, the body itself was cancelled by the same signal.
+    let (reason, _) = lease_lost(result);
+    assert_eq!(reason, LostReason::NoQuorum);
+}
+
+/// Nothing renews the lease (renewal off) and the body blocks the thread that polls the call:
+/// a task waiting on `lease().lost()` elsewhere still hears of the loss when the validity ends.
+#[test]
+fn the_lost_signal_fires_when_nothing_renews() {
+    let program = program_runtime();
+    let nodes = program.block_on(async { Nodes::start(1) });
+    let ttl = Duration::from_millis(300);
+    let heard: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let heard_by_waiter = heard.clone();
+    let handle = program.handle().clone();
+    let result = program.block_on(nodes.runtime.run_with(
+        "unrenewed-job",
+        Options::new(ttl).renew(false),
+        async move {
+            let lease = lease().unwrap();
+            let valid_until = Instant::now() + lease.validity();
+            handle.spawn(async move {
+                lease.lost().await;
+                *heard_by_waiter.lock().unwrap() = Some((valid_until, Instant::now()));
+            });
+            std::thread::sleep(ttl * 3);
+        },
+        |_| true,
+    ));
+    let (valid_until, heard_at) = heard.lock().unwrap().expect("the loss was heard");
+    assert!(
+        heard_at <= valid_until + SIGNAL_SLACK,
+        "heard {:?} after the end of the validity",
+        heard_at - valid_until
+    );
+    lease_lost(result);
+}
+
+/// `Ran` still means what it says for a body that ends in time.
+#[tokio::test]
+async fn a_body_that_ends_in_time_ran() {
+    let nodes = Nodes::start(1);
+    let outcome = nodes
+        .runtime
+        .run_with(
+            "quick-job",
+            Options::new(Duration::from_millis(300)).renew(false),
+            async { 7 },
+            |_| true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Ran(7));
+}

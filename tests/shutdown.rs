@@ -1,0 +1,138 @@
+//! Nothing the crate owes the nodes is lost when a program ends: a failed attempt gives back what
+//! it may hold before it returns, and `runtime::shutdown` releases what is held and waits for the
+//! releases still on their way. Each program here is this test binary, started again as a child
+//! process that runs one of the ignored `program_*` tests and returns from it at once, as `main`
+//! returns.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cluster_singleton::{runtime, singleton, Error};
+use common::Nodes;
+
+const URLS_VAR: &str = "CLUSTER_SINGLETON_TEST_SHUTDOWN_URLS";
+const RUNS: usize = 20;
+const KEY: &str = "singleton:lock:nightly-export";
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
+
+#[singleton(key = "nightly-export", ttl = "30s")]
+async fn nightly_export(entered: Option<tokio::sync::oneshot::Sender<()>>) {
+    if let Some(entered) = entered {
+        let _ = entered.send(());
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Starts the global runtime on the nodes the parent named; `None` when run by hand.
+async fn init_from_parent() -> Option<()> {
+    let urls = std::env::var(URLS_VAR).ok()?;
+    runtime::Config::new(urls.split(','))
+        .node_timeout(common::NODE_TIMEOUT)
+        .restart_grace(Duration::ZERO)
+        .init()
+        .await
+        .unwrap();
+    Some(())
+}
+
+#[tokio::test]
+#[ignore = "a program of a_failed_attempt_gives_back_before_it_returns, run in a child process"]
+async fn program_that_fails_to_lock() {
+    if init_from_parent().await.is_none() {
+        return;
+    }
+    let result = nightly_export(None).await;
+    assert!(matches!(result, Err(Error::NoQuorum(_))), "{result:?}");
+    // ...and `main` returns.
+}
+
+#[tokio::test]
+#[ignore = "a program of a_dropped_call_and_a_shutdown_leave_no_key, run in a child process"]
+async fn program_that_drops_a_call_and_shuts_down() {
+    if init_from_parent().await.is_none() {
+        return;
+    }
+    let (entered, body_runs) = tokio::sync::oneshot::channel();
+    let call = tokio::spawn(nightly_export(Some(entered)));
+    body_runs.await.unwrap();
+    call.abort();
+    runtime::shutdown(SHUTDOWN_WITHIN).await.unwrap();
+}
+
+/// Runs the program `test` `RUNS` times against `nodes`, and counts the runs after which a node
+/// still held the key.
+fn runs_that_leave_the_key(nodes: &Nodes, test: &str, down: &[usize]) -> usize {
+    (0..RUNS)
+        .filter(|_| {
+            let status = Command::new(std::env::current_exe().unwrap())
+                .args([test, "--exact", "--ignored", "--test-threads=1"])
+                .env(URLS_VAR, nodes.cluster.urls().join(","))
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "the program {test} failed");
+            let left = !nodes.absent(KEY, down);
+            if left {
+                for i in (0..nodes.cluster.len()).filter(|i| !down.contains(i)) {
+                    let mut connection = nodes.cluster.connection(i).unwrap();
+                    let _: () = redis::cmd("DEL").arg(KEY).query(&mut connection).unwrap();
+                }
+            }
+            left
+        })
+        .count()
+}
+
+/// Two of three nodes are down: the attempt wins node 2 alone, which is an outage, and gives
+/// node 2 back before it returns; otherwise, once the others are back, node 2's copy would make
+/// every caller skip ("busy") for a ttl while nobody holds the lock.
+#[tokio::test]
+async fn a_failed_attempt_gives_back_before_it_returns() {
+    let mut nodes = Nodes::start(3);
+    nodes.cluster.kill(0).unwrap();
+    nodes.cluster.kill(1).unwrap();
+    let left = runs_that_leave_the_key(&nodes, "program_that_fails_to_lock", &[0, 1]);
+    assert_eq!(
+        left, 0,
+        "{left} of {RUNS} programs left their SET on node 2"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_call_and_a_shutdown_leave_no_key() {
+    let nodes = Nodes::start(3);
+    let left = runs_that_leave_the_key(&nodes, "program_that_drops_a_call_and_shuts_down", &[]);
+    assert_eq!(left, 0, "{left} of {RUNS} programs left the key behind");
+}
+
+/// A shutdown while a body runs ends its lease: the body is cancelled, the call says the lease
+/// was lost, the key is free at once, and later calls fail with an error that says why.
+#[tokio::test]
+async fn a_shutdown_ends_the_leases_of_running_bodies() {
+    let nodes = Nodes::start(3);
+    let runtime = nodes.runtime.clone();
+    let (entered, body_runs) = tokio::sync::oneshot::channel();
+    let call = tokio::spawn(nodes.runtime.scope(nightly_export(Some(entered))));
+    body_runs.await.unwrap();
+
+    runtime.shutdown(SHUTDOWN_WITHIN).await.unwrap();
+
+    assert!(nodes.absent(KEY, &[]), "{:?}", nodes.values(KEY, &[]));
+    let result = call.await.unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(Error::LeaseLost {
+                body_finished: false,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    let after = runtime.run("later", Duration::from_secs(1), async {}).await;
+    let err = after.unwrap_err();
+    assert!(matches!(err, Error::ShutDown), "{err}");
+    assert!(err.to_string().contains("shut down"), "{err}");
+}
