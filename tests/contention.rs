@@ -2,18 +2,24 @@
 //!
 //! Worker processes (this test binary, started again to run the ignored `worker_process` test)
 //! contend, several tasks each, on a few keys against five real Redis nodes, each behind a
-//! fault-injecting proxy. Every body writes its enter and exit on `CLOCK_MONOTONIC`, with its
-//! key, lease token and pid, to its worker's record file. Meanwhile the test plays a fault
-//! schedule drawn from a seed: nodes killed and started again, frozen and resumed, restarted
-//! without persistence, partitioned from the clients and healed, slowed down, disconnected; and
-//! workers killed with SIGKILL inside a body, then replaced. Never more than a minority of the
-//! nodes is faulty at once (a node that started again counts as faulty until its votes count
-//! again, after the restart grace). At the end a checker reads every record and fails on any two
-//! bodies of one key whose intervals overlap (a killed worker's open body ends at the kill), and
-//! tells whether the first lease was still valid when the second body entered.
+//! fault-injecting proxy, with calls as `#[singleton]` makes them (`Runtime::run_with`), the
+//! workers of odd slots with a shorter ttl than the others (one key, two ttls, as during a
+//! deploy that changed it). Every body writes its enter and exit on `CLOCK_MONOTONIC`, with its
+//! key, lease token and pid, to its worker's record file, and then its call's outcome. Meanwhile
+//! the test plays a fault schedule drawn from a seed: nodes killed and started again, frozen and
+//! resumed, restarted without persistence, partitioned from the clients and healed, slowed down,
+//! disconnected, their open connections silenced for good (black-holed); workers killed with
+//! SIGKILL inside a body, then replaced; and short-lived programs that make one call and exit
+//! right after. Never more than a minority of the nodes is faulty at once (a node that started
+//! again counts as faulty until its votes count again, after the restart grace). At the end a
+//! checker reads every record and fails on any two bodies of one key whose intervals overlap (a
+//! killed worker's open body ends at the kill) while the first lease was still valid, or after
+//! it ran out if the first call nevertheless returned `Ran`.
 //!
-//! Each fault runs on its own, then all of them mixed at random; the last test shows that the
-//! checker does fail when the workers do not exclude each other.
+//! Each fault runs on its own, then all of them mixed at random. Two runs show that the checker
+//! does fail: one whose workers do not exclude each other, and one whose bodies block their
+//! thread past their lease, whose overlaps would all be lies of `Ran` if the runtime did not
+//! check the lease when the body ends.
 //!
 //! # Running it
 //!
@@ -39,7 +45,7 @@
 //! - `CLUSTER_SINGLETON_FAULT_RESTART=off`: leave out restarts without persistence (see
 //!   [`RESTART_FAULT`]).
 //! - `CLUSTER_SINGLETON_FAULT_RESTART_GRACE_MS=MS`: the workers' `Config::restart_grace`
-//!   (default: the ttl). `0` shows what a restart without persistence does to a Redlock that
+//!   (default: the longest ttl, `Config::max_ttl`). `0` shows what a restart without persistence does to a Redlock that
 //!   counts a fresh node's vote at once: runs with restarts then find overlaps when a restart
 //!   hits a node of a lock held on a bare majority, inside a long body (about one short restart
 //!   run in five, and one 90-second soak in two, found some).
@@ -96,6 +102,10 @@ const MIXED_RUN: Duration = Duration::from_secs(10);
 /// How long the workers that do not exclude each other run: overlaps come within a second.
 const BROKEN_RUN: Duration = Duration::from_secs(2);
 
+/// In the run whose bodies may outlive their lease, one body in this many blocks its thread
+/// past it.
+const OVERRUN_ONE_IN: usize = 4;
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
@@ -137,6 +147,7 @@ fn setup(name: &'static str, faults: &[Fault], length: Duration) -> Setup {
         seed,
         restart_grace,
         broken: false,
+        overrun_one_in: 0,
     }
 }
 
@@ -181,6 +192,35 @@ fn latency_added_to_nodes() {
 #[test]
 fn connections_dropped() {
     one_fault("connections dropped", Fault::Disconnect);
+}
+
+#[test]
+fn connections_black_holed() {
+    one_fault("connections black-holed", Fault::BlackHole);
+}
+
+#[test]
+fn processes_that_exit_right_after_a_call() {
+    one_fault(
+        "processes that exit right after a call",
+        Fault::ShortLivedProcess,
+    );
+}
+
+/// Some bodies block their thread past their lease (renewal is off, and nothing can cancel
+/// them): another worker takes the key while they still run. Every such overlap must come from a
+/// call that said its lease was lost, never from a `Ran`. The control: these overlaps exist, so
+/// a runtime that did not check the lease when the body ends would have returned `Ran` for them.
+#[test]
+fn bodies_that_outlive_their_lease_are_never_ran() {
+    let mut setup = setup("bodies that outlive their lease", &[], SINGLE_FAULT_RUN);
+    setup.overrun_one_in = OVERRUN_ONE_IN;
+    let report = run(setup);
+    assert_clean(&report);
+    assert!(
+        report.verdict.honest_overlaps() > 0,
+        "{report}\nno body outlived its lease beside another: the run shows nothing"
+    );
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub struct Body {
     pub end: Nanos,
     /// The worker was killed inside the body: `end` is the kill instant.
     pub killed: bool,
+    /// Its call returned `Ran`: it claims the lease was valid until the body's end.
+    pub ran: bool,
 }
 
 /// A worker the orchestrator killed with SIGKILL, and when it was certainly dead (after it was
@@ -45,11 +47,17 @@ impl Overlap {
     }
 
     /// Whether the first body's lease was still valid when the second entered: then the lock
-    /// broke its promise. Otherwise the first body outlived its lease, which the lock never
-    /// promised to cover (renewal does not exist yet), and the run's bodies are too long for
-    /// its ttl.
+    /// broke its promise of mutual exclusion.
     pub fn is_exclusion_failure(&self) -> bool {
         self.second.enter < self.first.valid_until
+    }
+
+    /// Whether the overlap breaks a promise: mutual exclusion, or the first call returned `Ran`
+    /// although its body outlived its lease. Otherwise the first body outlived its lease and its
+    /// call said so (`LeaseLost`), or its worker was killed: what the lock promises for a body
+    /// it cannot stop.
+    pub fn is_failure(&self) -> bool {
+        self.is_exclusion_failure() || self.first.ran
     }
 }
 
@@ -80,15 +88,30 @@ impl Verdict {
         self.bodies_per_key.values().sum()
     }
 
-    /// Whether the history proves nothing wrong: no overlap, and every body accounted for.
+    /// Whether the history proves nothing wrong: no overlap that breaks a promise, and every
+    /// body accounted for.
     pub fn is_clean(&self) -> bool {
-        self.overlaps.is_empty() && self.unended.is_empty() && self.unmatched_exits.is_empty()
+        self.failures().next().is_none()
+            && self.unended.is_empty()
+            && self.unmatched_exits.is_empty()
+    }
+
+    /// The overlaps that break a promise.
+    pub fn failures(&self) -> impl Iterator<Item = &Overlap> {
+        self.overlaps.iter().filter(|overlap| overlap.is_failure())
+    }
+
+    /// The overlaps of a first body that outlived its lease and whose call said so: with the
+    /// runtime's check of the lease at the body's end turned off, each would be a `Ran` that
+    /// lied.
+    pub fn honest_overlaps(&self) -> usize {
+        self.overlaps.len() - self.failures().count()
     }
 
     /// Every problem, worded for a failure message.
     pub fn problems(&self) -> String {
         let mut out = String::new();
-        for overlap in &self.overlaps {
+        for overlap in self.failures() {
             out += &format!("{}\n", self.describe(overlap));
         }
         for body in &self.unended {
@@ -106,8 +129,10 @@ impl Verdict {
     fn describe(&self, overlap: &Overlap) -> String {
         let verdict = if overlap.is_exclusion_failure() {
             "the first lease was still valid: mutual exclusion FAILED"
+        } else if overlap.first.ran {
+            "the first body outlived its lease, yet its call returned Ran: the outcome LIED"
         } else {
-            "the first body outlived its lease: bodies too long for the ttl, not a lock failure"
+            "the first body outlived its lease, and its call said so: no promise broken"
         };
         format!(
             "OVERLAP on key {:?} for {}: {} and {}; {verdict}",
@@ -155,6 +180,7 @@ pub fn check(records: impl IntoIterator<Item = Record>, kills: &[Kill], origin: 
     let mut open: HashMap<String, Body> = HashMap::new();
     let mut ended: Vec<Body> = Vec::new();
     let mut last_counts: HashMap<u32, Counts> = HashMap::new();
+    let mut ran: HashMap<String, bool> = HashMap::new();
     for record in records {
         match record {
             Record::Ready { .. } => {}
@@ -175,6 +201,7 @@ pub fn check(records: impl IntoIterator<Item = Record>, kills: &[Kill], origin: 
                     valid_until,
                     end: at,
                     killed: false,
+                    ran: false,
                 };
                 open.insert(token, body);
             }
@@ -185,6 +212,11 @@ pub fn check(records: impl IntoIterator<Item = Record>, kills: &[Kill], origin: 
                 }
                 None => verdict.unmatched_exits.push(token),
             },
+            Record::Outcome {
+                token, ran: said, ..
+            } => {
+                ran.insert(token, said);
+            }
             // Counts are cumulative: a worker's last line has them all.
             Record::Counts { pid, counts } => {
                 last_counts.insert(pid, counts);
@@ -215,7 +247,8 @@ pub fn check(records: impl IntoIterator<Item = Record>, kills: &[Kill], origin: 
     }
 
     let mut per_key: BTreeMap<String, Vec<Body>> = BTreeMap::new();
-    for body in ended {
+    for mut body in ended {
+        body.ran = ran.get(&body.token).copied().unwrap_or(false);
         per_key.entry(body.key.clone()).or_default().push(body);
     }
     for (key, mut bodies) in per_key {
@@ -367,24 +400,33 @@ mod tests {
     }
 
     #[test]
-    fn an_overlap_after_the_lease_ran_out_is_told_apart() {
+    fn an_overlap_after_the_lease_ran_out_is_a_failure_only_if_the_call_said_ran() {
         let mut long = enter(1, "k", "a", 0);
         if let Record::Enter { valid_until, .. } = &mut long {
             *valid_until = 5;
         }
-        let verdict = check(
+        let history = |said_ran: bool| {
             [
-                long,
+                long.clone(),
                 enter(2, "k", "b", 7),
                 exit(1, "k", "a", 9),
+                Record::Outcome {
+                    pid: 1,
+                    token: "a".into(),
+                    ran: said_ran,
+                },
                 exit(2, "k", "b", 10),
-            ],
-            &[],
-            0,
-        );
-        assert_eq!(verdict.overlaps.len(), 1);
-        assert!(!verdict.overlaps[0].is_exclusion_failure());
-        assert!(verdict.problems().contains("outlived its lease"));
+            ]
+        };
+        let honest = check(history(false), &[], 0);
+        assert_eq!(honest.overlaps.len(), 1);
+        assert!(!honest.overlaps[0].is_exclusion_failure());
+        assert!(honest.is_clean(), "{}", honest.problems());
+        assert_eq!(honest.honest_overlaps(), 1);
+
+        let lied = check(history(true), &[], 0);
+        assert!(!lied.is_clean());
+        assert!(lied.problems().contains("LIED"), "{}", lied.problems());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Fleet {
     last_enter: Option<Nanos>,
     /// Each worker's latest counts seen, by pid.
     counts: HashMap<u32, Counts>,
+    /// One-shot workers: one call per task, then they exit by themselves.
+    one_shots: Vec<(Child, PathBuf)>,
 }
 
 impl Fleet {
@@ -69,6 +71,7 @@ impl Fleet {
             kills: Vec::new(),
             last_enter: None,
             counts: HashMap::new(),
+            one_shots: Vec::new(),
         };
         for slot in 0..fleet.configs.len() {
             let worker = fleet.spawn(slot);
@@ -78,12 +81,39 @@ impl Fleet {
     }
 
     fn spawn(&mut self, slot: usize) -> Worker {
+        let config = self.configs[slot].clone();
+        let (child, records, log) = self.launch(slot, config);
+        let mut child = child;
+        Worker {
+            slot,
+            stdin: child.stdin.take(),
+            child,
+            tail: RecordTail::new(records),
+            log,
+            last_enter: None,
+            counts_written: 0,
+            open: HashSet::new(),
+        }
+    }
+
+    /// Starts a one-shot worker with slot `slot`'s settings: a program that makes one call per
+    /// task and exits right after, without `shutdown`. Its records join the history.
+    pub fn spawn_one_shot(&mut self, slot: usize) -> u32 {
+        let mut config = self.configs[slot % self.configs.len()].clone();
+        config.one_shot = true;
+        let (child, _records, log) = self.launch(slot, config);
+        let pid = child.id();
+        self.one_shots.push((child, log));
+        pid
+    }
+
+    /// Starts a worker process with `config`; its child, record file and log.
+    fn launch(&mut self, slot: usize, mut config: WorkerConfig) -> (Child, PathBuf, PathBuf) {
         let generation = self.started;
         self.started += 1;
         let name = format!("worker-{slot}-{generation}");
         let records = self.dir.join(format!("{name}.records"));
         let log = self.dir.join(format!("{name}.log"));
-        let mut config = self.configs[slot].clone();
         config.records = records.clone();
         // A replacement must not replay its predecessor's choices.
         config.seed = config.seed.wrapping_add((generation as u64) << 32);
@@ -101,18 +131,9 @@ impl Fleet {
             .stdout(log_file.try_clone().expect("a log handle"))
             .stderr(log_file);
         config.apply(&mut command);
-        let mut child = command.spawn().expect("start a worker process");
+        let child = command.spawn().expect("start a worker process");
         self.record_files.push(records.clone());
-        Worker {
-            slot,
-            stdin: child.stdin.take(),
-            child,
-            tail: RecordTail::new(records),
-            log,
-            last_enter: None,
-            counts_written: 0,
-            open: HashSet::new(),
-        }
+        (child, records, log)
     }
 
     /// Reads what the workers wrote since the last look.
@@ -136,7 +157,10 @@ impl Fleet {
                         worker.counts_written += 1;
                         self.counts.insert(pid, counts);
                     }
-                    Record::Ready { .. } | Record::Unexpected { .. } | Record::NoQuorum { .. } => {}
+                    Record::Ready { .. }
+                    | Record::Outcome { .. }
+                    | Record::Unexpected { .. }
+                    | Record::NoQuorum { .. } => {}
                 }
             }
         }
@@ -305,6 +329,27 @@ impl Fleet {
             );
         }
         self.workers.clear();
+        for (mut child, log) in std::mem::take(&mut self.one_shots) {
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait for a one-shot worker") {
+                    break status;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "a one-shot worker (pid {}) did not exit within {within:?}; its log ends:\n{}",
+                        child.id(),
+                        log_tail(&log)
+                    );
+                }
+                thread::sleep(POLL_EVERY);
+            };
+            assert!(
+                status.success(),
+                "a one-shot worker (pid {}) failed ({status}); its log ends:\n{}",
+                child.id(),
+                log_tail(&log)
+            );
+        }
     }
 
     /// Every record of every worker that ran, file by file.
@@ -335,6 +380,10 @@ impl Drop for Fleet {
         for worker in &mut self.workers {
             let _ = worker.child.kill();
             let _ = worker.child.wait();
+        }
+        for (child, _) in &mut self.one_shots {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

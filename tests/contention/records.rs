@@ -11,7 +11,8 @@
 //! R <pid>                                                   the worker is up
 //! E <at> <valid_until> <pid> <task> <key> <token>           a body entered under a lease
 //! X <at> <pid> <key> <token>                                that body exited, before the release
-//! S <pid> <acquired> <busy> <no_quorum> <expired> <release_failed> <unexpected>   counts so far
+//! O <pid> <token> <ran>                                     its call returned: 1 `Ran`, 0 a lost lease
+//! S <pid> <acquired> <busy> <no_quorum> <expired> <lost> <unexpected>   counts so far
 //! U <pid> <message>                                         an error no fault explains
 //! Q <at> <pid> <message>                                    a sample no-quorum error
 //! ```
@@ -53,8 +54,8 @@ pub struct Counts {
     pub no_quorum: u64,
     /// `Error::Expired`: a quorum granted, too slowly to leave validity.
     pub expired: u64,
-    /// Releases that did not reach a quorum (the copies expire with the ttl).
-    pub release_failed: u64,
+    /// `Error::LeaseLost`: the body ran, but outlived its lease, and the call said so.
+    pub lost: u64,
     /// Errors that no fault explains; each also has a `U` record.
     pub unexpected: u64,
 }
@@ -67,7 +68,7 @@ impl Counts {
             busy: self.busy - earlier.busy,
             no_quorum: self.no_quorum - earlier.no_quorum,
             expired: self.expired - earlier.expired,
-            release_failed: self.release_failed - earlier.release_failed,
+            lost: self.lost - earlier.lost,
             unexpected: self.unexpected - earlier.unexpected,
         }
     }
@@ -77,7 +78,7 @@ impl Counts {
         self.busy += other.busy;
         self.no_quorum += other.no_quorum;
         self.expired += other.expired;
-        self.release_failed += other.release_failed;
+        self.lost += other.lost;
         self.unexpected += other.unexpected;
     }
 }
@@ -101,6 +102,13 @@ pub enum Record {
         pid: u32,
         key: String,
         token: String,
+    },
+    /// The call of the body with `token` returned: `Ran` (its lease was valid to the body's
+    /// end, the call claims), or a lost lease.
+    Outcome {
+        pid: u32,
+        token: String,
+        ran: bool,
     },
     Counts {
         pid: u32,
@@ -135,10 +143,11 @@ impl fmt::Display for Record {
                 key,
                 token,
             } => write!(f, "X {at} {pid} {key} {token}"),
+            Record::Outcome { pid, token, ran } => write!(f, "O {pid} {token} {}", u8::from(*ran)),
             Record::Counts { pid, counts: c } => write!(
                 f,
                 "S {pid} {} {} {} {} {} {}",
-                c.acquired, c.busy, c.no_quorum, c.expired, c.release_failed, c.unexpected
+                c.acquired, c.busy, c.no_quorum, c.expired, c.lost, c.unexpected
             ),
             // One line per record: the message's own line breaks would start bogus records.
             Record::Unexpected { pid, message } => {
@@ -190,6 +199,15 @@ impl Record {
                 key: text(2)?,
                 token: text(3)?,
             }),
+            ("O", 3) => Some(Record::Outcome {
+                pid: pid(0)?,
+                token: text(1)?,
+                ran: match fields[2] {
+                    "1" => true,
+                    "0" => false,
+                    _ => return None,
+                },
+            }),
             ("S", 7) => Some(Record::Counts {
                 pid: pid(0)?,
                 counts: Counts {
@@ -197,7 +215,7 @@ impl Record {
                     busy: number(2)?,
                     no_quorum: number(3)?,
                     expired: number(4)?,
-                    release_failed: number(5)?,
+                    lost: number(5)?,
                     unexpected: number(6)?,
                 },
             }),
@@ -300,6 +318,11 @@ mod tests {
                 key: "contention-1".into(),
                 token: "00ff".into(),
             },
+            Record::Outcome {
+                pid: 7,
+                token: "00ff".into(),
+                ran: true,
+            },
             Record::Counts {
                 pid: 7,
                 counts: Counts {
@@ -307,7 +330,7 @@ mod tests {
                     busy: 2,
                     no_quorum: 3,
                     expired: 4,
-                    release_failed: 5,
+                    lost: 5,
                     unexpected: 6,
                 },
             },
@@ -318,7 +341,7 @@ mod tests {
             Record::NoQuorum {
                 at: 30,
                 pid: 7,
-                message: "no quorum for `singleton:contention-1`: 2 of 5".into(),
+                message: "no quorum for `singleton:lock:contention-1`: 2 of 5".into(),
             },
         ];
         for record in records {

@@ -15,7 +15,7 @@ use super::checker::{check, Verdict};
 use super::fleet::Fleet;
 use super::records::{monotonic_now, Counts, Nanos, Record};
 use super::schedule::{plan, Episode, Fault, Limits};
-use super::worker::{WorkerConfig, TTL};
+use super::worker::{WorkerConfig, SHORT_TTL, TTL};
 
 /// Five nodes: two may be faulty at once.
 pub const NODES: usize = 5;
@@ -71,6 +71,8 @@ pub struct Setup {
     /// Each worker locks on a different single node: nothing excludes the workers from each
     /// other, so the checker must find overlaps. Shows that it can fail.
     pub broken: bool,
+    /// One body in this many blocks its thread past its lease (0: none does).
+    pub overrun_one_in: usize,
 }
 
 /// What a run saw.
@@ -113,7 +115,7 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "contention `{}`: seed {} (replay: CLUSTER_SINGLETON_FAULT_SEED={}), {NODES} nodes, \
-             {} workers x {} tasks on {} keys, restart grace {:?}",
+             {} workers x {} tasks on {} keys, ttls {TTL:?} and {SHORT_TTL:?}, restart grace {:?}",
             s.name, s.seed, s.seed, s.workers, s.tasks, s.keys, s.restart_grace
         )?;
         writeln!(
@@ -144,8 +146,8 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "  attempts from the first fault on: {} acquired, {} skipped busy; errors: {} no quorum, \
-             {} expired, {} unexpected; {} releases short of a quorum",
-            c.acquired, c.busy, c.no_quorum, c.expired, c.unexpected, c.release_failed
+             {} expired, {} unexpected; {} bodies outlived their lease (the call said so)",
+            c.acquired, c.busy, c.no_quorum, c.expired, c.unexpected, c.lost
         )?;
         writeln!(
             f,
@@ -174,7 +176,13 @@ impl fmt::Display for Report {
             let since = Duration::from_nanos(at - origin).as_secs_f64();
             writeln!(f, "  e.g. at {since:.3}s, {message}")?;
         }
-        write!(f, "  overlaps: {}", self.verdict.overlaps.len())?;
+        write!(
+            f,
+            "  overlaps that break a promise: {}; of a body that outlived its lease and whose \
+             call said so: {}",
+            self.verdict.failures().count(),
+            self.verdict.honest_overlaps()
+        )?;
         if let Some(dir) = &self.kept {
             write!(
                 f,
@@ -215,6 +223,10 @@ pub fn run(setup: Setup) -> Report {
             keys: setup.keys,
             seed: setup.seed.wrapping_add(slot as u64 * WORKER_SEED_STRIDE),
             restart_grace: setup.restart_grace,
+            // Callers of one key with different ttls, as in a deploy that changed the ttl.
+            ttl: if slot % 2 == 0 { TTL } else { SHORT_TTL },
+            one_shot: false,
+            overrun_one_in: setup.overrun_one_in,
         })
         .collect();
     let mut fleet = Fleet::start(dir.path(), configs);
@@ -467,6 +479,11 @@ impl Injector {
             self.held[node] = false;
             return Some(format!("undo {} node {node}", episode.fault));
         }
+        if episode.fault == Fault::ShortLivedProcess {
+            let pid = fleet.spawn_one_shot(self.rng.usize(..));
+            *self.injected.entry(Fault::ShortLivedProcess).or_default() += 1;
+            return Some(format!("short-lived-process pid {pid}"));
+        }
         if episode.fault == Fault::KillHolder {
             let kill = fleet.kill_holder(&mut self.rng, HOLDER_SEARCH);
             *self.injected.entry(Fault::KillHolder).or_default() += 1;
@@ -502,7 +519,8 @@ impl Injector {
             Fault::Partition => cluster.proxy(node).partition(),
             Fault::Latency => cluster.proxy(node).set_latency(episode.latency),
             Fault::Disconnect => cluster.proxy(node).reset(),
-            Fault::KillHolder => unreachable!("handled above"),
+            Fault::BlackHole => cluster.proxy(node).black_hole_open_connections(),
+            Fault::KillHolder | Fault::ShortLivedProcess => unreachable!("handled above"),
         }
         self.held[node] = episode.fault.is_held();
         *self.injected.entry(episode.fault).or_default() += 1;

@@ -26,10 +26,15 @@ pub enum Fault {
     Latency,
     /// Drop every client connection to a node at once (the node stays up).
     Disconnect,
+    /// Silence every open connection to a node for good, without closing it (a flow a NAT
+    /// forgot); new connections work.
+    BlackHole,
+    /// Start a program that makes one call per task and exits right after, without `shutdown`.
+    ShortLivedProcess,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 9] = [
         Fault::KillNode,
         Fault::FreezeNode,
         Fault::RestartNode,
@@ -37,6 +42,8 @@ impl Fault {
         Fault::Partition,
         Fault::Latency,
         Fault::Disconnect,
+        Fault::BlackHole,
+        Fault::ShortLivedProcess,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,12 +55,14 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Latency => "latency",
             Fault::Disconnect => "disconnect",
+            Fault::BlackHole => "black-hole",
+            Fault::ShortLivedProcess => "short-lived-process",
         }
     }
 
     /// Whether the fault takes a node out (so counts towards the faulty minority).
     fn on_node(self) -> bool {
-        self != Fault::KillHolder
+        !matches!(self, Fault::KillHolder | Fault::ShortLivedProcess)
     }
 
     /// Whether the fault lasts until undone, rather than happening at an instant.
@@ -93,6 +102,9 @@ const LATENCY: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::
 /// How long a node counts as faulty after its connections were dropped: the clients reconnect
 /// at once.
 const RECONNECT: Duration = Duration::from_millis(300);
+/// How long a node counts as faulty after its open connections went silent: the clients' check
+/// (every second) notices within its node timeout, and opens a new connection.
+const REPLACE_SILENT_CONNECTION: Duration = Duration::from_millis(2500);
 /// How long starting a node again takes, as planned: a node answers within tens of milliseconds.
 /// A start that runs later only delays the next faults, since the run checks the faulty nodes
 /// again as it goes and skips a fault that would make a majority faulty.
@@ -227,7 +239,8 @@ fn place(
             episode.unusable = episode.hold;
         }
         Fault::Disconnect => episode.unusable = RECONNECT,
-        Fault::KillHolder => return Some(episode),
+        Fault::BlackHole => episode.unusable = REPLACE_SILENT_CONNECTION,
+        Fault::KillHolder | Fault::ShortLivedProcess => return Some(episode),
     }
     let (start, end) = episode.busy_between();
     // Nodes faulty at some point of [start, end): conservatively, any overlap counts.

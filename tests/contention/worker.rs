@@ -1,6 +1,8 @@
-//! One worker process: T tasks, each in a loop of taking a random key's lock, running a short
-//! body under it and releasing it, until the orchestrator closes the worker's stdin. A line
-//! [`COUNTS_REQUEST`] on stdin makes it write its counts at once.
+//! One worker process: T tasks, each in a loop of a call on a random key, as `#[singleton]`
+//! makes it (`Runtime::run_with`, renewal off so that the lease's validity is the one recorded),
+//! until the orchestrator closes the worker's stdin. A line [`COUNTS_REQUEST`] on stdin makes it
+//! write its counts at once. A one-shot worker makes one call per task and exits right after,
+//! as a program run by cron would.
 //!
 //! The worker is this test binary, started again to run only the ignored `worker_process` test,
 //! which reads its settings from environment variables (see [`WorkerConfig`]).
@@ -9,16 +11,25 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_singleton::runtime::{Config, Runtime};
-use cluster_singleton::Error;
+use cluster_singleton::runtime::{Config, OnLost, Options, Runtime};
+use cluster_singleton::{lease, Error, Outcome};
 
 use super::records::{monotonic_now, Counts, Nanos, Record, RecordWriter};
 
-/// The ttl of every lock: as in `#[singleton(key = "...", ttl = "2s")]`.
+/// The longest ttl of the fleet (`Config::max_ttl`, and so the restart grace): as in
+/// `#[singleton(key = "...", ttl = "2s")]`. Workers in odd slots use [`SHORT_TTL`] instead, as
+/// after a deploy that changed the ttl of a job.
 pub const TTL: Duration = Duration::from_secs(2);
+
+/// The ttl of workers in odd slots.
+pub const SHORT_TTL: Duration = Duration::from_millis(1500);
+
+/// A body that overruns blocks its thread this long past its ttl: the lease runs out under it,
+/// and another worker takes the key while it still runs.
+const OVERRUN_BEYOND_TTL: Duration = Duration::from_millis(400);
 
 /// Per node and command. Short, so that a faulty node costs little of the workload; loopback
 /// answers in well under a millisecond.
@@ -28,8 +39,8 @@ pub const NODE_TIMEOUT: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The shortest and longest body: from a few milliseconds, shorter than a lock round trip, to a
-/// tenth of a second, far below the ttl (renewal does not exist yet, so a body must end well
-/// within its lease).
+/// tenth of a second, far below the ttl (renewal is off, so a body must end well within its
+/// lease).
 const BODY: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(100));
 
 /// One body in this many is long instead: a fault that takes a moment to act (a node restarted
@@ -70,6 +81,9 @@ const TASKS_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_TASKS";
 const KEYS_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_KEYS";
 const SEED_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_SEED";
 const GRACE_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_RESTART_GRACE_MS";
+const TTL_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_TTL_MS";
+const ONE_SHOT_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_ONE_SHOT";
+const OVERRUN_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_OVERRUN_ONE_IN";
 
 /// What a worker is told by the orchestrator, through environment variables.
 #[derive(Clone, Debug)]
@@ -81,6 +95,12 @@ pub struct WorkerConfig {
     pub seed: u64,
     /// How long a restarted node must be up before its votes count.
     pub restart_grace: Duration,
+    /// The ttl of this worker's calls.
+    pub ttl: Duration,
+    /// One call per task, then exit.
+    pub one_shot: bool,
+    /// One body in this many blocks its thread past its lease (0: none does).
+    pub overrun_one_in: usize,
 }
 
 impl WorkerConfig {
@@ -101,6 +121,9 @@ impl WorkerConfig {
             keys: number(KEYS_VAR) as usize,
             seed: number(SEED_VAR),
             restart_grace: Duration::from_millis(number(GRACE_VAR)),
+            ttl: Duration::from_millis(number(TTL_VAR)),
+            one_shot: number(ONE_SHOT_VAR) == 1,
+            overrun_one_in: number(OVERRUN_VAR) as usize,
         })
     }
 
@@ -112,7 +135,10 @@ impl WorkerConfig {
             .env(TASKS_VAR, self.tasks.to_string())
             .env(KEYS_VAR, self.keys.to_string())
             .env(SEED_VAR, self.seed.to_string())
-            .env(GRACE_VAR, self.restart_grace.as_millis().to_string());
+            .env(GRACE_VAR, self.restart_grace.as_millis().to_string())
+            .env(TTL_VAR, self.ttl.as_millis().to_string())
+            .env(ONE_SHOT_VAR, u8::from(self.one_shot).to_string())
+            .env(OVERRUN_VAR, self.overrun_one_in.to_string());
     }
 }
 
@@ -123,7 +149,7 @@ struct Counters {
     busy: AtomicU64,
     no_quorum: AtomicU64,
     expired: AtomicU64,
-    release_failed: AtomicU64,
+    lost: AtomicU64,
     unexpected: AtomicU64,
 }
 
@@ -135,7 +161,7 @@ impl Counters {
             busy: get(&self.busy),
             no_quorum: get(&self.no_quorum),
             expired: get(&self.expired),
-            release_failed: get(&self.release_failed),
+            lost: get(&self.lost),
             unexpected: get(&self.unexpected),
         }
     }
@@ -152,6 +178,8 @@ struct Shared {
     counters: Counters,
     stop: AtomicBool,
     keys: usize,
+    ttl: Duration,
+    overrun_one_in: usize,
     pid: u32,
     /// When the last no-quorum sample was written, on the records' clock.
     last_no_quorum_sample: AtomicU64,
@@ -178,6 +206,8 @@ pub fn run(config: WorkerConfig) {
         counters: Counters::default(),
         stop: AtomicBool::new(false),
         keys: config.keys,
+        ttl: config.ttl,
+        overrun_one_in: config.overrun_one_in,
         pid: std::process::id(),
         last_no_quorum_sample: AtomicU64::new(0),
     });
@@ -200,6 +230,21 @@ pub fn run(config: WorkerConfig) {
     }
 
     engine.block_on(async {
+        if config.one_shot {
+            let calls: Vec<_> = (0..config.tasks)
+                .map(|task| {
+                    let mut rng = fastrand::Rng::with_seed(config.seed.wrapping_add(task as u64));
+                    let shared = shared.clone();
+                    tokio::spawn(async move { call(shared, task, &mut rng).await })
+                })
+                .collect();
+            for call in calls {
+                call.await.expect("a call does not panic");
+            }
+            write_counts(&shared);
+            // ...and the process exits at once, without `shutdown`.
+            return;
+        }
         let tasks: Vec<_> = (0..config.tasks)
             .map(|task| {
                 let rng = fastrand::Rng::with_seed(config.seed.wrapping_add(task as u64));
@@ -217,83 +262,145 @@ pub fn run(config: WorkerConfig) {
     });
 }
 
-/// One task's loop: a random key, one attempt, a body if it got the lock, a pause.
+/// One task's loop: a call on a random key, then a pause.
 async fn contend(shared: Arc<Shared>, task: usize, mut rng: fastrand::Rng) {
     while !shared.stop.load(Ordering::SeqCst) {
-        let key = format!("{KEY_PREFIX}{}", rng.usize(..shared.keys));
-        match shared.runtime.lock(&key, TTL).await {
-            Ok(Some(lease)) => {
-                // Validity first, then the clock: the recorded end of the lease errs late, so
-                // the checker errs towards calling an overlap a lock failure.
-                let validity = lease.validity();
-                let at = monotonic_now();
+        call(shared.clone(), task, &mut rng).await;
+        tokio::time::sleep(between(&mut rng, PAUSE)).await;
+    }
+}
+
+/// One call on a random key: a body if it took the lock, its records, and the outcome's count.
+async fn call(shared: Arc<Shared>, task: usize, rng: &mut fastrand::Rng) {
+    let key = format!("{KEY_PREFIX}{}", rng.usize(..shared.keys));
+    let overrun = shared.overrun_one_in > 0 && rng.usize(..shared.overrun_one_in) == 0;
+    let length = if rng.usize(..LONG_BODY_ONE_IN) == 0 {
+        LONG_BODY
+    } else {
+        BODY
+    };
+    let body_time = between(rng, length);
+    // Renewal off: the validity recorded at the enter is the lease's whole life. `Continue`:
+    // a body that outlives its lease still records its exit.
+    let options = Options::new(shared.ttl)
+        .renew(false)
+        .on_lost(OnLost::Continue);
+    let body = {
+        let (shared, key) = (shared.clone(), key.clone());
+        async move {
+            let lease = lease().expect("inside the body");
+            // Validity first, then the clock: the recorded end of the lease errs late, so the
+            // checker errs towards calling an overlap a lock failure.
+            let validity = lease.validity();
+            let at = monotonic_now();
+            let token = lease.token().to_owned();
+            write(
+                &shared,
+                &Record::Enter {
+                    at,
+                    valid_until: at + nanos(validity),
+                    pid: shared.pid,
+                    task,
+                    key: key.clone(),
+                    token: token.clone(),
+                },
+            );
+            if overrun {
+                // A body that blocks its thread: nothing can cancel it, and it ends after its
+                // lease, which the call must then say.
+                std::thread::sleep(shared.ttl + OVERRUN_BEYOND_TTL);
+            } else {
+                tokio::time::sleep(body_time).await;
+            }
+            write(
+                &shared,
+                &Record::Exit {
+                    at: monotonic_now(),
+                    pid: shared.pid,
+                    key,
+                    token: token.clone(),
+                },
+            );
+            token
+        }
+    };
+    // The body's token, for the outcome's record: a lost lease's error does not carry it.
+    let token = Arc::new(Mutex::new(None::<String>));
+    let token_of = token.clone();
+    let result = shared
+        .runtime
+        .run_with(
+            &key,
+            options,
+            async move {
+                let token = body.await;
+                *token_of.lock().unwrap() = Some(token);
+            },
+            |_| true,
+        )
+        .await;
+    let token = token.lock().unwrap().take();
+    match result {
+        Ok(Outcome::Ran(())) => {
+            bump(&shared.counters.acquired);
+            let token = token.expect("a body that ran has a token");
+            write(
+                &shared,
+                &Record::Outcome {
+                    pid: shared.pid,
+                    token,
+                    ran: true,
+                },
+            );
+        }
+        Err(Error::LeaseLost { .. }) => {
+            bump(&shared.counters.acquired);
+            bump(&shared.counters.lost);
+            if let Some(token) = token {
                 write(
                     &shared,
-                    &Record::Enter {
-                        at,
-                        valid_until: at + nanos(validity),
+                    &Record::Outcome {
                         pid: shared.pid,
-                        task,
-                        key: key.clone(),
-                        token: lease.token().to_owned(),
+                        token,
+                        ran: false,
                     },
                 );
-                bump(&shared.counters.acquired);
-                let body = if rng.usize(..LONG_BODY_ONE_IN) == 0 {
-                    LONG_BODY
-                } else {
-                    BODY
-                };
-                tokio::time::sleep(between(&mut rng, body)).await;
-                write(
-                    &shared,
-                    &Record::Exit {
-                        at: monotonic_now(),
-                        pid: shared.pid,
-                        key,
-                        token: lease.token().to_owned(),
-                    },
-                );
-                if lease.release().await.is_err() {
-                    bump(&shared.counters.release_failed);
-                }
-            }
-            Ok(None) => {
-                bump(&shared.counters.busy);
-            }
-            Err(Error::NoQuorum(no_quorum)) => {
-                bump(&shared.counters.no_quorum);
-                let at = monotonic_now();
-                let last = shared.last_no_quorum_sample.load(Ordering::Relaxed);
-                let due = last == 0 || at >= last + nanos(NO_QUORUM_SAMPLE_EVERY);
-                let claimed = due
-                    && shared
-                        .last_no_quorum_sample
-                        .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok();
-                if claimed {
-                    let message = no_quorum.to_string();
-                    let pid = shared.pid;
-                    write(&shared, &Record::NoQuorum { at, pid, message });
-                }
-            }
-            Err(Error::Expired { .. }) => {
-                bump(&shared.counters.expired);
-            }
-            Err(other) => {
-                if bump(&shared.counters.unexpected) <= MAX_UNEXPECTED_RECORDS {
-                    let message = format!("task {task}, key {key}: {other}");
-                    write(
-                        &shared,
-                        &Record::Unexpected {
-                            pid: shared.pid,
-                            message,
-                        },
-                    );
-                }
             }
         }
-        tokio::time::sleep(between(&mut rng, PAUSE)).await;
+        Ok(Outcome::Skipped(_)) => {
+            bump(&shared.counters.busy);
+        }
+        Err(Error::NoQuorum(no_quorum)) => {
+            bump(&shared.counters.no_quorum);
+            let at = monotonic_now();
+            let last = shared.last_no_quorum_sample.load(Ordering::Relaxed);
+            let due = last == 0 || at >= last + nanos(NO_QUORUM_SAMPLE_EVERY);
+            let claimed = due
+                && shared
+                    .last_no_quorum_sample
+                    .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            if claimed {
+                let message = no_quorum.to_string();
+                let pid = shared.pid;
+                write(&shared, &Record::NoQuorum { at, pid, message });
+            }
+        }
+        Err(Error::Expired { .. }) => {
+            bump(&shared.counters.expired);
+        }
+        Err(other) => {
+            if bump(&shared.counters.unexpected) <= MAX_UNEXPECTED_RECORDS {
+                let message = format!("task {task}, key {key}: {other}");
+                write(
+                    &shared,
+                    &Record::Unexpected {
+                        pid: shared.pid,
+                        message,
+                    },
+                );
+            }
+        }
     }
 }
 
