@@ -94,6 +94,9 @@ const REDIS_NODES: usize = 3;
 /// The environment variable that lists Redis nodes to use instead (comma-separated URLs).
 const URLS_ENV: &str = "REDIS_URLS";
 
+/// How long each machine's runtime may take to give back its locks at the end.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(2);
+
 /// The every-minute job: whichever machine fires first syncs, the others skip.
 ///
 /// In production: `#[singleton(key = "sync", ttl = "30s", min_hold = "50s")]` on the schedule
@@ -327,9 +330,9 @@ async fn main() -> Result<ExitCode, Box<dyn StdError>> {
         Ok(urls) => Config::new(urls.split(',')),
         Err(_) => {
             let cluster = Cluster::start(REDIS_NODES)?;
-            // A node's vote counts once it has been up for the restart grace (by default the
-            // ttl), so that a node that restarted and forgot its locks cannot grant them twice;
-            // nodes started just now held none.
+            // A node's vote counts once it has been up for the restart grace (by default
+            // `Config::max_ttl`, ten minutes), so that a node that restarted and forgot its
+            // locks cannot grant them twice; nodes started just now held none.
             let config = Config::new(cluster.urls()).restart_grace(Duration::ZERO);
             local_redis = Some(cluster);
             config
@@ -344,9 +347,10 @@ async fn main() -> Result<ExitCode, Box<dyn StdError>> {
     );
 
     let journal = Arc::new(Journal::new());
-    let mut a = start_machine("a", config.clone().build()?, journal.clone()).await?;
+    let (runtime_a, runtime_b) = (config.clone().build()?, config.build()?);
+    let mut a = start_machine("a", runtime_a.clone(), journal.clone()).await?;
     tokio::time::sleep(STAGGER).await;
-    let mut b = start_machine("b", config.build()?, journal.clone()).await?;
+    let mut b = start_machine("b", runtime_b.clone(), journal.clone()).await?;
 
     tokio::time::sleep(HEALTHY_FOR).await;
     if let Some(cluster) = &mut local_redis {
@@ -361,6 +365,11 @@ async fn main() -> Result<ExitCode, Box<dyn StdError>> {
     let deadline = Instant::now() + DRAIN_DEADLINE;
     while journal.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What the machines still hold, or release in the background, is given back before `main`
+    // returns. (Nodes 1 and 2 are down: the releases there fail, as they would in production.)
+    for runtime in [runtime_a, runtime_b] {
+        let _ = runtime.shutdown(SHUTDOWN_WITHIN).await;
     }
 
     Ok(summarize(&journal))

@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
-use cluster_singleton::{runtime::Config, singleton, Outcome};
+use cluster_singleton::{runtime, runtime::Config, singleton, Outcome};
 use cluster_singleton_testkit::Cluster;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Stands in for a real mail client: it only says whom it would write to.
 struct Mailer {
@@ -44,8 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = if let Ok(urls) = std::env::var("REDIS_URLS") {
         Config::new(urls.split(','))
     } else {
-        // A node's vote counts once it has been up for the ttl, so that a node that restarted
-        // and forgot its locks cannot grant them twice; one started just now held none.
+        // A node's vote counts once it has been up for the restart grace (by default
+        // `Config::max_ttl`, ten minutes), so that a node that restarted and forgot its locks
+        // cannot grant them twice; one started just now held none.
         local_redis = Cluster::start(1)?;
         Config::new(local_redis.urls()).restart_grace(Duration::ZERO)
     };
@@ -54,10 +56,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mailer = Mailer {
         recipients: vec!["ada@example.com", "grace@example.com"],
     };
-    match send_daily_email(&mailer).await? {
-        Outcome::Ran(Ok(sent)) => println!("sent {sent} emails"),
-        Outcome::Ran(Err(e)) => eprintln!("this machine had the job, but it failed: {e}"),
-        Outcome::Skipped(why) => println!("not sent from here: {why}"),
+    // A deploy's SIGTERM (or Ctrl-C) cancels the job, which gives its lock back at once.
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        outcome = send_daily_email(&mailer) => match outcome? {
+            Outcome::Ran(Ok(sent)) => println!("sent {sent} emails"),
+            Outcome::Ran(Err(e)) => eprintln!("this machine had the job, but it failed: {e}"),
+            Outcome::Skipped(why) => println!("not sent from here: {why}"),
+        },
+        _ = terminate.recv() => eprintln!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => eprintln!("Ctrl-C: stopping"),
     }
+    // Before `main` returns: releases what is still held and waits for releases on their way,
+    // so that no lock outlives the program.
+    runtime::shutdown(Duration::from_secs(5)).await?;
     Ok(())
 }

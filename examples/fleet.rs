@@ -47,7 +47,7 @@ const REDIS_NODES: usize = 3;
 /// The environment variable that lists Redis nodes to use instead (comma-separated URLs).
 const URLS_ENV: &str = "REDIS_URLS";
 
-/// The Redis key of the job (the runtime puts `singleton:` before the attribute's key).
+/// The Redis key of the job (the runtime puts `singleton:lock:` before the attribute's key).
 const KEY: &str = "singleton:lock:fleet-job";
 /// The job's ttl, as written in its attribute (which takes a literal).
 const TTL_MS: u64 = 1_500;
@@ -62,10 +62,14 @@ const TICKS: u64 = 12;
 const TICK_MS: u64 = 1_000;
 /// From launching the workers to the first tick: room for them to start and connect, and for
 /// the Redis nodes to count as up. A node's vote counts only once it has been up for the restart
-/// grace (by default the ttl), so that a node that restarted and forgot its locks cannot grant
-/// them again; the nodes the demo starts are that new. Redis gives its uptime in whole seconds
-/// and the runtime takes a node's start a second later than it says: two seconds of room.
+/// grace (by default the longest ttl of the fleet, `Config::max_ttl`, here the job's), so that a
+/// node that restarted and forgot its locks cannot grant them again; the nodes the demo starts
+/// are that new. Redis gives its uptime in whole seconds and the runtime takes a node's start a
+/// second later than it says: two seconds of room.
 const FIRST_TICK_DELAY_MS: u64 = TTL_MS + 2_000;
+
+/// How long a worker may take, after its last tick, to give back what it holds.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(1);
 
 /// How far into a tick the faults strike: while that tick's body runs.
 const FAULT_OFFSET_MS: u64 = 300;
@@ -175,8 +179,10 @@ fn exit_when_stdin_closes() -> io::Result<()> {
 }
 
 async fn fire_on_every_tick(args: WorkerArgs) -> Result<(), Box<dyn Error>> {
+    // Every machine of a fleet gives the same longest ttl: here the job's, the only one.
     Config::new(&args.urls)
         .node_timeout(NODE_TIMEOUT)
+        .max_ttl(Duration::from_millis(TTL_MS))
         .init()
         .await?;
     let worker = args.id;
@@ -194,6 +200,8 @@ async fn fire_on_every_tick(args: WorkerArgs) -> Result<(), Box<dyn Error>> {
             ),
         }
     }
+    // Gives back anything still held or on its way before the process exits.
+    cluster_singleton::runtime::shutdown(SHUTDOWN_WITHIN).await?;
     Ok(())
 }
 
