@@ -264,3 +264,49 @@ async fn a_restart_behind_a_redis_aware_proxy_is_noticed() {
         "a second holder: the restarted node's vote counted"
     );
 }
+
+/// `max_ttl` is a setting of the fleet, but machines are deployed one at a time: here the first
+/// machine already has a longer one than the second. Each announces its own on the nodes and
+/// waits as long as the longest announced, so the second still counts no vote from a restarted
+/// node before the first machine's lock could have run out.
+#[tokio::test]
+async fn a_machine_with_a_shorter_max_ttl_waits_as_long_as_the_fleets_longest() {
+    const LONG: Duration = Duration::from_secs(5);
+    const SHORT: Duration = Duration::from_secs(1);
+    let mut cluster = Cluster::start(3).unwrap();
+    let machine = |max_ttl| {
+        Config::new(cluster.urls())
+            .node_timeout(NODE_TIMEOUT)
+            .max_ttl(max_ttl)
+            .build()
+            .unwrap()
+    };
+    let (long, short) = (machine(LONG), machine(SHORT));
+    let deadline = Instant::now() + LONG + UPTIME_RESOLUTION * 3;
+    while long.lock("warm-up", LONG).await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes never came of age");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    // The short machine has connected, and read the long one's announcement.
+    let _ = short.lock("warm-up-short", SHORT).await;
+
+    let held = long.lock(KEY, LONG).await.unwrap().expect("free");
+    let mut node_2 = cluster.connection(2).unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(held.key())
+        .query(&mut node_2)
+        .unwrap();
+    cluster.restart(0).unwrap();
+    // Past the short machine's own grace (and Redis's rounding of uptimes).
+    tokio::time::sleep(SHORT + UPTIME_RESOLUTION * 2).await;
+
+    let intruder = short.lock(KEY, SHORT).await;
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lease is still valid"
+    );
+    assert!(
+        !matches!(intruder, Ok(Some(_))),
+        "a second holder: the short machine counted the restarted node after its own grace"
+    );
+}

@@ -136,3 +136,42 @@ async fn a_shutdown_ends_the_leases_of_running_bodies() {
     assert!(matches!(err, Error::ShutDown), "{err}");
     assert!(err.to_string().contains("shut down"), "{err}");
 }
+
+/// Calls keep taking locks on many keys while `shutdown` runs: whatever an attempt in flight wins
+/// after the shutdown began is given back, so that once every call has returned, no key is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_in_flight_during_a_shutdown_leave_nothing() {
+    let nodes = Nodes::start(3);
+    let runtime = nodes.runtime.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..16)
+        .map(|task| {
+            let (runtime, stop) = (runtime.clone(), stop.clone());
+            tokio::spawn(async move {
+                let key = format!("racing-{task}");
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match runtime.lock(&key, Duration::from_secs(30)).await {
+                        Ok(Some(lease)) => drop(lease.release().await),
+                        Ok(None) => {}
+                        Err(Error::ShutDown) => return,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    runtime.shutdown(SHUTDOWN_WITHIN).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    for i in 0..3 {
+        let mut connection = nodes.cluster.connection(i).unwrap();
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("singleton:lock:*")
+            .query(&mut connection)
+            .unwrap();
+        assert!(left.is_empty(), "node {i} still holds {left:?}");
+    }
+}

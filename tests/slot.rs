@@ -254,3 +254,41 @@ async fn nodes_started_during_the_period_cannot_say_it_is_not_done() {
     let err = again.unwrap_err().to_string();
     assert!(err.contains("started after the period began"), "{err}");
 }
+
+/// The done marker is written only where the lock is still ours, in one step with that check: a
+/// holder whose lock was taken over between its body's end and the marker cannot mark a period
+/// it no longer owns, and its call says that the lease was lost rather than `Ran`.
+#[tokio::test]
+async fn a_lock_taken_over_before_the_marker_marks_nothing() {
+    let nodes = Nodes::start(3);
+    let outcome = nodes
+        .runtime
+        .run_with(
+            "taken-report",
+            hourly(),
+            async {
+                let key = cluster_singleton::lease().unwrap().key().to_owned();
+                nodes.set_everywhere(&key, "another-holder");
+            },
+            |_| true,
+        )
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(cluster_singleton::Error::LeaseLost {
+                reason: cluster_singleton::LostReason::TakenOver,
+                body_finished: true,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    let (_, index) = this_hour();
+    let marker = format!("singleton:done:taken-report:{index}");
+    assert!(
+        nodes.absent(&marker, &[]),
+        "{:?}",
+        nodes.values(&marker, &[])
+    );
+}

@@ -3,8 +3,10 @@
 //!
 //! With the default prefix, the job `daily-email` has the lock `singleton:lock:daily-email`, the
 //! done markers `singleton:done:daily-email:<period>` and the fencing counter
-//! `singleton:fence:daily-email`. The kinds differ right after the prefix, and a marker's period
-//! (digits only) is what follows its last `:`, so no two keys of any kinds or jobs are the same.
+//! `singleton:fence:daily-email`; the machines' longest ttl is announced at `singleton:max-ttl`.
+//! The kinds differ right after the prefix, and a marker's period (digits only) is what follows
+//! its last `:`, so no two keys of any kinds or jobs are the same. (Within one prefix: two
+//! applications on the same nodes need prefixes of which neither begins the other.)
 
 /// The lock of `key`.
 pub(crate) fn lock(prefix: &str, key: &str) -> String {
@@ -14,6 +16,12 @@ pub(crate) fn lock(prefix: &str, key: &str) -> String {
 /// The done marker of `key` for the period numbered `period` (see `slot::Period`).
 pub(crate) fn done_marker(prefix: &str, key: &str, period: u64) -> String {
     format!("{prefix}done:{key}:{period}")
+}
+
+/// Where the machines using the nodes announce their `Config::max_ttl` (see
+/// `node::FleetGrace`).
+pub(crate) fn max_ttl(prefix: &str) -> String {
+    format!("{prefix}max-ttl")
 }
 
 /// The fencing counter of `key`.

@@ -219,8 +219,9 @@ impl Held {
 pub struct Lease {
     runtime: Runtime,
     held: Arc<Held>,
-    /// Its entry in the runtime's register of held leases, which `shutdown` releases.
-    registered: u64,
+    /// Its entry in the runtime's register of held leases, which `shutdown` releases; `None`
+    /// when the runtime was already shut down (see [`Lease::new`]).
+    registered: Option<u64>,
     /// The slower nodes' SETs that were not queued on an open connection yet when the lock was
     /// taken (see `Outstanding`): its release follows them.
     outstanding: Outstanding,
@@ -240,6 +241,8 @@ pub(crate) struct Taken {
 }
 
 impl Lease {
+    /// The lease of a lock just taken. Taken after `shutdown` began, it is not registered: the
+    /// caller gives it back at once (see [`Lease::is_registered`]).
     pub(crate) fn new(runtime: Runtime, taken: Taken) -> Self {
         let held = Arc::new(Held {
             key: taken.key,
@@ -262,6 +265,11 @@ impl Lease {
             held,
             holding: true,
         }
+    }
+
+    /// Whether the runtime registered the lease; not once it is shut down.
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.is_some()
     }
 
     /// The Redis key, with the runtime's prefix (`singleton:daily-email`).
@@ -337,7 +345,9 @@ impl Lease {
         // From here on, a cancelled release is finished by its round (see `redlock::Round`).
         self.holding = false;
         self.held.end();
-        self.runtime.unregister(self.registered);
+        if let Some(entry) = self.registered {
+            self.runtime.unregister(entry);
+        }
         let all = (0..self.runtime.node_count()).collect();
         let outstanding = std::mem::take(&mut self.outstanding);
         release(
@@ -367,6 +377,17 @@ impl Lease {
     /// How long ago the lock was taken.
     pub(crate) fn held_for(&self) -> Duration {
         self.held.acquired_at.elapsed()
+    }
+
+    /// Marks the lease lost for `reason`.
+    pub(crate) fn lose(&self, reason: LostReason) {
+        self.held.lose(reason);
+    }
+
+    /// Gives up a lost lease: releases (in the background, see `Drop`) whatever copies of our
+    /// token are left, and returns the error that says why the body's run does not count.
+    pub(crate) fn give_up(self, reason: LostReason, body_finished: bool) -> Error {
+        self.lost_error(reason, body_finished)
     }
 
     pub(crate) fn lost_error(&self, reason: LostReason, body_finished: bool) -> Error {
@@ -411,7 +432,9 @@ impl Drop for Lease {
             return;
         }
         self.held.end();
-        self.runtime.unregister(self.registered);
+        if let Some(entry) = self.registered {
+            self.runtime.unregister(entry);
+        }
         let outstanding = std::mem::take(&mut self.outstanding);
         spawn_release_everywhere(&self.runtime, &self.held.key, &self.held.token, outstanding);
     }

@@ -166,16 +166,28 @@ impl Store {
         Self::live_value(&mut self.entries(), key, now).map(|entry| entry.value.clone())
     }
 
-    /// `SET key value PX expiry`.
-    pub(crate) fn set(&self, key: &str, value: &str, expiry: Duration) {
+    /// The done marker, as the `MARK_DONE_IF_OURS` script writes it: `marker` set to `token`
+    /// for `expiry`, only while `lock_key` holds `token`.
+    pub(crate) fn mark_done_if_ours(
+        &self,
+        lock_key: &str,
+        token: &str,
+        marker: &str,
+        expiry: Duration,
+    ) -> bool {
         let now = Instant::now();
+        let mut entries = self.entries();
+        if Self::live_value(&mut entries, lock_key, now).is_none_or(|entry| entry.value != token) {
+            return false;
+        }
         Self::insert(
-            &mut self.entries(),
-            key,
-            value.to_owned(),
+            &mut entries,
+            marker,
+            token.to_owned(),
             Some(now + expiry),
             now,
         );
+        true
     }
 }
 

@@ -15,7 +15,7 @@
 //! `redlock::Round`).
 
 use std::fmt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +43,34 @@ if ARGV[2] == "0" then
     return redis.call("DEL", KEYS[1])
 end
 return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#;
+
+/// The done marker of a period (`slot`): only while the lock `KEYS[1]` still holds our token,
+/// sets the marker `KEYS[2]` to it, expiring in `ARGV[2]` milliseconds; returns 1 when it did.
+static MARK_DONE_IF_OURS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
+return 1"#,
+    )
+});
+
+/// A machine's announcement of its `Config::max_ttl` (`ARGV[1]`, milliseconds): kept, with an
+/// expiry of `ARGV[2]` milliseconds, when it is at least the largest one there; returns the
+/// largest announced. Each announcer renews its own every second, so the largest lasts as long
+/// as its machine may hold a lock of that ttl, and a little longer.
+static ANNOUNCE_MAX_TTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local largest = tonumber(redis.call("GET", KEYS[1]) or "0")
+local ours = tonumber(ARGV[1])
+if ours >= largest then
+    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+    return ours
+end
+return largest"#,
+    )
+});
 
 /// Renewal: while the key holds our token, sets it to expire in `ARGV[2]` milliseconds and
 /// returns 1; where the key is absent (a node that missed our SET, or lost it), puts our token
@@ -113,6 +141,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// (`TCP_USER_TIMEOUT`): a request that left on a black-holed flow cannot arrive minutes later.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much longer than its `max_ttl` an announcement lives without being renewed: its machine
+/// renews it every second, and any lock of that machine runs out within `max_ttl` of its last
+/// renewal.
+const ANNOUNCEMENT_OUTLIVES_ITS_LOCKS: Duration = Duration::from_secs(60);
+
 /// A restarted node's "no done marker" counts for a period only if the node started this long
 /// before the period began by our clock: room for the clock of the machine that wrote the marker
 /// being ahead of ours.
@@ -132,6 +165,56 @@ pub(crate) enum Renewed {
     NotOurs,
 }
 
+/// How long a restarted node must be up before its votes count: the configured grace, raised to
+/// the longest ttl that any machine using the nodes announces.
+///
+/// Every runtime announces its `Config::max_ttl` on every node (at each connect, and with each
+/// check, once a second), where a script keeps the largest announced, for as long as its
+/// announcer may still hold a lock of that ttl; every runtime reads the largest back and counts
+/// votes only after that long. So a machine given a shorter `max_ttl` than another's (a deploy
+/// that raised it on some machines first) still waits long enough for the other's locks.
+pub(crate) struct FleetGrace {
+    configured: Duration,
+    /// The key the announcements go to.
+    key: String,
+    /// Our own `Config::max_ttl`, in milliseconds.
+    max_ttl_ms: u64,
+    /// The longest `max_ttl` seen announced by any machine, in milliseconds. It only grows for
+    /// the life of the process: lowering `max_ttl` fleet-wide takes effect on restart.
+    announced_ms: AtomicU64,
+}
+
+impl FleetGrace {
+    pub(crate) fn new(configured: Duration, key: String, max_ttl: Duration) -> Arc<FleetGrace> {
+        let max_ttl_ms = millis(max_ttl);
+        Arc::new(FleetGrace {
+            configured,
+            key,
+            max_ttl_ms,
+            announced_ms: AtomicU64::new(max_ttl_ms),
+        })
+    }
+
+    /// The grace in force now.
+    fn current(&self) -> Duration {
+        self.configured.max(Duration::from_millis(
+            self.announced_ms.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Announces our `max_ttl` on `connection`'s node and takes in the largest announced there.
+    async fn announce(&self, connection: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let mut invocation = ANNOUNCE_MAX_TTL.key(&self.key);
+        invocation.arg(self.max_ttl_ms).arg(
+            self.max_ttl_ms
+                .saturating_add(millis(ANNOUNCEMENT_OUTLIVES_ITS_LOCKS)),
+        );
+        let largest: u64 = invocation.invoke_async(connection).await?;
+        self.announced_ms.fetch_max(largest, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// One Redis node, named by its URL with the password hidden.
 pub(crate) struct Node {
     name: String,
@@ -139,7 +222,7 @@ pub(crate) struct Node {
     timeout: Duration,
     connect_timeout: Duration,
     /// `None` skips reading the server's uptime: every vote counts at once.
-    restart_grace: Option<Duration>,
+    grace: Option<Arc<FleetGrace>>,
     /// Read on every command, written only when the connection opens or breaks: a read lock
     /// costs no wait while other threads send on the same connection.
     link: RwLock<Link>,
@@ -210,6 +293,13 @@ impl Session {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    fn set_server(&self, server: Server) {
+        *self
+            .server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(server);
     }
 }
 
@@ -336,6 +426,7 @@ impl Node {
         position: usize,
         url: &str,
         config: &Config,
+        grace: Option<Arc<FleetGrace>>,
         engine: &Handle,
     ) -> Result<Node, Error> {
         let name = redact(url);
@@ -349,7 +440,7 @@ impl Node {
             backend,
             timeout: config.node_timeout,
             connect_timeout: config.connect_timeout,
-            restart_grace: config.effective_restart_grace(),
+            grace,
             link: RwLock::new(Link::Down {
                 cause: ConnectFailure {
                     cause: "not connected yet".into(),
@@ -622,27 +713,30 @@ impl Node {
         .await
     }
 
-    /// `SET key value PX expiry`.
-    pub(crate) async fn set(
+    /// Writes the done marker `marker`, expiring after `expiry`, while the lock `lock_key` still
+    /// holds `token` (see [`MARK_DONE_IF_OURS`]): `Ok(true)` when it did.
+    pub(crate) async fn mark_done(
         &self,
-        key: &str,
-        value: &str,
+        lock_key: &str,
+        token: &str,
+        marker: &str,
         expiry: Duration,
-    ) -> Result<(), NodeError> {
+    ) -> Result<bool, NodeError> {
+        let expiry = expiry.max(MILLISECOND);
         if let Some(store) = self.memory() {
-            store.set(key, value, expiry);
-            return Ok(());
+            return Ok(store.mark_done_if_ours(lock_key, token, marker, expiry));
         }
         within(&self.engine, self.timeout, async {
             let session = self.session().await?;
-            let set = redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(millis(expiry).max(1))
-                .to_owned();
-            self.query(&session, set.query_async(&mut session.connection.clone()))
-                .await
+            let mut invocation = MARK_DONE_IF_OURS.key(lock_key);
+            invocation.key(marker).arg(token).arg(millis(expiry));
+            let marked: i64 = self
+                .query(
+                    &session,
+                    invocation.invoke_async(&mut session.connection.clone()),
+                )
+                .await?;
+            Ok(marked == 1)
         })
         .await
     }
@@ -651,7 +745,8 @@ impl Node {
     /// counts.
     async fn voting_session(&self) -> Result<Arc<Session>, NodeError> {
         let session = self.session().await?;
-        if let (Some(server), Some(grace)) = (session.server(), self.restart_grace) {
+        if let (Some(server), Some(grace)) = (session.server(), &self.grace) {
+            let grace = grace.current();
             let up = server.up_since.elapsed();
             if up < grace {
                 return Err(NodeError::Restarted { up, grace });
@@ -663,7 +758,7 @@ impl Node {
     /// When the restart grace of the server behind the open connection ends, if it has not yet:
     /// for telling, at start-up, when locking can begin.
     pub(crate) fn grace_ends(&self) -> Option<Instant> {
-        let grace = self.restart_grace?;
+        let grace = self.grace.as_ref()?.current();
         let server = self.open_session()?.server()?;
         Some(server.up_since + grace).filter(|ends| *ends > Instant::now())
     }
@@ -681,27 +776,19 @@ impl Node {
             return; // the next call connects
         };
         let mut connection = session.connection.clone();
-        let read = driver::timeout(&self.engine, self.timeout, Server::read(&mut connection)).await;
-        match read {
-            Ok(Ok(server)) => {
-                let known = session.server();
-                if known
-                    .as_ref()
-                    .is_some_and(|known| known.run_id != server.run_id)
-                {
-                    tracing::warn!(
-                        node = self.name,
-                        "Redis node restarted behind an open connection (new run_id); its votes \
-                         count again once it has been up for the restart grace"
-                    );
-                }
-                if known.is_some() {
-                    *session
-                        .server
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(server);
-                }
+        let read = driver::timeout(&self.engine, self.timeout, async {
+            if let Some(grace) = &self.grace {
+                grace.announce(&mut connection).await?;
             }
+            Server::read(&mut connection).await
+        })
+        .await;
+        match read {
+            // Not read when the restart grace is off: nothing to compare then.
+            Ok(Ok(server)) if session.server().is_some() => {
+                session.set_server(self.witness(server));
+            }
+            Ok(Ok(_)) => {}
             Ok(Err(err)) if is_refusal(&err) => {} // `INFO` refused: the calls say so
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(
@@ -768,7 +855,7 @@ impl Node {
                     let attempt = connect_on_a_driver(
                         redis::Client::clone(client),
                         self.connect_timeout,
-                        self.restart_grace.is_some(),
+                        self.grace.clone(),
                         self.engine.clone(),
                     )
                     .boxed()
@@ -788,7 +875,7 @@ impl Node {
             *link = match &opened {
                 Ok(session) => {
                     if let Some(server) = session.server() {
-                        self.note_run_id(&server.run_id);
+                        session.set_server(self.witness(server));
                     }
                     Link::Up(session.clone())
                 }
@@ -817,19 +904,26 @@ impl Node {
         result.map_err(NodeError::Redis)
     }
 
-    /// Logs a restart, told apart from a mere reconnect by a new `run_id`.
-    fn note_run_id(&self, run_id: &str) {
+    /// `server` as a vote counts it: when it is not the server last seen behind this node (a new
+    /// `run_id`), this process has witnessed a restart, and the grace starts no earlier than now,
+    /// whatever uptime the new server reports (a replica promoted in its place reports its own).
+    fn witness(&self, mut server: Server) -> Server {
         let mut last = self
             .last_run_id
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.as_deref().is_some_and(|last| last != run_id) {
+        if last.as_deref().is_some_and(|last| last != server.run_id) {
             tracing::warn!(
                 node = self.name,
-                "Redis node restarted (new run_id); its votes count again once it has been up for the restart grace"
+                grace = ?self.grace.as_ref().map(|grace| grace.current()),
+                "Redis node restarted (new run_id); its votes count again once the restart grace \
+                 has passed from now"
             );
+            server.up_since = server.up_since.max(Instant::now());
+            server.started_at = server.started_at.max(SystemTime::now());
         }
-        *last = Some(run_id.to_owned());
+        *last = Some(server.run_id.clone());
+        server
     }
 }
 
@@ -904,21 +998,26 @@ fn connect_failure(err: &RedisError) -> String {
 async fn connect_on_a_driver(
     client: redis::Client,
     connect_timeout: Duration,
-    read_uptime: bool,
+    grace: Option<Arc<FleetGrace>>,
     engine: Handle,
 ) -> Opened {
     let on = driver::for_connection(&engine);
     let callers = on.alive.is_some();
     let joined = on
         .handle
-        .spawn(open(client.clone(), connect_timeout, read_uptime, on.alive))
+        .spawn(open(
+            client.clone(),
+            connect_timeout,
+            grace.clone(),
+            on.alive,
+        ))
         .await;
     let joined = match joined {
         Err(err) if callers && err.is_panic() => {
             driver::cannot_drive(&on.handle);
             tracing::warn!(error = %err, "the caller's tokio runtime cannot drive Redis connections (is it built without `enable_all()`?); the crate's own thread drives them instead");
             engine
-                .spawn(open(client, connect_timeout, read_uptime, None))
+                .spawn(open(client, connect_timeout, grace, None))
                 .await
         }
         joined => joined,
@@ -932,12 +1031,12 @@ async fn connect_on_a_driver(
 }
 
 /// Opens a connection (its driver task lives on the runtime this runs on, whose sentinel clears
-/// `driver_alive`) and, unless `read_uptime` is off, reads when the server started and its
-/// `run_id`.
+/// `driver_alive`) and, with a restart grace, reads when the server started and its `run_id`,
+/// and announces our longest ttl (see [`FleetGrace`]).
 async fn open(
     client: redis::Client,
     connect_timeout: Duration,
-    read_uptime: bool,
+    grace: Option<Arc<FleetGrace>>,
     driver_alive: Option<Arc<AtomicBool>>,
 ) -> Opened {
     let opening = async {
@@ -951,10 +1050,12 @@ async fn open(
         let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let server = if read_uptime {
-            Some(Server::read(&mut connection).await?)
-        } else {
-            None
+        let server = match &grace {
+            Some(grace) => {
+                grace.announce(&mut connection).await?;
+                Some(Server::read(&mut connection).await?)
+            }
+            None => None,
         };
         Ok::<_, RedisError>(Arc::new(Session {
             connection,

@@ -541,7 +541,13 @@ pub(crate) async fn acquire(
                 fencing_token: fence,
                 outstanding,
             };
-            return Ok(Acquired::Taken(Lease::new(runtime.clone(), taken)));
+            let lease = Lease::new(runtime.clone(), taken);
+            if !lease.is_registered() {
+                // `shutdown` began while this attempt was in flight: nothing is held after it.
+                let _ = lease.release().await;
+                return Err(Error::ShutDown);
+            }
+            return Ok(Acquired::Taken(lease));
         }
 
         if tally.split() {

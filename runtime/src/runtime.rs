@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use crate::backlog::Backlog;
 use crate::config::{check_duration, check_millis};
 use crate::lease::Held;
-use crate::node::Node;
+use crate::node::{FleetGrace, Node};
 use crate::redlock::{acquire, quorum, Acquired};
 use tracing::Instrument;
 
@@ -96,7 +96,7 @@ struct Inner {
     /// The leases held now, which `shutdown` releases.
     leases: Mutex<HashMap<u64, Weak<Held>>>,
     next_lease: AtomicU64,
-    /// Releases running in the background, which `shutdown` waits for.
+    /// Attempts in flight and releases running in the background, which `shutdown` waits for.
     background: Arc<AtomicUsize>,
     shut_down: AtomicBool,
 }
@@ -108,9 +108,12 @@ impl Runtime {
             .map_err(|err| Error::Internal(err.clone()))?;
         let mut seen = HashMap::new();
         let mut nodes = Vec::with_capacity(config.urls.len());
+        let grace = config
+            .effective_restart_grace()
+            .map(|grace| FleetGrace::new(grace, keys::max_ttl(&config.key_prefix), config.max_ttl));
         for (index, url) in config.urls.iter().enumerate() {
             let position = index + 1;
-            let node = Node::new(position, url, &config, engine.handle())?;
+            let node = Node::new(position, url, &config, grace.clone(), engine.handle())?;
             if let Some(identity) = Node::identity(url) {
                 if let Some(first) = seen.insert(identity, position) {
                     return Err(Error::InvalidConfig(format!(
@@ -268,7 +271,10 @@ impl Runtime {
 
     /// One attempt (split votes aside) at the lock.
     async fn take_once(&self, key: &str, options: &Options) -> Result<Acquired, Error> {
-        if self.inner.shut_down.load(Ordering::Acquire) {
+        // Counted before the flag is read: a `shutdown` that begins now waits for this attempt,
+        // whose lease (if it wins) the shutdown's register then refuses.
+        let _in_flight = self.pending();
+        if self.inner.shut_down.load(Ordering::SeqCst) {
             return Err(Error::ShutDown);
         }
         let prefix = &self.inner.key_prefix;
@@ -415,9 +421,9 @@ impl Runtime {
                 }));
             }
         }
-        // Renewal runs beside the body and stops with it, before the release, so that it cannot
-        // extend a key we are deleting.
-        let keeping = lease.keep(&options);
+        // Renewal runs beside the body, and beside the done marker's write after it; it stops
+        // before the release, so that it cannot extend a key we are deleting.
+        let mut keeping = std::pin::pin!(lease.keep(&options));
         let body = lease.info().scope(body);
         let value = match options.on_lost {
             OnLost::Cancel => {
@@ -426,13 +432,13 @@ impl Runtime {
                     biased;
                     value = body => Some(value),
                     _ = lost => None,
-                    never = keeping => match never {},
+                    never = &mut keeping => match never {},
                 }
             }
             OnLost::Continue => tokio::select! {
                 biased;
                 value = body => Some(value),
-                never = keeping => match never {},
+                never = &mut keeping => match never {},
             },
         };
         // `Ran` only if the lease is still valid now that the body has ended: a body that
@@ -440,18 +446,28 @@ impl Runtime {
         // another holder.
         let value = match (value, lease.lost()) {
             (Some(value), None) => value,
-            (value, Some(reason)) => {
-                let err = lease.lost_error(reason, value.is_some());
-                // Dropping it releases whatever copies of our token are left.
-                drop(lease);
-                return Err(err);
-            }
+            (value, Some(reason)) => return Err(lease.give_up(reason, value.is_some())),
             (None, None) => unreachable!("the body is only cut short by a lost lease"),
         };
         let succeeded = succeeded(&value);
         if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
-            if let Err(err) = slot::mark_done(self, marker, lease.token(), period).await {
-                tracing::warn!(error = %err, "the done marker reached too few nodes; this period may run again");
+            // Written only where the lock is still ours, while renewal goes on; then the lease
+            // is checked again, so that `Ran` means the period was marked under the lock.
+            let marking = slot::mark_done(self, marker, lease.key(), lease.token(), period);
+            let marked = tokio::select! {
+                marked = marking => marked,
+                never = &mut keeping => match never {},
+            };
+            match marked {
+                Ok(()) => {}
+                Err(slot::NotMarked::NotOurs) => lease.lose(LostReason::TakenOver),
+                Err(slot::NotMarked::NoQuorum(err)) => tracing::warn!(
+                    error = %err,
+                    "the done marker reached too few nodes; this period may run again"
+                ),
+            }
+            if let Some(reason) = lease.lost() {
+                return Err(lease.give_up(reason, true));
             }
         }
         let keep = match options.min_hold {
@@ -565,12 +581,15 @@ impl Runtime {
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
         check_duration("timeout", timeout, true)?;
         let deadline = Instant::now() + timeout;
-        self.inner.shut_down.store(true, Ordering::Release);
-        let held: Vec<Arc<Held>> = self
-            .lock_register()
-            .drain()
-            .filter_map(|(_, held)| held.upgrade())
-            .collect();
+        let held: Vec<Arc<Held>> = {
+            // Under the register's lock: no lease registers after the flag is up.
+            let mut register = self.lock_register();
+            self.inner.shut_down.store(true, Ordering::SeqCst);
+            register
+                .drain()
+                .filter_map(|(_, held)| held.upgrade())
+                .collect()
+        };
         for held in &held {
             held.lose(LostReason::Shutdown);
         }
@@ -600,11 +619,16 @@ impl Runtime {
         }
     }
 
-    /// Puts a lease in the register that `shutdown` releases; returns its entry.
-    pub(crate) fn register(&self, held: &Arc<Held>) -> u64 {
+    /// Puts a lease in the register that `shutdown` releases; returns its entry, or `None` once
+    /// the runtime is shut down (the lease must then be given back at once).
+    pub(crate) fn register(&self, held: &Arc<Held>) -> Option<u64> {
+        let mut register = self.lock_register();
+        if self.inner.shut_down.load(Ordering::SeqCst) {
+            return None;
+        }
         let entry = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
-        self.lock_register().insert(entry, Arc::downgrade(held));
-        entry
+        register.insert(entry, Arc::downgrade(held));
+        Some(entry)
     }
 
     /// Takes a released (or dropped) lease out of the register.
@@ -619,21 +643,21 @@ impl Runtime {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `work` on the crate's own runtime, counted as background work that `shutdown` waits
+    /// Runs `work` on the crate's own runtime, counted as pending work that `shutdown` waits
     /// for.
     pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
-        struct Counted(Arc<AtomicUsize>);
-        impl Drop for Counted {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        self.inner.background.fetch_add(1, Ordering::AcqRel);
-        let counted = Counted(self.inner.background.clone());
+        let pending = self.pending();
         drop(self.engine().spawn(async move {
-            let _counted = counted;
+            let _pending = pending;
             work.await;
         }));
+    }
+
+    /// Counts work that `shutdown` waits for (an attempt in flight, a background release) for
+    /// as long as the returned guard lives.
+    fn pending(&self) -> Pending {
+        self.inner.background.fetch_add(1, Ordering::SeqCst);
+        Pending(self.inner.background.clone())
     }
 
     /// Checks a call's options against each other and this runtime's settings, before anything
@@ -711,6 +735,15 @@ impl fmt::Debug for Runtime {
             .field("quorum", &self.inner.quorum)
             .field("key_prefix", &self.inner.key_prefix)
             .finish()
+    }
+}
+
+/// Pending work that `shutdown` waits for, counted while this lives.
+struct Pending(Arc<AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -89,23 +89,40 @@ pub(crate) async fn done(runtime: &Runtime, marker: &str, period: &Period) -> Re
     .into_error())
 }
 
-/// Writes the done marker `marker` for `period` (its value: the run's token) on every node;
-/// fails unless a quorum stored it.
+/// Why a done marker was not written on a quorum.
+pub(crate) enum NotMarked {
+    /// A majority of nodes holds another token for the lock (or none): it is no longer ours.
+    NotOurs,
+    /// Too few nodes answered: the period may run again.
+    NoQuorum(NoQuorum),
+}
+
+/// Writes the done marker `marker` for `period` (its value: the run's token) on every node where
+/// the lock `lock_key` still holds `token`, in one step with that check, so that a holder whose
+/// lease ran out cannot mark a period it no longer owns. Fails unless a quorum stored it.
 pub(crate) async fn mark_done(
     runtime: &Runtime,
     marker: &str,
+    lock_key: &str,
     token: &str,
     period: &Period,
-) -> Result<(), NoQuorum> {
+) -> Result<(), NotMarked> {
     let expiry = period.marker_expiry();
-    let mut stored = 0;
+    let (mut stored, mut not_ours) = (0, 0);
     let mut failures = Vec::new();
     let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
-        .map(|node| async move { (node, runtime.node(node).set(marker, token, expiry).await) })
+        .map(|node| async move {
+            let marked = runtime
+                .node(node)
+                .mark_done(lock_key, token, marker, expiry)
+                .await;
+            (node, marked)
+        })
         .collect();
     while let Some((node, answer)) = answers.next().await {
         match answer {
-            Ok(()) => stored += 1,
+            Ok(true) => stored += 1,
+            Ok(false) => not_ours += 1,
             Err(err) => failures.push(runtime.node(node).failure(&err)),
         }
     }
@@ -113,13 +130,16 @@ pub(crate) async fn mark_done(
     if stored >= runtime.quorum() {
         return Ok(());
     }
-    Err(NoQuorum {
+    if not_ours > runtime.node_count() - runtime.quorum() {
+        return Err(NotMarked::NotOurs);
+    }
+    Err(NotMarked::NoQuorum(NoQuorum {
         key: marker.to_owned(),
         nodes: runtime.node_count(),
         answered: stored,
         needed: runtime.quorum(),
         failures,
-    })
+    }))
 }
 
 #[cfg(test)]
