@@ -40,7 +40,9 @@ async fn exactly_one_of_fifty_runs(node_count: usize) {
     for call in calls {
         match call.await.unwrap().expect("quorum is up") {
             Outcome::Ran(()) => ran += 1,
-            Outcome::Skipped(Skip::Busy) => skipped += 1,
+            // Calls that fire at the same instant can split the vote on every retry, until one
+            // of them wins; the others then find it busy.
+            Outcome::Skipped(Skip::Busy | Skip::SplitVote { .. }) => skipped += 1,
             Outcome::Skipped(other) => panic!("unexpected skip {other:?}"),
         }
     }

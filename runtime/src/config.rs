@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::{Error, Runtime};
 
-/// The key prefix used unless [`Config::key_prefix`] sets another: the Redis key of
-/// `key = "daily-email"` is `singleton:daily-email`.
+/// The key prefix used unless [`Config::key_prefix`] sets another: the Redis key of the lock of
+/// `key = "daily-email"` is `singleton:lock:daily-email`.
 pub const DEFAULT_KEY_PREFIX: &str = "singleton:";
 
 /// How long one Redis node may take to answer one command before its vote counts as missing.
@@ -142,7 +142,9 @@ impl Config {
     }
 
     /// The prefix put before every key in Redis (default [`DEFAULT_KEY_PREFIX`]); give each
-    /// application its own when they share Redis nodes.
+    /// application its own when they share Redis nodes, none of them the beginning of another.
+    /// Under it, each kind of key has a namespace of its own: `lock:{key}`, `done:{key}:{n}`,
+    /// `fence:{key}`, `epoch` and `max-ttl`.
     ///
     /// ```
     /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"]).key_prefix("app1:");
@@ -219,10 +221,11 @@ impl Config {
     ///
     /// A node restarted without persistence has forgotten the locks it held; if its fresh vote
     /// counted at once, it could hand a second caller a majority while the first still holds the
-    /// lock. So the runtime learns when each node started (its `uptime_in_seconds`, read on every
-    /// connect, and its `run_id`, checked every second, which also catches a restart behind a
-    /// proxy that kept the connection open) and counts no vote from a node up for less than the
-    /// grace. A key the node forgot had at most [`max_ttl`] left to live, so once the node has
+    /// lock. So the runtime learns when each node started (its `uptime_in_seconds` and `run_id`,
+    /// read on every connect and every second; a `run_id` not seen before starts the grace from
+    /// that moment) and whether it lost its data since (its epoch, read back by every vote: a
+    /// restart behind a proxy that kept the connection open, a `FLUSHALL`), and counts no vote
+    /// from a node up for less than the grace. A key the node forgot had at most [`max_ttl`] left to live, so once the node has
     /// been up that long, every lock it could have forgotten has run out: the grace must be at
     /// least [`max_ttl`], and [`Config::build`] refuses a shorter one.
     ///

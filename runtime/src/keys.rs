@@ -3,7 +3,8 @@
 //!
 //! With the default prefix, the job `daily-email` has the lock `singleton:lock:daily-email`, the
 //! done markers `singleton:done:daily-email:<period>` and the fencing counter
-//! `singleton:fence:daily-email`; the machines' longest ttl is announced at `singleton:max-ttl`.
+//! `singleton:fence:daily-email`; the machines' longest ttl is announced at `singleton:max-ttl`,
+//! and each node's epoch is at `singleton:epoch`.
 //! The kinds differ right after the prefix, and a marker's period (digits only) is what follows
 //! its last `:`, so no two keys of any kinds or jobs are the same. (Within one prefix: two
 //! applications on the same nodes need prefixes of which neither begins the other.)
@@ -22,6 +23,12 @@ pub(crate) fn done_marker(prefix: &str, key: &str, period: u64) -> String {
 /// `node::FleetGrace`).
 pub(crate) fn max_ttl(prefix: &str) -> String {
     format!("{prefix}max-ttl")
+}
+
+/// Each node's epoch: a random value that tells a node that lost its data (see
+/// `node::FleetGrace`).
+pub(crate) fn epoch(prefix: &str) -> String {
+    format!("{prefix}epoch")
 }
 
 /// The fencing counter of `key`.

@@ -272,7 +272,7 @@ impl Lease {
         self.registered.is_some()
     }
 
-    /// The Redis key, with the runtime's prefix (`singleton:daily-email`).
+    /// The Redis key of the lock (`singleton:lock:daily-email`).
     pub fn key(&self) -> &str {
         &self.held.key
     }

@@ -75,10 +75,15 @@ return largest"#,
 /// Renewal: while the key holds our token, sets it to expire in `ARGV[2]` milliseconds and
 /// returns 1; where the key is absent (a node that missed our SET, or lost it), puts our token
 /// back with that expiry and returns 2, so that a lease taken on a bare quorum regains its fault
-/// tolerance; where another token holds it, returns 0 and touches nothing.
+/// tolerance; where another token holds it, returns 0 and touches nothing. With an epoch key
+/// (`KEYS[2]`), returns -1 and touches nothing when the node no longer has the epoch `ARGV[3]`
+/// (see [`FleetGrace`]).
 static EXTEND_OR_REPAIR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"local value = redis.call("GET", KEYS[1])
+        r#"if KEYS[2] and redis.call("GET", KEYS[2]) ~= ARGV[3] then
+    return -1
+end
+local value = redis.call("GET", KEYS[1])
 if value == ARGV[1] then
     redis.call("PEXPIRE", KEYS[1], ARGV[2])
     return 1
@@ -93,14 +98,18 @@ return 0"#,
 
 /// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
 /// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
-/// the counter as a decimal string ("0" when there is none yet), or nil when the key was already
-/// set. Counters stay strings: Lua numbers are doubles, exact only up to 2^53.
+/// whether the node still has the epoch `ARGV[3]` at `KEYS[3]` (when given; see [`FleetGrace`])
+/// and the counter as a decimal string ("0" when there is none yet), or nil when the key was
+/// already set. Counters stay strings: Lua numbers are doubles, exact only up to 2^53.
 static SET_NX_READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    return false
+        r#"if KEYS[3] and redis.call("GET", KEYS[3]) ~= ARGV[3] then
+    return {0, false}
 end
-return redis.call("GET", KEYS[2]) or "0""#,
+if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    return {1, false}
+end
+return {1, redis.call("GET", KEYS[2]) or "0"}"#,
     )
 });
 
@@ -138,7 +147,8 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long sent data may go unacknowledged before the kernel drops the connection
-/// (`TCP_USER_TIMEOUT`): a request that left on a black-holed flow cannot arrive minutes later.
+/// (`TCP_USER_TIMEOUT`): a request that left on a black-holed flow arrives within this long, or
+/// never.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How much longer than its `max_ttl` an announcement lives without being renewed: its machine
@@ -165,18 +175,27 @@ pub(crate) enum Renewed {
     NotOurs,
 }
 
-/// How long a restarted node must be up before its votes count: the configured grace, raised to
-/// the longest ttl that any machine using the nodes announces.
+/// How a runtime tells that a node may have forgotten locks, and how long it then refuses its
+/// votes: the restart grace, the configured one raised to the longest ttl that any machine
+/// using the nodes announces, and the node's epoch.
 ///
 /// Every runtime announces its `Config::max_ttl` on every node (at each connect, and with each
 /// check, once a second), where a script keeps the largest announced, for as long as its
 /// announcer may still hold a lock of that ttl; every runtime reads the largest back and counts
 /// votes only after that long. So a machine given a shorter `max_ttl` than another's (a deploy
 /// that raised it on some machines first) still waits long enough for the other's locks.
+///
+/// The epoch is a random value at one key of each node, written by the first client that finds
+/// none, and read with the server's `run_id`. Every vote reads it back in the same round trip
+/// (a `GET` after the `SET`, or inside the script): a node that no longer has the epoch this
+/// client read has lost its data since (a restart behind a proxy that kept the connection open,
+/// a `FLUSHALL`), and its vote does not count; the node is young again from that moment.
 pub(crate) struct FleetGrace {
     configured: Duration,
     /// The key the announcements go to.
     key: String,
+    /// The key of each node's epoch.
+    epoch_key: String,
     /// Our own `Config::max_ttl`, in milliseconds.
     max_ttl_ms: u64,
     /// The longest `max_ttl` seen announced by any machine, in milliseconds. It only grows for
@@ -185,11 +204,17 @@ pub(crate) struct FleetGrace {
 }
 
 impl FleetGrace {
-    pub(crate) fn new(configured: Duration, key: String, max_ttl: Duration) -> Arc<FleetGrace> {
+    pub(crate) fn new(
+        configured: Duration,
+        key: String,
+        epoch_key: String,
+        max_ttl: Duration,
+    ) -> Arc<FleetGrace> {
         let max_ttl_ms = millis(max_ttl);
         Arc::new(FleetGrace {
             configured,
             key,
+            epoch_key,
             max_ttl_ms,
             announced_ms: AtomicU64::new(max_ttl_ms),
         })
@@ -226,8 +251,8 @@ pub(crate) struct Node {
     /// Read on every command, written only when the connection opens or breaks: a read lock
     /// costs no wait while other threads send on the same connection.
     link: RwLock<Link>,
-    /// The `run_id` of the server last connected to, to tell a restart from a reconnect.
-    last_run_id: Mutex<Option<String>>,
+    /// The `run_id` and epoch of the server last seen, to tell a restart from a reconnect.
+    last_seen: Mutex<Option<(String, Option<String>)>>,
     /// The crate's own runtime, which drives connections opened outside a multi-threaded one.
     engine: Handle,
 }
@@ -272,10 +297,13 @@ struct Session {
     driver_alive: Option<Arc<AtomicBool>>,
 }
 
-/// What `INFO server` said of the server behind a connection.
+/// What `INFO server` said of the server behind a connection, and the node's epoch.
 #[derive(Clone, Debug, PartialEq)]
 struct Server {
     run_id: String,
+    /// The node's epoch as read with `run_id` (see [`FleetGrace`]); `None` when the node was
+    /// seen to have lost it, until the next check reads it again.
+    epoch: Option<String>,
     /// When it started, on our monotonic clock, on the late side (see `Server::read`).
     up_since: Instant,
     /// When it started, on our wall clock, on the late side: for comparing with periods.
@@ -289,10 +317,17 @@ impl Session {
     }
 
     fn server(&self) -> Option<Server> {
-        self.server
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.with_server(Option::clone)
+    }
+
+    /// Looks at the server without copying it: every vote does.
+    fn with_server<R>(&self, look: impl FnOnce(&Option<Server>) -> R) -> R {
+        look(
+            &self
+                .server
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     fn set_server(&self, server: Server) {
@@ -304,8 +339,12 @@ impl Session {
 }
 
 impl Server {
-    /// Reads `INFO server` on `connection`.
-    async fn read(connection: &mut MultiplexedConnection) -> Result<Server, RedisError> {
+    /// Reads `INFO server` on `connection`, and the node's epoch at `epoch_key`, writing one
+    /// first if the node has none (it started since anyone last did).
+    async fn read(
+        connection: &mut MultiplexedConnection,
+        epoch_key: &str,
+    ) -> Result<Server, RedisError> {
         let info: InfoDict = redis::cmd("INFO")
             .arg("server")
             .query_async(connection)
@@ -336,12 +375,36 @@ impl Server {
         let started_at = answered_wall
             .checked_sub(uptime)
             .map_or(answered_wall, |started| started + UPTIME_RESOLUTION);
+        let (epoch,): (String,) = redis::pipe()
+            .cmd("SET")
+            .arg(epoch_key)
+            .arg(random_hex()?)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(epoch_key)
+            .query_async(connection)
+            .await?;
         Ok(Server {
             run_id,
+            epoch: Some(epoch),
             up_since,
             started_at,
         })
     }
+}
+
+/// 128 random bits from the OS, as hex: a node's epoch.
+fn random_hex() -> Result<String, RedisError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| {
+        RedisError::from((
+            redis::ErrorKind::Client,
+            "the OS random source failed",
+            err.to_string(),
+        ))
+    })?;
+    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
 }
 
 /// Why one node gave no vote.
@@ -360,6 +423,8 @@ pub(crate) enum NodeError {
     StartedInPeriod,
     /// No answer yet when the round's outcome was decided without it.
     Unanswered,
+    /// The node no longer has the epoch read when it was last checked: it lost its data.
+    LostData,
 }
 
 impl NodeError {
@@ -371,7 +436,9 @@ impl NodeError {
             NodeError::Down(_) => FailureKind::Unreachable,
             NodeError::Redis(err) if is_refusal(err) => FailureKind::Refused,
             NodeError::Redis(_) => FailureKind::Unreachable,
-            NodeError::Restarted { .. } | NodeError::StartedInPeriod => FailureKind::Restarted,
+            NodeError::Restarted { .. } | NodeError::StartedInPeriod | NodeError::LostData => {
+                FailureKind::Restarted
+            }
             NodeError::Unanswered => FailureKind::Unanswered,
         }
     }
@@ -415,6 +482,11 @@ impl fmt::Display for NodeError {
             NodeError::Unanswered => {
                 f.write_str("no answer yet when the call's outcome was decided without it")
             }
+            NodeError::LostData => f.write_str(
+                "the node has lost its data since it was last checked (a restart, or a flush): it \
+                 may have forgotten a lock, so its vote counts again once the restart grace has \
+                 passed from now (see `Config::restart_grace`)",
+            ),
         }
     }
 }
@@ -448,7 +520,7 @@ impl Node {
                 },
                 retry_after: Instant::now(),
             }),
-            last_run_id: Mutex::new(None),
+            last_seen: Mutex::new(None),
             engine: engine.clone(),
         })
     }
@@ -534,10 +606,24 @@ impl Node {
             .arg("NX")
             .arg("PX")
             .arg(millis(ttl));
-        // `OK`, or nil when the key is set; `()` reads either without allocating.
-        let reply: Option<()> = self
-            .query(&session, cmd.query_async(&mut session.connection.clone()))
+        let Some(epoch_key) = self.epoch_key(&session) else {
+            // `OK`, or nil when the key is set; `()` reads either without allocating.
+            let reply: Option<()> = self
+                .query(&session, cmd.query_async(&mut session.connection.clone()))
+                .await?;
+            return Ok(reply.is_some());
+        };
+        // The epoch is read after the SET, in the same round trip: if it is still the one read
+        // with the server, the SET ran on a node that had not lost its data.
+        let mut pipeline = redis::Pipeline::with_capacity(2);
+        pipeline.add_command(cmd).cmd("GET").arg(epoch_key);
+        let (reply, epoch): (Option<()>, Option<Vec<u8>>) = self
+            .query(
+                &session,
+                pipeline.query_async(&mut session.connection.clone()),
+            )
             .await?;
+        self.same_epoch(&session, epoch.as_deref())?;
         Ok(reply.is_some())
     }
 
@@ -556,12 +642,16 @@ impl Node {
         let session = self.voting_session().await?;
         let mut invocation = SET_NX_READ_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(millis(ttl));
-        let counter: Option<String> = self
+        self.check_epoch_in(&session, &mut invocation);
+        let (epoch_held, counter): (bool, Option<String>) = self
             .query(
                 &session,
                 invocation.invoke_async(&mut session.connection.clone()),
             )
             .await?;
+        if !epoch_held {
+            return Err(self.lost_data(&session));
+        }
         counter
             .map(|counter| {
                 counter.parse().map_err(|_| {
@@ -617,6 +707,7 @@ impl Node {
         let session = self.voting_session().await?;
         let mut invocation = EXTEND_OR_REPAIR.key(key);
         invocation.arg(token).arg(millis(keep));
+        self.check_epoch_in(&session, &mut invocation);
         let renewed: i64 = self
             .query(
                 &session,
@@ -626,6 +717,7 @@ impl Node {
         Ok(match renewed {
             1 => Renewed::Kept,
             2 => Renewed::Repaired,
+            -1 => return Err(self.lost_data(&session)),
             _ => Renewed::NotOurs,
         })
     }
@@ -698,10 +790,23 @@ impl Node {
         }
         within(&self.engine, self.timeout, async {
             let session = self.voting_session().await?;
-            let get = redis::cmd("GET").arg(marker).to_owned();
-            let value: Option<String> = self
-                .query(&session, get.query_async(&mut session.connection.clone()))
+            let mut pipeline = redis::Pipeline::with_capacity(2);
+            pipeline.cmd("GET").arg(marker);
+            let epoch_key = self.epoch_key(&session);
+            if let Some(epoch_key) = epoch_key {
+                pipeline.cmd("GET").arg(epoch_key);
+            }
+            let mut replies: Vec<Option<String>> = self
+                .query(
+                    &session,
+                    pipeline.query_async(&mut session.connection.clone()),
+                )
                 .await?;
+            if epoch_key.is_some() {
+                let epoch = replies.pop().flatten();
+                self.same_epoch(&session, epoch.as_deref().map(str::as_bytes))?;
+            }
+            let value = replies.pop().flatten();
             let remembers_the_period = session
                 .server()
                 .is_none_or(|server| server.started_at + SLOT_CLOCK_SKEW <= period_start);
@@ -745,9 +850,20 @@ impl Node {
     /// counts.
     async fn voting_session(&self) -> Result<Arc<Session>, NodeError> {
         let session = self.session().await?;
-        if let (Some(server), Some(grace)) = (session.server(), &self.grace) {
-            let grace = grace.current();
-            let up = server.up_since.elapsed();
+        let Some(grace) = &self.grace else {
+            return Ok(session);
+        };
+        let up_since = session.with_server(|server| match server {
+            Some(Server {
+                epoch: Some(_),
+                up_since,
+                ..
+            }) => Ok(Some(*up_since)),
+            Some(_) => Err(NodeError::LostData),
+            None => Ok(None),
+        })?;
+        if let Some(up_since) = up_since {
+            let (up, grace) = (up_since.elapsed(), grace.current());
             if up < grace {
                 return Err(NodeError::Restarted { up, grace });
             }
@@ -777,18 +893,24 @@ impl Node {
         };
         let mut connection = session.connection.clone();
         let read = driver::timeout(&self.engine, self.timeout, async {
-            if let Some(grace) = &self.grace {
-                grace.announce(&mut connection).await?;
+            match &self.grace {
+                Some(grace) => {
+                    grace.announce(&mut connection).await?;
+                    Server::read(&mut connection, &grace.epoch_key)
+                        .await
+                        .map(Some)
+                }
+                None => redis::cmd("PING")
+                    .query_async::<()>(&mut connection)
+                    .await
+                    .map(|()| None),
             }
-            Server::read(&mut connection).await
         })
         .await;
         match read {
-            // Not read when the restart grace is off: nothing to compare then.
-            Ok(Ok(server)) if session.server().is_some() => {
-                session.set_server(self.witness(server));
-            }
-            Ok(Ok(_)) => {}
+            Ok(Ok(Some(server))) => session.set_server(self.witness(server)),
+            // The restart grace is off: nothing to compare.
+            Ok(Ok(None)) => {}
             Ok(Err(err)) if is_refusal(&err) => {} // `INFO` refused: the calls say so
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(
@@ -905,25 +1027,83 @@ impl Node {
     }
 
     /// `server` as a vote counts it: when it is not the server last seen behind this node (a new
-    /// `run_id`), this process has witnessed a restart, and the grace starts no earlier than now,
-    /// whatever uptime the new server reports (a replica promoted in its place reports its own).
+    /// `run_id`, or a new epoch: the node lost its data), this process has witnessed a restart,
+    /// and the grace starts no earlier than now, whatever uptime the new server reports (a
+    /// replica promoted in its place reports its own).
     fn witness(&self, mut server: Server) -> Server {
         let mut last = self
-            .last_run_id
+            .last_seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.as_deref().is_some_and(|last| last != server.run_id) {
+        let identity = (server.run_id.clone(), server.epoch.clone());
+        if last.as_ref().is_some_and(|last| *last != identity) {
             tracing::warn!(
                 node = self.name,
                 grace = ?self.grace.as_ref().map(|grace| grace.current()),
-                "Redis node restarted (new run_id); its votes count again once the restart grace \
-                 has passed from now"
+                "Redis node restarted or lost its data (new run_id or epoch); its votes count \
+                 again once the restart grace has passed from now"
             );
             server.up_since = server.up_since.max(Instant::now());
             server.started_at = server.started_at.max(SystemTime::now());
         }
-        *last = Some(server.run_id.clone());
+        *last = Some(identity);
         server
+    }
+
+    /// The key of the node's epoch, when votes check it (the restart grace is on).
+    fn epoch_key(&self, session: &Session) -> Option<&str> {
+        let grace = self.grace.as_ref()?;
+        session
+            .with_server(Option::is_some)
+            .then_some(grace.epoch_key.as_str())
+    }
+
+    /// Adds the epoch check to a script that takes it as its last key and argument.
+    fn check_epoch_in(&self, session: &Session, invocation: &mut redis::ScriptInvocation<'_>) {
+        let Some(epoch_key) = self.epoch_key(session) else {
+            return;
+        };
+        let epoch = session.with_server(|server| {
+            server
+                .as_ref()
+                .and_then(|server| server.epoch.clone())
+                .unwrap_or_default()
+        });
+        invocation.key(epoch_key).arg(epoch);
+    }
+
+    /// The node lost its data: see [`Node::same_epoch`].
+    fn lost_data(&self, session: &Session) -> NodeError {
+        match self.same_epoch(session, None) {
+            Err(err) => err,
+            Ok(()) => NodeError::LostData,
+        }
+    }
+
+    /// Checks that the node still has the epoch read with `session`'s server (`observed` is what
+    /// the vote read back): otherwise the node lost its data since, and is young again from now.
+    fn same_epoch(&self, session: &Session, observed: Option<&[u8]>) -> Result<(), NodeError> {
+        let mut server = session
+            .server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(server) = server.as_mut() else {
+            return Ok(());
+        };
+        let known = server.epoch.as_deref().map(str::as_bytes);
+        if known.is_some() && known == observed {
+            return Ok(());
+        }
+        if server.epoch.take().is_some() {
+            tracing::warn!(
+                node = self.name,
+                "Redis node lost its data (its epoch is gone or new): a restart or a flush; its \
+                 votes count again once the restart grace has passed from now"
+            );
+        }
+        server.up_since = server.up_since.max(Instant::now());
+        server.started_at = server.started_at.max(SystemTime::now());
+        Err(NodeError::LostData)
     }
 }
 
@@ -1053,7 +1233,7 @@ async fn open(
         let server = match &grace {
             Some(grace) => {
                 grace.announce(&mut connection).await?;
-                Some(Server::read(&mut connection).await?)
+                Some(Server::read(&mut connection, &grace.epoch_key).await?)
             }
             None => None,
         };

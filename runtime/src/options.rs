@@ -155,9 +155,18 @@ impl Options {
     /// cancelled, loses its lease or returns `Err` writes no marker, so another call may retry.
     ///
     /// The marker lives until one period after its own ends, so machines whose clocks disagree
-    /// by less than a period agree on it. It is written to every node and looked for on every
-    /// node that answers, so it is lost only if every node that has it restarts without
-    /// persistence before the period ends.
+    /// by less than a period agree on it. It is written, in one step with a check that the lock
+    /// is still ours, on every node, while renewal goes on; the lease is checked again after it,
+    /// so a holder that lost its lock meanwhile marks nothing and returns `LeaseLost`. It is
+    /// looked for on every node that answers; "no marker" counts only from a node that started
+    /// before the period began (one started since may have forgotten it), and needs a quorum.
+    ///
+    /// The guarantee, then: at most one successful run per period while a majority of nodes is
+    /// up, restarts included, provided the marker reached a quorum (else a warning says the
+    /// period may run again) and the machine did not crash between the body's end and the
+    /// marker (then the period runs again: at least once, not exactly once). The cost: right
+    /// after a cluster starts, or a majority of its nodes restarts without persistence, calls
+    /// fail with `NoQuorum` until the next period begins (unless the restart grace is off).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -173,7 +182,8 @@ impl Options {
     /// [`LeaseInfo::fencing_token`](crate::LeaseInfo::fencing_token)): a number larger than that
     /// of every earlier holder of the key, for the storage the job writes to, which can then
     /// refuse the writes of a holder that was paused past the end of its lease. Costs a second
-    /// round trip per acquisition, and a counter key (`{key}:fence`, no expiry) per lock key.
+    /// round trip per acquisition, and a counter key (`{prefix}fence:{key}`, no expiry) per lock
+    /// key.
     ///
     /// Why the tokens increase, and under which assumptions:
     ///
@@ -189,7 +199,12 @@ impl Options {
     ///    higher if the later holder's clock is ahead of the earlier holder's clock at the
     ///    earlier acquisition, which holds when machines' clocks agree to better than the time
     ///    between the two acquisitions (at least the earlier lease's validity, when it was not
-    ///    released early). Persistence (`appendfsync always`) removes this assumption.
+    ///    released early). That is every machine's clock: a token picked by a machine whose clock
+    ///    ran ahead raises the floor that every later token needs. Persistence
+    ///    (`appendfsync always`) removes this assumption.
+    ///
+    /// Counters are compared and stored as decimal strings, exact over all of `u64`; a counter
+    /// at `u64::MAX` makes the acquisition fail with an error rather than wrap.
     ///
     /// This is the guarantee that Martin Kleppmann's critique of Redlock says a lock needs and
     /// Redlock alone lacks: a holder paused past its lease (a GC pause, a frozen VM) is fenced

@@ -77,7 +77,9 @@ type Answer<T> = (usize, Result<T, NodeError>);
 /// hand-off. A command still unanswered when the caller is done with the round is not dropped,
 /// since redis-rs skips a command whose caller has gone before it was written, and the node would
 /// then miss it: [`Round::detach_with`] (or dropping the round) finishes such commands in the
-/// background, so that every node gets every command.
+/// background, so that every node that is reachable within the round's deadline (and a few node
+/// timeouts more, in the background) gets every command. A command still waiting for its
+/// connection to open when that has passed is dropped, unsent.
 pub(crate) struct Round<T: Send + 'static> {
     runtime: Runtime,
     calls: Vec<(usize, Call<T>)>,
