@@ -105,11 +105,22 @@ struct Site {
 }
 
 impl Site {
-    fn start(id: usize, nodes: usize, tokio: &tokio::runtime::Runtime) -> Result<Site> {
+    fn start(
+        id: usize,
+        nodes: usize,
+        restart_grace: bool,
+        tokio: &tokio::runtime::Runtime,
+    ) -> Result<Site> {
         let cluster = Cluster::start(nodes)?;
         let urls = cluster.urls();
-        // Fresh nodes would otherwise refuse their votes for one ttl (the restart grace).
-        let runtime = Config::new(&urls).restart_grace(Duration::ZERO).build()?;
+        // The grace as a user has it, the fleet's longest ttl being the bench's; the fresh nodes
+        // serve it out before the first row (see `Admin::wait_until_up`).
+        let config = if restart_grace {
+            Config::new(&urls).max_ttl(TTL)
+        } else {
+            Config::new(&urls).restart_grace(Duration::ZERO)
+        };
+        let runtime = config.build()?;
         // The floor's connections are driven by the benchmark's runtime, as a user's would be.
         let floor = Arc::new(tokio.block_on(Floor::connect(&urls, TTL))?);
         let admin = Admin::open(&cluster)?;
@@ -121,6 +132,24 @@ impl Site {
             admin,
             frozen: None,
         })
+    }
+
+    /// Waits until every node has been up for the restart grace (and the second by which Redis
+    /// rounds its uptime down), so that their votes count.
+    fn wait_until_voting(&self) -> Result<()> {
+        let needed = TTL.as_secs() + 2;
+        for node in 0..self.cluster.len() {
+            let mut connection = self.cluster.connection(node)?;
+            loop {
+                let info: redis::InfoDict =
+                    redis::cmd("INFO").arg("server").query(&mut connection)?;
+                if info.get::<u64>("uptime_in_seconds").unwrap_or(0) >= needed {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
     }
 
     fn nodes(&self) -> usize {
@@ -185,11 +214,18 @@ fn run(settings: &Settings) -> Result<()> {
     for (id, &nodes) in settings.nodes.iter().enumerate() {
         if table_rows {
             eprintln!("starting {nodes} redis-server node(s)");
-            let site = Site::start(id, nodes, &bench.tokio)?;
+            let site = Site::start(id, nodes, settings.restart_grace, &bench.tokio)?;
             if let Some(rslock) = &mut bench.rslock {
                 rslock.connect(id, &site.cluster.urls())?;
             }
             sites.push(site);
+        }
+    }
+
+    if settings.restart_grace && !sites.is_empty() {
+        eprintln!("waiting until the fresh nodes have been up for the restart grace ({TTL:?})");
+        for site in &sites {
+            site.wait_until_voting()?;
         }
     }
 
@@ -217,7 +253,16 @@ fn run(settings: &Settings) -> Result<()> {
             Some(index) => sites.swap_remove(index),
             None => {
                 eprintln!("starting {MEMORY_NODES} redis-server nodes for the memory row");
-                Site::start(sites.len(), MEMORY_NODES, &bench.tokio)?
+                let site = Site::start(
+                    sites.len(),
+                    MEMORY_NODES,
+                    settings.restart_grace,
+                    &bench.tokio,
+                )?;
+                if settings.restart_grace {
+                    site.wait_until_voting()?;
+                }
+                site
             }
         };
         Some(memory_row(&bench.tokio, &site, settings.memory_cycles)?)
@@ -325,7 +370,7 @@ impl Bench<'_> {
         let full: Arc<Vec<String>> = Arc::new(
             logical
                 .iter()
-                .map(|key| format!("{DEFAULT_KEY_PREFIX}{key}"))
+                .map(|key| format!("{DEFAULT_KEY_PREFIX}lock:{key}"))
                 .collect(),
         );
         let suffixes = Arc::new(suffixes);
@@ -401,7 +446,7 @@ impl Bench<'_> {
                 // It makes the distinct keys `<key>:<task>` itself, alike to the others'.
                 let key = match contended {
                     true => held.clone(),
-                    false => format!("{DEFAULT_KEY_PREFIX}bench:{}", contender.slug()),
+                    false => format!("{DEFAULT_KEY_PREFIX}lock:bench:{}", contender.slug()),
                 };
                 rslock.run(site.id, contended, tasks, warm_up, window, TTL, &key)?
             }

@@ -38,6 +38,10 @@ options:
                         floor there are no ratios: for profiling one contender alone)
   --memory              also run the memory row (resident size over a million cycles)
   --memory-cycles N     cycles of the memory row (default 1000000)
+  --no-restart-grace    the runtime with `restart_grace(Duration::ZERO)`, as for nodes that
+                        persist every write: no epoch read with each vote (default: the
+                        grace on, as a user gets it, with `max_ttl` the bench's ttl; the run
+                        first waits until the fresh nodes have been up that long)
   -h, --help            this text
 ";
 
@@ -70,6 +74,8 @@ pub struct Settings {
     pub rows: Vec<RowKind>,
     pub contenders: Vec<Pick>,
     pub memory_cycles: u64,
+    /// The runtime's restart grace on (its default), rather than off.
+    pub restart_grace: bool,
     pub help: bool,
 }
 
@@ -89,6 +95,7 @@ impl Default for Settings {
             ],
             contenders: vec![Pick::Floor, Pick::Runtime, Pick::Attribute, Pick::Rslock],
             memory_cycles: DEFAULT_MEMORY_CYCLES,
+            restart_grace: true,
             help: false,
         }
     }
@@ -154,6 +161,7 @@ impl Settings {
                     }
                 }
                 "--memory-cycles" => settings.memory_cycles = number(&arg, &value()?)?,
+                "--no-restart-grace" => settings.restart_grace = false,
                 other => return Err(format!("unknown argument `{other}`; see --help")),
             }
         }
