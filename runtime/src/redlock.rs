@@ -438,6 +438,21 @@ impl Attempt {
         outstanding
     }
 
+    /// For an attempt that did not win: records the answers still to come in `tally`, until the
+    /// round's deadline (a node that gives none by then counts as failed: ours may have landed
+    /// there).
+    async fn finish(&mut self, tally: &mut Tally) {
+        let Some(round) = self.round.as_mut() else {
+            return;
+        };
+        while let Some((node, answer)) = round.next().await {
+            tally.record(
+                node,
+                answer.map_err(|err| self.runtime.node(node).failure(&err)),
+            );
+        }
+    }
+
     /// For an attempt that did not win: drops the SETs still out (see [`Round::abandon`]), then
     /// gives back, before returning, whatever of ours may have landed on `nodes`.
     async fn give_back(mut self, nodes: Vec<usize>) {
@@ -502,10 +517,10 @@ pub(crate) async fn acquire(
             token: token.clone(),
             one_command: fence_key.is_none(),
         };
-        let tally = vote(runtime, attempt.round.as_mut().expect("not settled yet")).await;
-        tally.record_on_span();
+        let mut tally = vote(runtime, attempt.round.as_mut().expect("not settled yet")).await;
 
         if tally.won() {
+            tally.record_on_span();
             let fence = match &fence_key {
                 None => Ok(None),
                 Some(fence_key) => {
@@ -552,6 +567,10 @@ pub(crate) async fn acquire(
             return Ok(Acquired::Taken(lease));
         }
 
+        // Not won: the slower nodes' answers too (within the round's deadline), so that what is
+        // given back is exactly where ours may have landed, and a grant among them is seen.
+        attempt.finish(&mut tally).await;
+        tally.record_on_span();
         if tally.split() {
             // Given back before the pause, so that our grants don't split the next round too.
             attempt.give_back(tally.maybe_ours()).await;
@@ -563,7 +582,7 @@ pub(crate) async fn acquire(
         }
 
         // Lost, to a holder or to an outage. A busy attempt whose every node said "taken" sends
-        // nothing more: one round trip.
+        // nothing more: one round trip (the slower nodes' answers come with it).
         attempt.give_back(tally.maybe_ours()).await;
         return decide_failed(tally, &key, runtime);
     }
