@@ -20,6 +20,26 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// A restarted server starts a little before the test kit reports it ready.
 const RESTART_SLACK: Duration = Duration::from_millis(500);
 
+/// A machine of the fleet: a runtime on `cluster`'s nodes whose longest ttl is `max_ttl`, and so
+/// whose restart grace is too.
+fn machine(cluster: &Cluster, max_ttl: Duration) -> Runtime {
+    Config::new(cluster.urls())
+        .node_timeout(NODE_TIMEOUT)
+        .max_ttl(max_ttl)
+        .build()
+        .unwrap()
+}
+
+/// Waits until `runtime` can lock: the fresh nodes have served out a grace of `grace` (and the
+/// seconds by which Redis rounds uptimes), and the runtime has connected to every node.
+async fn until_nodes_vote(runtime: &Runtime, grace: Duration) {
+    let deadline = Instant::now() + grace + UPTIME_RESOLUTION * 3;
+    while runtime.lock("warm-up", grace).await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes never came of age");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
 /// Leaves the first caller's lock on nodes 0 and 1 only, then makes both of the nodes that
 /// could complete a second majority (0 and 2) forget everything: node 2 was down while the lock
 /// was taken and comes back empty, node 0 restarts without persistence.
@@ -66,14 +86,7 @@ async fn without_the_grace_a_restarted_node_lets_a_second_holder_in() {
 async fn with_the_default_grace_a_restarted_node_cannot_let_a_second_holder_in() {
     let mut cluster = Cluster::start(3).unwrap();
     // The grace defaults to the longest ttl of the fleet.
-    let default_config = || {
-        Config::new(cluster.urls())
-            .node_timeout(NODE_TIMEOUT)
-            .max_ttl(TTL)
-            .build()
-            .unwrap()
-    };
-    let (first, second) = (default_config(), default_config());
+    let (first, second) = (machine(&cluster, TTL), machine(&cluster, TTL));
 
     // Fresh nodes count only once they have been up for the grace.
     let young = first.lock(KEY, TTL).await.unwrap_err();
@@ -83,11 +96,7 @@ async fn with_the_default_grace_a_restarted_node_cannot_let_a_second_holder_in()
             .contains("its vote counts once it has been up for 3s"),
         "{young}"
     );
-    let deadline = Instant::now() + TTL + UPTIME_RESOLUTION * 3;
-    while first.lock("warm-up", TTL).await.is_err() {
-        assert!(Instant::now() < deadline, "the nodes never came of age");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    until_nodes_vote(&first, TTL).await;
 
     let held = lock_then_lose_it_on_a_majority(&mut cluster, &first).await;
     let restarted_at = Instant::now();
@@ -162,19 +171,9 @@ const FLEET_MAX_TTL: Duration = Duration::from_secs(5);
 #[tokio::test]
 async fn callers_with_different_ttls_are_never_both_holders() {
     let mut cluster = Cluster::start(3).unwrap();
-    let fleet = || {
-        Config::new(cluster.urls())
-            .node_timeout(NODE_TIMEOUT)
-            .max_ttl(FLEET_MAX_TTL)
-            .build()
-            .unwrap()
-    };
+    let fleet = || machine(&cluster, FLEET_MAX_TTL);
     let (long, short) = (fleet(), fleet());
-    let deadline = Instant::now() + FLEET_MAX_TTL + UPTIME_RESOLUTION * 3;
-    while long.lock("warm-up", FLEET_MAX_TTL).await.is_err() {
-        assert!(Instant::now() < deadline, "the nodes never came of age");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    until_nodes_vote(&long, FLEET_MAX_TTL).await;
 
     cluster.kill(2).unwrap();
     let held = long
@@ -213,20 +212,10 @@ async fn a_restart_behind_a_redis_aware_proxy_is_noticed() {
     const GRACE: Duration = Duration::from_secs(5);
     let mut cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
     cluster.proxy(0).set_redis_aware(true);
-    let fleet = || {
-        Config::new(cluster.urls())
-            .node_timeout(NODE_TIMEOUT)
-            .max_ttl(GRACE)
-            .build()
-            .unwrap()
-    };
+    let fleet = || machine(&cluster, GRACE);
     let (first, second) = (fleet(), fleet());
-    let deadline = Instant::now() + GRACE + UPTIME_RESOLUTION * 3;
     for runtime in [&first, &second] {
-        while runtime.lock("warm-up", GRACE).await.is_err() {
-            assert!(Instant::now() < deadline, "the nodes never came of age");
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        until_nodes_vote(runtime, GRACE).await;
     }
     assert_eq!(
         cluster.proxy(0).connections(),
@@ -271,19 +260,8 @@ async fn a_machine_with_a_shorter_max_ttl_waits_as_long_as_the_fleets_longest() 
     const LONG: Duration = Duration::from_secs(5);
     const SHORT: Duration = Duration::from_secs(1);
     let mut cluster = Cluster::start(3).unwrap();
-    let machine = |max_ttl| {
-        Config::new(cluster.urls())
-            .node_timeout(NODE_TIMEOUT)
-            .max_ttl(max_ttl)
-            .build()
-            .unwrap()
-    };
-    let (long, short) = (machine(LONG), machine(SHORT));
-    let deadline = Instant::now() + LONG + UPTIME_RESOLUTION * 3;
-    while long.lock("warm-up", LONG).await.is_err() {
-        assert!(Instant::now() < deadline, "the nodes never came of age");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    let (long, short) = (machine(&cluster, LONG), machine(&cluster, SHORT));
+    until_nodes_vote(&long, LONG).await;
     // The short machine has connected, and read the long one's announcement.
     let _ = short.lock("warm-up-short", SHORT).await;
 
@@ -315,20 +293,10 @@ async fn a_machine_with_a_shorter_max_ttl_waits_as_long_as_the_fleets_longest() 
 async fn a_flushed_node_is_young_again() {
     const GRACE: Duration = Duration::from_secs(3);
     let cluster = Cluster::start(3).unwrap();
-    let fleet = || {
-        Config::new(cluster.urls())
-            .node_timeout(NODE_TIMEOUT)
-            .max_ttl(GRACE)
-            .build()
-            .unwrap()
-    };
+    let fleet = || machine(&cluster, GRACE);
     let (first, second) = (fleet(), fleet());
-    let deadline = Instant::now() + GRACE + UPTIME_RESOLUTION * 3;
     for runtime in [&first, &second] {
-        while runtime.lock("warm-up", GRACE).await.is_err() {
-            assert!(Instant::now() < deadline, "the nodes never came of age");
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        until_nodes_vote(runtime, GRACE).await;
     }
 
     let held = first.lock(KEY, GRACE).await.unwrap().expect("free");

@@ -643,12 +643,8 @@ impl Node {
         let mut invocation = SET_NX_READ_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(millis(ttl));
         self.check_epoch_in(&session, &mut invocation);
-        let (epoch_held, counter): (bool, Option<String>) = self
-            .query(
-                &session,
-                invocation.invoke_async(&mut session.connection.clone()),
-            )
-            .await?;
+        let (epoch_held, counter): (bool, Option<String>) =
+            self.run_script(&session, &invocation).await?;
         if !epoch_held {
             return Err(self.lost_data(&session));
         }
@@ -680,12 +676,7 @@ impl Node {
         let session = self.voting_session().await?;
         let mut invocation = RAISE_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(fence);
-        let ours: i64 = self
-            .query(
-                &session,
-                invocation.invoke_async(&mut session.connection.clone()),
-            )
-            .await?;
+        let ours: i64 = self.run_script(&session, &invocation).await?;
         Ok(ours == 1)
     }
 
@@ -708,12 +699,7 @@ impl Node {
         let mut invocation = EXTEND_OR_REPAIR.key(key);
         invocation.arg(token).arg(millis(keep));
         self.check_epoch_in(&session, &mut invocation);
-        let renewed: i64 = self
-            .query(
-                &session,
-                invocation.invoke_async(&mut session.connection.clone()),
-            )
-            .await?;
+        let renewed: i64 = self.run_script(&session, &invocation).await?;
         Ok(match renewed {
             1 => Renewed::Kept,
             2 => Renewed::Repaired,
@@ -835,12 +821,7 @@ impl Node {
             let session = self.session().await?;
             let mut invocation = MARK_DONE_IF_OURS.key(lock_key);
             invocation.key(marker).arg(token).arg(millis(expiry));
-            let marked: i64 = self
-                .query(
-                    &session,
-                    invocation.invoke_async(&mut session.connection.clone()),
-                )
-                .await?;
+            let marked: i64 = self.run_script(&session, &invocation).await?;
             Ok(marked == 1)
         })
         .await
@@ -1008,6 +989,19 @@ impl Node {
             };
         }
         opened.map_err(NodeError::Down)
+    }
+
+    /// Runs a script on `session` (by its SHA1, loading it when the node lacks it).
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        session: &Arc<Session>,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, NodeError> {
+        self.query(
+            session,
+            invocation.invoke_async(&mut session.connection.clone()),
+        )
+        .await
     }
 
     /// Awaits a command on `session`; a broken connection is dropped, so that the next call
