@@ -134,21 +134,25 @@ impl Site {
         })
     }
 
-    /// Waits until every node has been up for the restart grace (and the second by which Redis
-    /// rounds its uptime down), so that their votes count.
-    fn wait_until_voting(&self) -> Result<()> {
-        let needed = TTL.as_secs() + 2;
-        for node in 0..self.cluster.len() {
-            let mut connection = self.cluster.connection(node)?;
-            loop {
-                let info: redis::InfoDict =
-                    redis::cmd("INFO").arg("server").query(&mut connection)?;
-                if info.get::<u64>("uptime_in_seconds").unwrap_or(0) >= needed {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+    /// Waits until the runtime can lock on every node: each has been up, and held its epoch
+    /// (written by the runtime's first connection), for the restart grace.
+    fn wait_until_voting(&self, tokio: &tokio::runtime::Runtime) -> Result<()> {
+        let deadline = std::time::Instant::now() + TTL * 3;
+        let warm_up = |key: &str| -> Option<()> {
+            let lease = tokio.block_on(self.runtime.lock(key, TTL)).ok()??;
+            tokio.block_on(lease.release()).ok()
+        };
+        // A key per node would not say which node voted; a quorum of all of them must, and the
+        // first lock after the grace shows it.
+        while warm_up("bench:warm-up").is_none() {
+            if std::time::Instant::now() >= deadline {
+                return Err("the nodes' votes never counted".into());
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        // Every node, not only a quorum, is past its grace by the time the slowest epoch was
+        // written plus the grace: wait for that too, so that no row counts a young node.
+        std::thread::sleep(Duration::from_secs(1));
         Ok(())
     }
 
@@ -225,7 +229,7 @@ fn run(settings: &Settings) -> Result<()> {
     if settings.restart_grace && !sites.is_empty() {
         eprintln!("waiting until the fresh nodes have been up for the restart grace ({TTL:?})");
         for site in &sites {
-            site.wait_until_voting()?;
+            site.wait_until_voting(&bench.tokio)?;
         }
     }
 
@@ -260,7 +264,7 @@ fn run(settings: &Settings) -> Result<()> {
                     &bench.tokio,
                 )?;
                 if settings.restart_grace {
-                    site.wait_until_voting()?;
+                    site.wait_until_voting(&bench.tokio)?;
                 }
                 site
             }

@@ -6,7 +6,7 @@
 //! The ACL line, as the README gives it:
 //!
 //! ```text
-//! ACL SETUSER singleton on >PASSWORD resetkeys ~singleton:* resetchannels -@all +get +set +del +pexpire +evalsha +script|load +info
+//! ACL SETUSER singleton on >PASSWORD resetkeys ~singleton:* resetchannels -@all +get +set +del +pexpire +evalsha +script|load +info +time
 //! ```
 
 mod common;
@@ -25,8 +25,9 @@ const PASSWORD: &str = "acl-pa55word";
 /// and only the commands the crate sends. Scripts run their `redis.call`s with the caller's
 /// permissions, so the commands inside the scripts (`GET`, `SET`, `DEL`, `PEXPIRE`) are here too;
 /// `SCRIPT LOAD` is what redis-rs sends when a node does not have a script yet (after a restart
-/// or `SCRIPT FLUSH`), and `INFO` is the restart check's.
-const LEAST_PRIVILEGE: [&str; 11] = [
+/// or `SCRIPT FLUSH`), `INFO` is the restart check's, and `TIME` the epoch script's (it writes
+/// the node's time with the epoch).
+const LEAST_PRIVILEGE: [&str; 12] = [
     "resetkeys",
     "~singleton:*",
     "resetchannels",
@@ -38,16 +39,12 @@ const LEAST_PRIVILEGE: [&str; 11] = [
     "+evalsha",
     "+script|load",
     "+info",
+    "+time",
 ];
 
 /// The longest ttl of these tests, and so the restart grace: the runtime reads every node's
 /// uptime with `INFO`, as it does by default, and the tests wait until the node is older.
 const MAX_TTL: Duration = Duration::from_secs(2);
-
-/// How long the node must say it has been up before the runtime connects: the grace, and a
-/// second more since `INFO` gives whole seconds and the runtime takes a node's start a second
-/// later than it says.
-const UP_FOR: u64 = MAX_TTL.as_secs() + 1;
 
 /// The `slot` period of the tests: short, so that a period that began after the node had been up
 /// for a while comes soon. (A node that started during a period cannot say it is not done: it
@@ -83,22 +80,27 @@ fn create_user(cluster: &Cluster, name: &str, without: &[&str]) {
     let () = command.query(&mut admin).expect("ACL SETUSER");
 }
 
-/// Waits until node 0 reports an uptime of at least `UP_FOR` seconds, so that its votes count
-/// as soon as the runtime has read it.
-async fn wait_until_up(cluster: &Cluster) {
-    let mut admin = cluster.connection(0).expect("connect as the default user");
-    let up = eventually(Duration::from_secs(UP_FOR + 5), || {
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query(&mut admin)
-            .expect("INFO");
-        info.lines()
-            .find_map(|line| line.strip_prefix("uptime_in_seconds:"))
-            .and_then(|uptime| uptime.trim().parse::<u64>().ok())
-            .is_some_and(|uptime| uptime >= UP_FOR)
-    })
-    .await;
-    assert!(up, "the node must come up");
+/// Waits until node 0's votes count: it has been up, and has held its epoch, for the restart
+/// grace. The default user locks until it can (writing the epoch if the node has none, as after
+/// a `FLUSHALL`), so that the ACL user's votes count as soon as its runtime has read the node.
+async fn wait_until_voting(cluster: &Cluster) {
+    let admin = Config::new([cluster.url(0)])
+        .max_ttl(MAX_TTL)
+        .node_timeout(common::NODE_TIMEOUT)
+        .build()
+        .expect("valid configuration");
+    let deadline = std::time::Instant::now() + MAX_TTL * 2 + Duration::from_secs(5);
+    loop {
+        if let Ok(Some(lease)) = admin.lock("acl-warm-up", MAX_TTL).await {
+            lease.release().await.expect("release the warm-up lock");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never came of age"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The URL of node 0 for the ACL user `name`.
@@ -109,7 +111,7 @@ fn url_for(cluster: &Cluster, name: &str) -> String {
 /// A runtime that connects to node 0 as the ACL user `name`, with every setting that decides
 /// which commands are sent at its default, but the longest ttl (and so the restart grace).
 async fn runtime_as(cluster: &Cluster, name: &str) -> Runtime {
-    wait_until_up(cluster).await;
+    wait_until_voting(cluster).await;
     Config::new([url_for(cluster, name)])
         .max_ttl(MAX_TTL)
         .node_timeout(common::NODE_TIMEOUT)

@@ -313,3 +313,41 @@ async fn renewal_repairs_a_node_that_missed_the_lock() {
         other => panic!("the lease should have survived on nodes 0 and 2: {other:?}"),
     }
 }
+
+/// A body that ends just before a renewal is due, on a node 40 ms of round trip away: the release
+/// is on its way when the renewal fires. The renewal is stopped, and waited for, before the
+/// release is sent, so that no extension (which would put the absent key back) can follow the
+/// release and leave the key held by nobody for a ttl.
+#[tokio::test]
+async fn a_renewal_never_outlives_the_release() {
+    let cluster = cluster_singleton_testkit::Cluster::builder()
+        .nodes(1)
+        .proxied(true)
+        .start()
+        .unwrap();
+    cluster.proxy(0).set_latency(Duration::from_millis(20));
+    let runtime = common::fresh_nodes(&cluster).build().unwrap();
+    let ttl = Duration::from_millis(600);
+    // Bodies that end from well before the second renewal is due (two thirds of the ttl after the
+    // lock was taken, about one round trip before the body began) to just after it: in some of
+    // them, the renewal fires while the release is on its way.
+    for round in 0..10u32 {
+        let body = ttl * 2 / 3 - Duration::from_millis(120) + Duration::from_millis(10) * round;
+        let outcome = runtime
+            .run("released-job", ttl, tokio::time::sleep(body))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Ran(()));
+        // Whatever was sent before the release returned has arrived by now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut connection = cluster.connection(0).unwrap();
+        let left: Option<String> = redis::cmd("GET")
+            .arg("singleton:lock:released-job")
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(
+            left, None,
+            "round {round}: the key came back after the release"
+        );
+    }
+}

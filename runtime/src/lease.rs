@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::redlock::{extend, release, spawn_release_everywhere, Extension, Outstanding};
 use crate::{driver, Error, Options, Runtime};
@@ -78,6 +79,8 @@ pub(crate) struct Held {
     lost: watch::Sender<Option<LostReason>>,
     /// Where the deadline's timers run: the crate's own runtime, whatever the caller's has.
     engine: Handle,
+    /// The renewal task, once started (see [`Lease::keep`]).
+    renewal: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Until when a lease is valid, and why it is lost if that passes.
@@ -185,6 +188,25 @@ impl Held {
         }
     }
 
+    /// Stops renewal, and waits until it has stopped: every extension it sent is then queued on
+    /// its connections ahead of what the caller sends next (a release), so that none can put a
+    /// released key back.
+    pub(crate) async fn stop_renewal(&self) {
+        let renewal = self
+            .renewal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(renewal) = renewal {
+            renewal.abort();
+            let _ = renewal.await;
+        }
+    }
+
+    fn is_ended(&self) -> bool {
+        self.validity().ended
+    }
+
     pub(crate) fn key(&self) -> &str {
         &self.key
     }
@@ -257,6 +279,7 @@ impl Lease {
             }),
             lost: watch::Sender::new(None),
             engine: runtime.engine().clone(),
+            renewal: Mutex::new(None),
         });
         Lease {
             registered: runtime.register(&held),
@@ -345,6 +368,7 @@ impl Lease {
         // From here on, a cancelled release is finished by its round (see `redlock::Round`).
         self.holding = false;
         self.held.end();
+        self.held.stop_renewal().await;
         if let Some(entry) = self.registered {
             self.runtime.unregister(entry);
         }
@@ -414,9 +438,12 @@ impl Lease {
             if options.renew {
                 driver::sleep_until(runtime.engine(), due).await;
                 let engine = runtime.engine().clone();
-                let _keeper = Keeper {
-                    task: engine.spawn(keep(runtime, held, options)),
-                };
+                let task = engine.spawn(keep(runtime, held.clone(), options));
+                *held
+                    .renewal
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
+                let _keeper = Keeper(held);
                 std::future::pending::<()>().await;
             }
             std::future::pending().await
@@ -436,7 +463,7 @@ impl Drop for Lease {
             self.runtime.unregister(entry);
         }
         let outstanding = std::mem::take(&mut self.outstanding);
-        spawn_release_everywhere(&self.runtime, &self.held.key, &self.held.token, outstanding);
+        spawn_release_everywhere(&self.runtime, &self.held, outstanding);
     }
 }
 
@@ -451,14 +478,21 @@ impl fmt::Debug for Lease {
     }
 }
 
-/// Stops the renewal task when the call is done with the lease, however it ends.
-struct Keeper {
-    task: tokio::task::JoinHandle<()>,
-}
+/// Stops the renewal task when the call is done with the lease, however it ends (a release stops
+/// it first, and waits for it: see [`Held::stop_renewal`]).
+struct Keeper(Arc<Held>);
 
 impl Drop for Keeper {
     fn drop(&mut self) {
-        self.task.abort();
+        let renewal = self
+            .0
+            .renewal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(renewal) = renewal {
+            renewal.abort();
+        }
     }
 }
 
@@ -474,7 +508,7 @@ async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
     let mut next = held.acquired_at + renew_after;
     loop {
         tokio::time::sleep_until(next.into()).await;
-        if held.check().is_some() {
+        if held.check().is_some() || held.is_ended() {
             return;
         }
         // How long the extension may keep the key: a ttl, cut short by `max_hold`.

@@ -56,6 +56,18 @@ return 1"#,
     )
 });
 
+/// Each node's epoch (see [`FleetGrace`]): written, when the node has none, as `ARGV[1]` (a random
+/// value) followed by `:` and the node's own time in microseconds; returns the epoch and the
+/// node's time now, so that every client can tell how long ago it was written.
+static EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local time = redis.call("TIME")
+local now = time[1] .. string.format("%06d", tonumber(time[2]))
+redis.call("SET", KEYS[1], ARGV[1] .. ":" .. now, "NX")
+return {redis.call("GET", KEYS[1]), now}"#,
+    )
+});
+
 /// A machine's announcement of its `Config::max_ttl` (`ARGV[1]`, milliseconds): kept, with an
 /// expiry of `ARGV[2]` milliseconds, when it is at least the largest one there; returns the
 /// largest announced. Each announcer renews its own every second, so the largest lasts as long
@@ -164,6 +176,15 @@ const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
 /// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
 const MILLISECOND: Duration = Duration::from_millis(1);
 
+/// The server this process last saw behind a node.
+struct Seen {
+    /// Its `run_id` and epoch.
+    identity: Option<(String, Option<String>)>,
+    /// When this process last saw the node restart or lose its data, if it did: no reading of
+    /// the node makes it older than that.
+    young_from: Option<(Instant, SystemTime)>,
+}
+
 /// What renewing a lease did on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Renewed {
@@ -251,8 +272,8 @@ pub(crate) struct Node {
     /// Read on every command, written only when the connection opens or breaks: a read lock
     /// costs no wait while other threads send on the same connection.
     link: RwLock<Link>,
-    /// The `run_id` and epoch of the server last seen, to tell a restart from a reconnect.
-    last_seen: Mutex<Option<(String, Option<String>)>>,
+    /// The server last seen behind this node, to tell a restart from a reconnect.
+    seen: Mutex<Seen>,
     /// The crate's own runtime, which drives connections opened outside a multi-threaded one.
     engine: Handle,
 }
@@ -375,21 +396,25 @@ impl Server {
         let started_at = answered_wall
             .checked_sub(uptime)
             .map_or(answered_wall, |started| started + UPTIME_RESOLUTION);
-        let (epoch,): (String,) = redis::pipe()
-            .cmd("SET")
-            .arg(epoch_key)
-            .arg(random_hex()?)
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(epoch_key)
-            .query_async(connection)
-            .await?;
+        let mut invocation = EPOCH.key(epoch_key);
+        invocation.arg(random_hex()?);
+        let (epoch, now): (String, String) = invocation.invoke_async(connection).await?;
+        let (answered_at, answered_wall) = (Instant::now(), SystemTime::now());
+        // How long ago the epoch was written, by the node's own clock: the node lost its data no
+        // later than that, so it is young until then plus the grace, for every client alike.
+        let created = epoch
+            .rsplit(':')
+            .next()
+            .and_then(|micros| micros.parse::<u64>().ok());
+        let age = match (created, now.parse::<u64>()) {
+            (Some(created), Ok(now)) => Duration::from_micros(now.saturating_sub(created)),
+            _ => Duration::ZERO, // not ours: a node without a readable epoch is young now
+        };
         Ok(Server {
             run_id,
             epoch: Some(epoch),
-            up_since,
-            started_at,
+            up_since: up_since.max(answered_at.checked_sub(age).unwrap_or(answered_at)),
+            started_at: started_at.max(answered_wall.checked_sub(age).unwrap_or(answered_wall)),
         })
     }
 }
@@ -471,8 +496,9 @@ impl fmt::Display for NodeError {
             NodeError::Redis(err) => write!(f, "{err}"),
             NodeError::Restarted { up, grace } => write!(
                 f,
-                "the server has been up for {}s only; its vote counts once it has been up for {grace:?}, \
-                 so that it cannot grant a lock it forgot when it restarted (see `Config::restart_grace`)",
+                "the server has been up (and held its data) for {}s only; its vote counts once it \
+                 has been up for {grace:?}, so that it cannot grant a lock it forgot when it \
+                 restarted (see `Config::restart_grace`)",
                 up.as_secs()
             ),
             NodeError::StartedInPeriod => f.write_str(
@@ -520,7 +546,10 @@ impl Node {
                 },
                 retry_after: Instant::now(),
             }),
-            last_seen: Mutex::new(None),
+            seen: Mutex::new(Seen {
+                identity: None,
+                young_from: None,
+            }),
             engine: engine.clone(),
         })
     }
@@ -870,7 +899,11 @@ impl Node {
             return;
         }
         let Some(session) = self.open_session() else {
-            return; // the next call connects
+            // Opened again here rather than at the next call, which may be a renewal a third of
+            // a ttl away: connecting reads the node's age and announces our longest ttl, which
+            // a restarted node has lost.
+            let _ = self.session().await;
+            return;
         };
         let mut connection = session.connection.clone();
         let read = driver::timeout(&self.engine, self.timeout, async {
@@ -1022,25 +1055,29 @@ impl Node {
 
     /// `server` as a vote counts it: when it is not the server last seen behind this node (a new
     /// `run_id`, or a new epoch: the node lost its data), this process has witnessed a restart,
-    /// and the grace starts no earlier than now, whatever uptime the new server reports (a
-    /// replica promoted in its place reports its own).
+    /// and the node is young from now on, whatever uptime the new server reports (a replica
+    /// promoted in its place reports its own). Every later reading of the same server keeps
+    /// that start: it is a floor of the node, not of one reading.
     fn witness(&self, mut server: Server) -> Server {
-        let mut last = self
-            .last_seen
+        let mut seen = self
+            .seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let identity = (server.run_id.clone(), server.epoch.clone());
-        if last.as_ref().is_some_and(|last| *last != identity) {
+        if seen.identity.as_ref().is_some_and(|last| *last != identity) {
             tracing::warn!(
                 node = self.name,
                 grace = ?self.grace.as_ref().map(|grace| grace.current()),
                 "Redis node restarted or lost its data (new run_id or epoch); its votes count \
                  again once the restart grace has passed from now"
             );
-            server.up_since = server.up_since.max(Instant::now());
-            server.started_at = server.started_at.max(SystemTime::now());
+            seen.young_from = Some((Instant::now(), SystemTime::now()));
         }
-        *last = Some(identity);
+        seen.identity = Some(identity);
+        if let Some((up_since, started_at)) = seen.young_from {
+            server.up_since = server.up_since.max(up_since);
+            server.started_at = server.started_at.max(started_at);
+        }
         server
     }
 
@@ -1095,8 +1132,13 @@ impl Node {
                  votes count again once the restart grace has passed from now"
             );
         }
-        server.up_since = server.up_since.max(Instant::now());
-        server.started_at = server.started_at.max(SystemTime::now());
+        let now = (Instant::now(), SystemTime::now());
+        server.up_since = server.up_since.max(now.0);
+        server.started_at = server.started_at.max(now.1);
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .young_from = Some(now);
         Err(NodeError::LostData)
     }
 }

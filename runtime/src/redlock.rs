@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::driver;
-use crate::lease::Taken;
+use crate::lease::{Held, Taken};
 use crate::node::{NodeError, Renewed};
 use crate::{Error, Lease, NoQuorum, NodeFailure, Runtime};
 
@@ -63,6 +63,11 @@ const SPLIT_VOTE_FIRST_WINDOW: Duration = Duration::from_millis(2);
 /// faster can run twice this way, as it can when one machine's cron fires late; keeping the key
 /// for a while after the body closes both gaps.
 const SPLIT_VOTE_MAX_WINDOW: Duration = Duration::from_millis(20);
+
+/// No retry after a split vote starts this long after the first attempt: an attempt that waited
+/// for a slow node's answer before giving back is too late to retry without risking a second
+/// run of a job that another caller already finished.
+const SPLIT_VOTE_RETRIES_WITHIN: Duration = Duration::from_millis(100);
 
 /// One node's command in a round, boxed so that the round can outlive its caller.
 type Call<T> = Pin<Box<dyn Future<Output = Result<T, NodeError>> + Send>>;
@@ -470,7 +475,10 @@ impl Drop for Attempt {
         };
         round.abandon();
         // Every node: which SETs landed is unknown.
-        spawn_release_everywhere(&self.runtime, &self.key, &self.token, Outstanding::new());
+        let (runtime, key, token) = (self.runtime.clone(), self.key.clone(), self.token.clone());
+        self.runtime.spawn_background(async move {
+            release_everywhere(&runtime, &key, &token, Outstanding::new()).await;
+        });
     }
 }
 
@@ -507,7 +515,8 @@ pub(crate) async fn acquire(
     let key: Arc<str> = Arc::from(key);
     let fence_key = fence_key.map(Arc::<str>::from);
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
-    for _ in 0..SPLIT_VOTE_ATTEMPTS {
+    let first_started = Instant::now();
+    for attempt_number in 1..=SPLIT_VOTE_ATTEMPTS {
         let token = new_token()?;
         let started = Instant::now();
         let mut attempt = Attempt {
@@ -574,6 +583,11 @@ pub(crate) async fn acquire(
         if tally.split() {
             // Given back before the pause, so that our grants don't split the next round too.
             attempt.give_back(tally.maybe_ours()).await;
+            if first_started.elapsed() >= SPLIT_VOTE_RETRIES_WITHIN {
+                return Ok(Acquired::SplitVote {
+                    attempts: attempt_number,
+                });
+            }
             window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
             let pause = random_below(window)?;
             driver::sleep_until(runtime.engine(), Instant::now() + pause).await;
@@ -779,29 +793,41 @@ pub(crate) async fn release(
 /// one more try, on a fresh connection (driven by the crate's own runtime).
 pub(crate) fn spawn_release_everywhere(
     runtime: &Runtime,
+    held: &Arc<Held>,
+    outstanding: Outstanding,
+) {
+    let (runtime_of, held) = (runtime.clone(), held.clone());
+    runtime.spawn_background(async move {
+        let runtime = runtime_of;
+        held.stop_renewal().await;
+        let (key, token): (Arc<str>, Arc<str>) = (held.key().into(), held.token().into());
+        release_everywhere(&runtime, &key, &token, outstanding).await;
+    });
+}
+
+/// Releases our lock on every node; a node whose connection broke gets one more try, on a fresh
+/// connection.
+async fn release_everywhere(
+    runtime: &Runtime,
     key: &Arc<str>,
     token: &Arc<str>,
     outstanding: Outstanding,
 ) {
-    let (runtime_of, key, token) = (runtime.clone(), key.clone(), token.clone());
-    runtime.spawn_background(async move {
-        let runtime = runtime_of;
-        let mut broken = Vec::new();
-        let all = 0..runtime.node_count();
-        let mut round = release_round(&runtime, &key, &token, all, Duration::ZERO, outstanding);
-        while let Some((node, answer)) = round.next().await {
-            match answer {
-                Ok(_) => {}
-                Err(NodeError::Redis(err)) if err.is_connection_dropped() || err.is_io_error() => {
-                    broken.push(node);
-                }
-                Err(err) => drop(release_failed(&runtime, &key, node, &err)),
+    let mut broken = Vec::new();
+    let all = 0..runtime.node_count();
+    let mut round = release_round(runtime, key, token, all, Duration::ZERO, outstanding);
+    while let Some((node, answer)) = round.next().await {
+        match answer {
+            Ok(_) => {}
+            Err(NodeError::Redis(err)) if err.is_connection_dropped() || err.is_io_error() => {
+                broken.push(node);
             }
+            Err(err) => drop(release_failed(runtime, key, node, &err)),
         }
-        if !broken.is_empty() {
-            let _ = release(&runtime, &key, &token, broken, Duration::ZERO, Vec::new()).await;
-        }
-    });
+    }
+    if !broken.is_empty() {
+        let _ = release(runtime, key, token, broken, Duration::ZERO, Vec::new()).await;
+    }
 }
 
 /// The compare-and-expire script for each of `nodes`; on a node with a SET in `outstanding`, it

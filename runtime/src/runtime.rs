@@ -603,6 +603,8 @@ impl Runtime {
             let (key, token) = (Arc::from(held.key()), Arc::from(held.token()));
             let all = all.clone();
             async move {
+                // No extension still on its way may put the key back after the release.
+                held.stop_renewal().await;
                 crate::redlock::release(self, &key, &token, all, Duration::ZERO, Vec::new()).await
             }
         });
