@@ -168,6 +168,11 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// renewal.
 const ANNOUNCEMENT_OUTLIVES_ITS_LOCKS: Duration = Duration::from_secs(60);
 
+/// The once-a-second check replaces a connection that gives no answer within the node timeout, or
+/// this long if that is shorter: a node that is only slow for a moment, on a loaded machine,
+/// keeps its connection (and the order of the commands on it).
+const CHECK_ANSWER_WITHIN: Duration = Duration::from_millis(300);
+
 /// A restarted node's "no done marker" counts for a period only if the node started this long
 /// before the period began by our clock: room for the clock of the machine that wrote the marker
 /// being ahead of ours.
@@ -889,11 +894,12 @@ impl Node {
         Some(server.up_since + grace).filter(|ends| *ends > Instant::now())
     }
 
-    /// The check [`crate::Runtime`] runs on every node once a second: reads `INFO server` on the
-    /// open connection, and takes a changed `run_id` for a restart (the server's new uptime then
-    /// starts its restart grace), as a reconnect would; a connection that gives no answer within
-    /// the node timeout is replaced by a new one, so that a silently dead flow costs a second or
-    /// two of votes, not the quarter of an hour TCP would take to give it up.
+    /// The check [`crate::Runtime`] runs on every node once a second: announces our longest ttl,
+    /// reads `INFO server` and the epoch on the open connection, and takes a changed `run_id` or
+    /// epoch for a restart (the node is young again from now), as a reconnect would; a connection
+    /// that gives no answer within the node timeout (at least [`CHECK_ANSWER_WITHIN`]) is
+    /// replaced by a new one, so that a silently dead flow costs a second or two of votes, not
+    /// the quarter of an hour TCP would take to give it up. A link that is down is opened again.
     pub(crate) async fn check(&self) {
         if self.memory().is_some() {
             return;
@@ -906,7 +912,8 @@ impl Node {
             return;
         };
         let mut connection = session.connection.clone();
-        let read = driver::timeout(&self.engine, self.timeout, async {
+        let within = self.timeout.max(CHECK_ANSWER_WITHIN);
+        let read = driver::timeout(&self.engine, within, async {
             match &self.grace {
                 Some(grace) => {
                     grace.announce(&mut connection).await?;
@@ -929,7 +936,7 @@ impl Node {
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(
                     node = self.name,
-                    timeout = ?self.timeout,
+                    timeout = ?within,
                     "Redis node gave no answer on its open connection; opening a new one"
                 );
                 self.forget(&session, "the connection stopped answering");

@@ -576,11 +576,13 @@ pub(crate) async fn acquire(
             return Ok(Acquired::Taken(lease));
         }
 
-        // Not won: the slower nodes' answers too (within the round's deadline), so that what is
-        // given back is exactly where ours may have landed, and a grant among them is seen.
+        // Not won. A split is told from the answers that decided it (a grant that arrives later
+        // is given back like any other); then the slower nodes' answers too (within the round's
+        // deadline), so that what is given back is exactly where ours may have landed.
+        let split = tally.split();
         attempt.finish(&mut tally).await;
         tally.record_on_span();
-        if tally.split() {
+        if split {
             // Given back before the pause, so that our grants don't split the next round too.
             attempt.give_back(tally.maybe_ours()).await;
             if first_started.elapsed() >= SPLIT_VOTE_RETRIES_WITHIN {
