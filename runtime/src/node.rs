@@ -933,15 +933,43 @@ impl Node {
             // The restart grace is off: nothing to compare.
             Ok(Ok(None)) => {}
             Ok(Err(err)) if is_refusal(&err) => {} // `INFO` refused: the calls say so
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!(
-                    node = self.name,
-                    timeout = ?within,
-                    "Redis node gave no answer on its open connection; opening a new one"
-                );
-                self.forget(&session, "the connection stopped answering");
-                let _ = self.session().await;
-            }
+            Ok(Err(_)) | Err(_) => self.replace_if_a_new_connection_answers(&session).await,
+        }
+    }
+
+    /// After `session` gave no answer: opens a new connection, and uses it instead if it
+    /// answers. A node that answers nothing on a new connection either (frozen, overloaded) keeps
+    /// the old one, so that the commands already sent on it, and those sent after them (a
+    /// release after its `SET`), stay in order; a flow that a NAT or a firewall dropped is
+    /// replaced.
+    async fn replace_if_a_new_connection_answers(&self, session: &Arc<Session>) {
+        let Backend::Redis(client) = &self.backend else {
+            return;
+        };
+        let opened = connect_on_a_driver(
+            redis::Client::clone(client),
+            self.connect_timeout,
+            self.grace.clone(),
+            self.engine.clone(),
+        )
+        .await;
+        let Ok(fresh) = opened else {
+            return;
+        };
+        if let Some(server) = fresh.server() {
+            fresh.set_server(self.witness(server));
+        }
+        let mut link = self
+            .link
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+            tracing::warn!(
+                node = self.name,
+                "Redis node gave no answer on its open connection, and does on a new one: the \
+                 new one replaces it"
+            );
+            *link = Link::Up(fresh);
         }
     }
 

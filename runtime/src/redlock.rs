@@ -363,6 +363,13 @@ impl Tally {
         !self.won() && self.granted > 0 && self.answered() >= self.quorum
     }
 
+    /// Nodes that granted.
+    fn granted_nodes(&self) -> Vec<usize> {
+        (0..self.nodes)
+            .filter(|&node| self.votes[node] == Some(Vote::Granted))
+            .collect()
+    }
+
     /// Nodes that may hold our token: all but those that answered that the key was taken (a
     /// failed or unanswered SET may still have landed).
     fn maybe_ours(&self) -> Vec<usize> {
@@ -459,12 +466,12 @@ impl Attempt {
     }
 
     /// For an attempt that did not win: drops the SETs still out (see [`Round::abandon`]), then
-    /// gives back, before returning, whatever of ours may have landed on `nodes`.
-    async fn give_back(mut self, nodes: Vec<usize>) {
+    /// gives back whatever of ours may have landed (see [`give_back`]).
+    async fn give_back(mut self, tally: &Tally) {
         if let Some(round) = self.round.take() {
             round.abandon();
         }
-        give_back(&self.runtime, &self.key, &self.token, nodes).await;
+        give_back(&self.runtime, &self.key, &self.token, tally).await;
     }
 }
 
@@ -543,7 +550,7 @@ pub(crate) async fn acquire(
             let (fence, left) = match (fence, left) {
                 (Ok(fence), Some(left)) => (fence, left),
                 (fence, _) => {
-                    attempt.give_back(tally.maybe_ours()).await;
+                    attempt.give_back(&tally).await;
                     return Err(match fence {
                         Err(err) => err,
                         Ok(_) => Error::Expired {
@@ -584,7 +591,7 @@ pub(crate) async fn acquire(
         tally.record_on_span();
         if split {
             // Given back before the pause, so that our grants don't split the next round too.
-            attempt.give_back(tally.maybe_ours()).await;
+            attempt.give_back(&tally).await;
             if first_started.elapsed() >= SPLIT_VOTE_RETRIES_WITHIN {
                 return Ok(Acquired::SplitVote {
                     attempts: attempt_number,
@@ -599,7 +606,7 @@ pub(crate) async fn acquire(
 
         // Lost, to a holder or to an outage. A busy attempt whose every node said "taken" sends
         // nothing more: one round trip (the slower nodes' answers come with it).
-        attempt.give_back(tally.maybe_ours()).await;
+        attempt.give_back(&tally).await;
         return decide_failed(tally, &key, runtime);
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.
@@ -608,19 +615,38 @@ pub(crate) async fn acquire(
     })
 }
 
-/// Gives back our lock on `nodes` (where an attempt that did not take it may have landed), and
-/// waits for every node's answer, within the node timeout: a program that returns right after a
-/// failed attempt leaves nothing behind that would make the next caller skip for a ttl.
-async fn give_back(runtime: &Runtime, key: &Arc<str>, token: &Arc<str>, nodes: Vec<usize>) {
+/// Gives back our lock where an attempt that did not take it may have landed: every node but
+/// those that answered "taken". It waits, within the node timeout, for the answers of the nodes
+/// that granted, so that a program that returns right after a failed attempt leaves nothing
+/// behind that would make the next caller skip for a ttl; a node that failed or gave no answer
+/// gets the release too, queued on its connection after our `SET`, without the wait (it would
+/// only add a node timeout: such a node answers nothing now, and runs both in order later).
+async fn give_back(runtime: &Runtime, key: &Arc<str>, token: &Arc<str>, tally: &Tally) {
+    let nodes = tally.maybe_ours();
     if nodes.is_empty() {
         return;
     }
+    let mut granted: Vec<usize> = tally.granted_nodes();
     let mut round = release_round(runtime, key, token, nodes, Duration::ZERO, Vec::new());
-    while let Some((node, answer)) = round.next().await {
+    while !granted.is_empty() {
+        let Some((node, answer)) = round.next().await else {
+            break;
+        };
+        granted.retain(|&waiting| waiting != node);
         if let Err(err) = answer {
             release_failed(runtime, key, node, &err);
         }
     }
+    // The others finish in the background (see `Round::detach_with`).
+    let key = key.clone();
+    let runtime_of = runtime.clone();
+    round.detach_with(move |late| async move {
+        for (node, answer) in late {
+            if let Err(err) = answer {
+                release_failed(&runtime_of, &key, node, &err);
+            }
+        }
+    });
 }
 
 /// The second round of a fenced acquisition: picks a fencing token above every counter the
