@@ -20,6 +20,15 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// A restarted server starts a little before the test kit reports it ready.
 const RESTART_SLACK: Duration = Duration::from_millis(500);
 
+/// Deletes `held`'s copy on node 2, as a `SET` that never arrived would have left it.
+fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Lease) {
+    let mut node_2 = cluster.connection(2).unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(held.key())
+        .query(&mut node_2)
+        .unwrap();
+}
+
 /// A machine of the fleet: a runtime on `cluster`'s nodes whose longest ttl is `max_ttl`, and so
 /// whose restart grace is too.
 fn machine(cluster: &Cluster, max_ttl: Duration) -> Runtime {
@@ -248,11 +257,7 @@ async fn a_restart_behind_a_redis_aware_proxy_is_noticed() {
     let held = first.lock(KEY, GRACE).await.unwrap().expect("free");
     // Node 2 lost its copy (a SET that never arrived), and node 0 restarts without persistence
     // behind the proxy: a second majority, {0, 2}, would be free but for the restart.
-    let mut node_2 = cluster.connection(2).unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(held.key())
-        .query(&mut node_2)
-        .unwrap();
+    lose_copy_on_node_2(&cluster, &held);
     cluster.restart(0).unwrap();
     let restarted = Instant::now();
 
@@ -284,11 +289,7 @@ async fn a_machine_with_a_shorter_max_ttl_waits_as_long_as_the_fleets_longest() 
     let _ = short.lock("warm-up-short", SHORT).await;
 
     let held = long.lock(KEY, LONG).await.unwrap().expect("free");
-    let mut node_2 = cluster.connection(2).unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(held.key())
-        .query(&mut node_2)
-        .unwrap();
+    lose_copy_on_node_2(&cluster, &held);
     cluster.restart(0).unwrap();
     // Past the short machine's own grace (and Redis's rounding of uptimes).
     tokio::time::sleep(SHORT + UPTIME_RESOLUTION * 2).await;
@@ -319,11 +320,7 @@ async fn a_flushed_node_is_young_again() {
     }
 
     let held = first.lock(KEY, GRACE).await.unwrap().expect("free");
-    let mut node_2 = cluster.connection(2).unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(held.key())
-        .query(&mut node_2)
-        .unwrap();
+    lose_copy_on_node_2(&cluster, &held);
     let mut node_0 = cluster.connection(0).unwrap();
     let () = redis::cmd("FLUSHALL").query(&mut node_0).unwrap();
     let flushed = Instant::now();

@@ -192,15 +192,20 @@ impl Held {
     /// its connections ahead of what the caller sends next (a release), so that none can put a
     /// released key back.
     pub(crate) async fn stop_renewal(&self) {
+        if let Some(renewal) = self.abort_renewal() {
+            let _ = renewal.await;
+        }
+    }
+
+    /// Asks the renewal task, if it was started, to stop; the handle to wait for it.
+    fn abort_renewal(&self) -> Option<JoinHandle<()>> {
         let renewal = self
             .renewal
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(renewal) = renewal {
-            renewal.abort();
-            let _ = renewal.await;
-        }
+            .take()?;
+        renewal.abort();
+        Some(renewal)
     }
 
     fn is_ended(&self) -> bool {
@@ -484,15 +489,7 @@ struct Keeper(Arc<Held>);
 
 impl Drop for Keeper {
     fn drop(&mut self) {
-        let renewal = self
-            .0
-            .renewal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(renewal) = renewal {
-            renewal.abort();
-        }
+        self.0.abort_renewal();
     }
 }
 
