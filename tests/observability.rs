@@ -146,9 +146,12 @@ async fn a_busy_call_and_a_failing_call_say_so() {
         .unwrap();
     assert!(!busy.ran());
     let span = &captured.spans_for("traced-busy")[0];
-    assert_eq!(
-        (field(span, "outcome"), field(span, "granted")),
-        ("busy".to_owned(), "0".to_owned())
+    assert_eq!(field(span, "outcome"), "busy", "{span:?}");
+    // The holder returned once a majority granted it, so the busy call may still have won the
+    // one node the holder had not reached yet; what makes it busy is a majority refusing.
+    assert!(
+        field(span, "busy").parse::<usize>().unwrap() >= 2,
+        "{span:?}"
     );
     held.release().await.unwrap();
 
