@@ -119,11 +119,13 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+mod clock;
 mod proxy;
 mod resp;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use clock::{FAKETIME_REDIS_SERVER_ENV, LIBFAKETIME_ENV};
 pub use proxy::Proxy;
 #[cfg(feature = "tls")]
 pub use tls::unrelated_ca_pem;
@@ -301,6 +303,26 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// [`Cluster::step_clock`] on a cluster started without
+    /// [`ClusterBuilder::steppable_clocks`].
+    #[error(
+        "node {node}'s clock cannot be stepped: start the cluster with `.steppable_clocks(true)`"
+    )]
+    ClockNotSteppable {
+        /// Index of the node.
+        node: usize,
+    },
+
+    /// The file a node's clock offset is read from could not be written.
+    #[error("could not step the clock of node {node}: {source}")]
+    StepClock {
+        /// Index of the node.
+        node: usize,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+
     /// The TLS certificates for the nodes could not be made (only with the
     /// `tls` feature).
     #[cfg(feature = "tls")]
@@ -345,6 +367,8 @@ pub struct Cluster {
     password: Option<String>,
     args: Vec<String>,
     nodes: Vec<Node>,
+    /// How nodes are run when their clocks can be stepped.
+    faketime: Option<clock::Faketime>,
     /// One per node when the cluster is proxied, else empty.
     proxies: Vec<Proxy>,
     /// The nodes' certificates, when they speak TLS.
@@ -377,6 +401,7 @@ pub struct ClusterBuilder {
     password: Option<String>,
     args: Vec<String>,
     proxied: bool,
+    steppable_clocks: bool,
     #[cfg(feature = "tls")]
     tls: bool,
 }
@@ -386,6 +411,8 @@ struct Node {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// How far its clock has been stepped, in milliseconds (steppable clocks only).
+    clock_offset_ms: i64,
 }
 
 impl Default for ClusterBuilder {
@@ -395,6 +422,7 @@ impl Default for ClusterBuilder {
             password: None,
             args: Vec::new(),
             proxied: false,
+            steppable_clocks: false,
             #[cfg(feature = "tls")]
             tls: false,
         }
@@ -489,6 +517,27 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs every node with a wall clock that [`Cluster::step_clock`] can step while it runs
+    /// (default off). These nodes are a redis-server built with libc malloc, with libfaketime
+    /// preloaded: `scripts/ensure-faketime` installs both, or see
+    /// [`FAKETIME_REDIS_SERVER_ENV`] and [`LIBFAKETIME_ENV`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder()
+    ///     .nodes(3)
+    ///     .steppable_clocks(true)
+    ///     .start()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn steppable_clocks(mut self, steppable: bool) -> Self {
+        self.steppable_clocks = steppable;
+        self
+    }
+
     /// Makes every node speak TLS only (default: plain TCP only), with a
     /// certificate for `127.0.0.1` signed by a CA made for this cluster. Only
     /// with the `tls` feature.
@@ -529,12 +578,20 @@ impl ClusterBuilder {
     /// # }
     /// ```
     pub fn start(self) -> Result<Cluster, Error> {
-        let program = find_redis_server()?;
+        let faketime = self
+            .steppable_clocks
+            .then(clock::Faketime::find)
+            .transpose()?;
+        let program = match &faketime {
+            Some(faketime) => faketime.server.clone(),
+            None => find_redis_server()?,
+        };
         let mut cluster = Cluster {
             program,
             password: self.password,
             args: self.args,
             nodes: Vec::with_capacity(self.nodes),
+            faketime,
             proxies: Vec::new(),
             #[cfg(feature = "tls")]
             tls: self.tls.then(tls::Certificates::generate).transpose()?,
@@ -549,6 +606,7 @@ impl ClusterBuilder {
                 port: 0,
                 dir,
                 child: None,
+                clock_offset_ms: 0,
             });
             // On error, dropping `cluster` stops the nodes started so far.
             cluster.launch(i, PortChoice::AnyFree)?;
@@ -986,6 +1044,45 @@ impl Cluster {
         self.start_node(i)
     }
 
+    /// Steps node `i`'s wall clock by `by_ms` milliseconds (forward when positive, back when
+    /// negative) while it runs, as an NTP step or an operator setting the time would: keys it
+    /// holds expire by the stepped clock from then on. The step stays across restarts of the
+    /// node. Its monotonic clock does not move.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClockNotSteppable`] unless the cluster was started with
+    /// [`ClusterBuilder::steppable_clocks`]; [`Error::StepClock`] if the offset file could not
+    /// be written.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= self.len()`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let mut cluster = cluster_singleton_testkit::Cluster::builder()
+    ///     .nodes(3)
+    ///     .steppable_clocks(true)
+    ///     .start()?;
+    /// cluster.step_clock(1, 120_000)?; // node 1 is now two minutes ahead
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn step_clock(&mut self, i: usize, by_ms: i64) -> Result<(), Error> {
+        if self.faketime.is_none() {
+            return Err(Error::ClockNotSteppable { node: i });
+        }
+        let node = self.node_mut(i);
+        let offset = node.clock_offset_ms.saturating_add(by_ms);
+        clock::write_offset(node.dir.path(), offset)
+            .map_err(|source| Error::StepClock { node: i, source })?;
+        node.clock_offset_ms = offset;
+        Ok(())
+    }
+
     /// Starts killed node `i` again on its port, with an empty dataset, and
     /// waits until it answers `PING`.
     ///
@@ -1158,6 +1255,11 @@ impl Cluster {
         let (log, log_start) = prepare_start(&data_dir, &log_path, port).map_err(|e| (e, false))?;
 
         let mut command = Command::new(&self.program);
+        if let Some(faketime) = &self.faketime {
+            faketime
+                .prepare(&mut command, node.dir.path())
+                .map_err(|e| (e, false))?;
+        }
         // Persistence defaults first, so extra arguments may override them;
         // what the testkit relies on last, so they cannot.
         command.args(["--save", "", "--appendonly", "no"]);
@@ -1378,7 +1480,7 @@ fn find_redis_server() -> Result<PathBuf, Error> {
         })
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     const ANY_EXECUTE_BIT: u32 = 0o111;
     fs::metadata(path)
         .map(|m| m.is_file() && m.permissions().mode() & ANY_EXECUTE_BIT != 0)
