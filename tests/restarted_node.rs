@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cluster_singleton::runtime::{Config, Runtime};
 use cluster_singleton::Error;
 use cluster_singleton_testkit::Cluster;
-use common::{fresh_nodes, NODE_TIMEOUT};
+use common::{fresh_nodes, lose_copy_on_node_2, until_nodes_vote, NODE_TIMEOUT};
 
 const KEY: &str = "restart-job";
 const TTL: Duration = Duration::from_secs(3);
@@ -19,15 +19,6 @@ const UPTIME_RESOLUTION: Duration = Duration::from_secs(1);
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// A restarted server starts a little before the test kit reports it ready.
 const RESTART_SLACK: Duration = Duration::from_millis(500);
-
-/// Deletes `held`'s copy on node 2, as a `SET` that never arrived would have left it.
-fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Lease) {
-    let mut node_2 = cluster.connection(2).unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(held.key())
-        .query(&mut node_2)
-        .unwrap();
-}
 
 /// A machine of the fleet: a runtime on `cluster`'s nodes whose longest ttl is `max_ttl`, and so
 /// whose restart grace is too.
@@ -56,16 +47,6 @@ async fn no_second_holder(held: &cluster_singleton::Lease, callers: &[&Runtime],
             !matches!(intruder, Ok(Some(_))),
             "a second holder (caller {i}): the node that lost its data counted"
         );
-    }
-}
-
-/// Waits until `runtime` can lock: the fresh nodes have served out a grace of `grace` (and the
-/// seconds by which Redis rounds uptimes), and the runtime has connected to every node.
-async fn until_nodes_vote(runtime: &Runtime, grace: Duration) {
-    let deadline = Instant::now() + grace + UPTIME_RESOLUTION * 3;
-    while runtime.lock("warm-up", grace).await.is_err() {
-        assert!(Instant::now() < deadline, "the nodes never came of age");
-        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 

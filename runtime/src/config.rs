@@ -89,6 +89,7 @@ pub struct Config {
     pub(crate) drift_factor: f64,
     pub(crate) max_ttl: Duration,
     pub(crate) restart_grace: Option<Duration>,
+    pub(crate) detect_clock_jumps: bool,
     /// The CA certificates (PEM) that `rediss://` nodes are checked against, instead of the
     /// system's roots.
     #[cfg(feature = "tls")]
@@ -136,6 +137,7 @@ impl Config {
             drift_factor: DEFAULT_CLOCK_DRIFT_FACTOR,
             max_ttl: DEFAULT_MAX_TTL,
             restart_grace: None,
+            detect_clock_jumps: true,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
@@ -246,6 +248,35 @@ impl Config {
     /// ```
     pub fn restart_grace(mut self, grace: Duration) -> Self {
         self.restart_grace = Some(grace);
+        self
+    }
+
+    /// Whether a Redis node whose wall clock steps forward is treated like a restarted node
+    /// (default `true`; needs the restart grace, see [`Config::restart_grace`]).
+    ///
+    /// Redis expires keys by its wall clock, so a node whose clock steps forward (an NTP step,
+    /// an operator setting the time, a VM resumed) lets our key expire early, and a second
+    /// caller could then win a majority with that node while the first still holds the lock.
+    /// So the runtime reads each node's clock (`TIME`) with every vote and with its
+    /// once-a-second check, and compares how far it moved with how far the runtime's own
+    /// monotonic clock did between the two readings. A node whose clock moved ahead by more than
+    /// 10 ms plus 0.1 % of the time between them has stepped: that vote does not count, nor does
+    /// any other until the restart grace has passed since, and leases being renewed are checked
+    /// on the other nodes at once (lost when a quorum of them does not confirm them). A step
+    /// back (keys live longer than asked) is logged, not acted on. Each step is logged at WARN
+    /// with its size, and counted in the `cluster_singleton_clock_steps_total` metric.
+    ///
+    /// What stays assumed: a process only sees steps that happen while it watches the node, so
+    /// a process started after a step, or a step that is undone between two readings of a
+    /// process, goes unseen (see the README's Safety section). `false` turns the readings off:
+    /// only for nodes whose clocks never step (slewed, never stepped, NTP).
+    ///
+    /// ```
+    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    ///     .detect_clock_jumps(false);
+    /// ```
+    pub fn detect_clock_jumps(mut self, detect: bool) -> Self {
+        self.detect_clock_jumps = detect;
         self
     }
 
@@ -368,6 +399,7 @@ impl fmt::Debug for Config {
             .field("drift_factor", &self.drift_factor)
             .field("max_ttl", &self.max_ttl)
             .field("restart_grace", &self.effective_restart_grace())
+            .field("detect_clock_jumps", &self.detect_clock_jumps)
             .finish()
     }
 }

@@ -52,6 +52,10 @@ pub enum LostReason {
     /// The runtime was shut down ([`Runtime::shutdown`](crate::Runtime::shutdown)), which
     /// released the lock.
     Shutdown,
+    /// A Redis node's clock stepped forward, so our key may have expired early there, and
+    /// renewal, run at once, could not confirm the lease on a quorum of the other nodes (see
+    /// `Config::detect_clock_jumps`).
+    ClockJumped,
 }
 
 impl fmt::Display for LostReason {
@@ -64,6 +68,10 @@ impl fmt::Display for LostReason {
                 "its validity ran out before it was extended (renewal off, or too late)"
             }
             LostReason::Shutdown => "the runtime was shut down",
+            LostReason::ClockJumped => {
+                "a Redis node's clock stepped forward, and a quorum of the other nodes did not \
+                 confirm it"
+            }
         })
     }
 }
@@ -439,11 +447,17 @@ impl Lease {
     pub(crate) fn keep(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
         let (runtime, held, options) = (self.runtime.clone(), self.held.clone(), *options);
         let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
+        // Watched from the start of the call: a step seen before renewal begins counts too.
+        let mut clock_jumps = runtime.clock_jumps();
         async move {
             if options.renew {
-                driver::sleep_until(runtime.engine(), due).await;
+                let jumped = tokio::select! {
+                    () = driver::sleep_until(runtime.engine(), due) => false,
+                    () = clock_jumped(&mut clock_jumps) => true,
+                };
                 let engine = runtime.engine().clone();
-                let task = engine.spawn(keep(runtime, held.clone(), options));
+                let renewal = keep(runtime, held.clone(), options, clock_jumps, jumped);
+                let task = engine.spawn(renewal);
                 *held
                     .renewal
                     .lock()
@@ -497,14 +511,32 @@ impl Drop for Keeper {
 /// key taken over, or cannot reach a quorum before the deadline, or `max_hold` is reached. The
 /// deadline itself is kept by [`Held`], not here: a renewal still waiting for answers cannot
 /// make the loss late.
-async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
+///
+/// When a node's clock steps forward, our key may have expired early there, so the lease's
+/// validity no longer stands on its own: it is renewed at once (`jumped` when a step was seen
+/// before this began), on the other nodes (the stepped one is young now), and lost if they do
+/// not confirm it.
+async fn keep(
+    runtime: Runtime,
+    held: Arc<Held>,
+    options: Options,
+    mut clock_jumps: Option<watch::Receiver<u64>>,
+    jumped: bool,
+) {
     let renew_after = held.ttl / RENEW_AFTER_TTL_DIVISOR;
     let retry_after = held.ttl / RENEW_RETRY_TTL_DIVISOR;
     // Checked against overflow when the call started.
     let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
     let mut next = held.acquired_at + renew_after;
+    let mut woken_by_a_clock_jump = jumped;
     loop {
-        tokio::time::sleep_until(next.into()).await;
+        if !woken_by_a_clock_jump {
+            woken_by_a_clock_jump = tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => false,
+                () = clock_jumped(&mut clock_jumps) => true,
+            };
+        }
+        let after_a_clock_jump = std::mem::take(&mut woken_by_a_clock_jump);
         if held.check().is_some() || held.is_ended() {
             return;
         }
@@ -548,12 +580,28 @@ async fn keep(runtime: Runtime, held: Arc<Held>, options: Options) {
                 held.lose(LostReason::TakenOver);
                 return;
             }
+            Extension::Undecided(no_quorum) if after_a_clock_jump => {
+                tracing::warn!(key = &*held.key, error = %no_quorum, "lease lost: a node's clock stepped forward, and the other nodes did not confirm the lease");
+                held.lose(LostReason::ClockJumped);
+                return;
+            }
             Extension::Undecided(no_quorum) => {
                 tracing::debug!(key = &*held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
                 next = Instant::now() + retry_after;
             }
         }
     }
+}
+
+/// Resolves when a node's clock is next seen to step forward; never when nothing watches the
+/// clocks.
+async fn clock_jumped(clock_jumps: &mut Option<watch::Receiver<u64>>) {
+    if let Some(jumps) = clock_jumps {
+        if jumps.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// What a `#[singleton]` body sees of the lease it runs under; from [`lease()`].

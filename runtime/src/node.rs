@@ -8,7 +8,8 @@
 //! behind a proxy that keeps clients connected across it, so [`Node::check`] reads `INFO server`
 //! again every second and takes a changed `run_id` for a restart; the same check replaces a
 //! connection that stopped answering (a flow black-holed on the way), which TCP alone would keep
-//! for a quarter of an hour.
+//! for a quarter of an hour. Every reading of a node, and every vote, also reads the node's
+//! clock, to notice it stepping (see [`Seen::read_clock`]).
 //!
 //! The commands of a lock ([`Node::set_nx`], [`Node::release`], ...) have no deadline of their
 //! own: the round that sends one to every node bounds them all with one (see
@@ -24,9 +25,10 @@ use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 
 use crate::config::redact;
-use crate::{driver, memory};
+use crate::{driver, memory, telemetry};
 use crate::{Config, Error, FailureKind, NodeFailure};
 
 /// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
@@ -110,18 +112,20 @@ return 0"#,
 
 /// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
 /// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
-/// whether the node still has the epoch `ARGV[3]` at `KEYS[3]` (when given; see [`FleetGrace`])
-/// and the counter as a decimal string ("0" when there is none yet), or nil when the key was
-/// already set. Counters stay strings: Lua numbers are doubles, exact only up to 2^53.
+/// whether the node still has the epoch `ARGV[3]` at `KEYS[3]` (when given; see [`FleetGrace`]),
+/// the counter as a decimal string ("0" when there is none yet) or nil when the key was already
+/// set, and the node's `TIME` (seconds, microseconds). Counters stay strings: Lua numbers are
+/// doubles, exact only up to 2^53.
 static SET_NX_READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"if KEYS[3] and redis.call("GET", KEYS[3]) ~= ARGV[3] then
-    return {0, false}
+        r#"local time = redis.call("TIME")
+if KEYS[3] and redis.call("GET", KEYS[3]) ~= ARGV[3] then
+    return {0, false, time[1], time[2]}
 end
 if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    return {1, false}
+    return {1, false, time[1], time[2]}
 end
-return {1, redis.call("GET", KEYS[2]) or "0"}"#,
+return {1, redis.call("GET", KEYS[2]) or "0", time[1], time[2]}"#,
     )
 });
 
@@ -178,6 +182,16 @@ const CHECK_ANSWER_WITHIN: Duration = Duration::from_millis(300);
 /// being ahead of ours.
 const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
 
+/// How much further a node's clock may move than ours between two readings, beyond
+/// [`CLOCK_RATE_TOLERANCE_PPM`], before it counts as a step. The check reads every clock once a
+/// second, so a clock could gain this much (and the rate tolerance) every second unseen: 0.6 %,
+/// less than the 1 % of the ttl that a lock's validity sets aside for drift.
+const CLOCK_STEP_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// How much faster or slower than ours a node's clock may run, in millionths: NTP slews a clock
+/// by at most 500 ppm, ours or the node's, so twice that.
+const CLOCK_RATE_TOLERANCE_PPM: u64 = 1_000;
+
 /// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
 const MILLISECOND: Duration = Duration::from_millis(1);
 
@@ -185,9 +199,125 @@ const MILLISECOND: Duration = Duration::from_millis(1);
 struct Seen {
     /// Its `run_id` and epoch.
     identity: Option<(String, Option<String>)>,
-    /// When this process last saw the node restart or lose its data, if it did: no reading of
-    /// the node makes it older than that.
+    /// When this process last saw the node restart, lose its data or step its clock forward,
+    /// if it did: no reading of the node makes it older than that.
     young_from: Option<(Instant, SystemTime)>,
+    /// The earliest start read of the server now behind the node (by its uptime and epoch): a
+    /// later reading that makes it younger was read by a clock that stepped back.
+    started: Option<(Instant, SystemTime)>,
+    /// The reading of the node's clock that the next are compared with (see
+    /// [`Seen::read_clock`]).
+    clock: Option<ClockReading>,
+    /// The last forward step of the node's clock this process saw.
+    jump: Option<Jump>,
+}
+
+/// One reading of a node's clock (`TIME`, in microseconds since the epoch), and when the
+/// command that read it was sent and answered by our monotonic clock: the node read its clock
+/// somewhere between the two.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ClockReading {
+    node_micros: u64,
+    sent: Instant,
+    answered: Instant,
+}
+
+impl ClockReading {
+    /// A reading of the node's clock `(seconds, microseconds)` by a command sent at `sent` and
+    /// answered now.
+    fn of_time((seconds, micros): (u64, u64), sent: Instant) -> ClockReading {
+        ClockReading {
+            node_micros: seconds.saturating_mul(1_000_000).saturating_add(micros),
+            sent,
+            answered: Instant::now(),
+        }
+    }
+}
+
+/// A step of a node's clock forward, seen by this process at `at`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Jump {
+    at: Instant,
+    by: Duration,
+}
+
+/// Who read a node's clock: the once-a-second check, or a vote.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClockReader {
+    Check,
+    Vote,
+}
+
+impl Seen {
+    /// Takes in a reading of the node's clock, and compares it with the last the check took: a
+    /// node's clock that moved further than ours could have between the two readings (with
+    /// [`CLOCK_STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward, and
+    /// keys on it expire early: the node is young from now, as after a restart; returns the step.
+    /// One that moved less than ours must have stepped back (keys live longer than asked): only
+    /// reported. The bounds come from when each command was sent and answered, so a slow answer
+    /// never looks like a step.
+    ///
+    /// Only the check's readings (and a step's) replace the one compared with: were every vote's
+    /// to do so, a clock that gains a little less than the tolerance at every vote, thousands of
+    /// times a second, would never be seen to step.
+    fn read_clock(
+        &mut self,
+        node: &str,
+        reading: ClockReading,
+        reader: ClockReader,
+    ) -> Option<Jump> {
+        let Some(last) = self.clock else {
+            self.clock = Some(reading);
+            return None;
+        };
+        // Readings taken concurrently are compared in the order they were sent; an older one
+        // than the last has nothing to add.
+        if reading.sent < last.sent {
+            return None;
+        }
+        if reader == ClockReader::Check {
+            self.clock = Some(reading);
+        }
+        let micros = |duration: Duration| i128::try_from(duration.as_micros()).unwrap_or(i128::MAX);
+        let moved = i128::from(reading.node_micros) - i128::from(last.node_micros);
+        let most = micros(reading.answered.saturating_duration_since(last.sent));
+        let least = micros(reading.sent.saturating_duration_since(last.answered))
+            - micros(last.answered.saturating_duration_since(reading.sent));
+        let tolerance =
+            micros(CLOCK_STEP_TOLERANCE) + most * i128::from(CLOCK_RATE_TOLERANCE_PPM) / 1_000_000;
+        let duration =
+            |micros: i128| Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
+        if moved - most > tolerance {
+            self.clock = Some(reading);
+            let by = duration(moved - most);
+            tracing::warn!(
+                node,
+                jumped_by = ?by,
+                "Redis node's clock stepped forward: keys on it may have expired early, so its \
+                 votes count again once the restart grace has passed from now"
+            );
+            telemetry::clock_jumped(node, "forward");
+            let now = (Instant::now(), SystemTime::now());
+            let jump = Jump { at: now.0, by };
+            self.young_from = Some(
+                self.young_from
+                    .map_or(now, |(instant, wall)| (instant.max(now.0), wall.max(now.1))),
+            );
+            self.jump = Some(jump);
+            return Some(jump);
+        }
+        if least - moved > tolerance {
+            self.clock = Some(reading);
+            tracing::warn!(
+                node,
+                jumped_by = ?duration(least - moved),
+                "Redis node's clock stepped back: keys on it live longer than asked, until a \
+                 release deletes them"
+            );
+            telemetry::clock_jumped(node, "back");
+        }
+        None
+    }
 }
 
 /// What renewing a lease did on one node.
@@ -227,6 +357,11 @@ pub(crate) struct FleetGrace {
     /// The longest `max_ttl` seen announced by any machine, in milliseconds. It only grows for
     /// the life of the process: lowering `max_ttl` fleet-wide takes effect on restart.
     announced_ms: AtomicU64,
+    /// Whether a node's clock stepping forward makes it young (`Config::detect_clock_jumps`).
+    detect_clock_jumps: bool,
+    /// How many forward steps of a node's clock this process has seen, so that leases being
+    /// renewed are checked at once.
+    clock_jumps: watch::Sender<u64>,
 }
 
 impl FleetGrace {
@@ -235,6 +370,7 @@ impl FleetGrace {
         key: String,
         epoch_key: String,
         max_ttl: Duration,
+        detect_clock_jumps: bool,
     ) -> Arc<FleetGrace> {
         let max_ttl_ms = millis(max_ttl);
         Arc::new(FleetGrace {
@@ -243,7 +379,14 @@ impl FleetGrace {
             epoch_key,
             max_ttl_ms,
             announced_ms: AtomicU64::new(max_ttl_ms),
+            detect_clock_jumps,
+            clock_jumps: watch::Sender::new(0),
         })
+    }
+
+    /// Changes each time a node's clock is seen to step forward.
+    pub(crate) fn clock_jumps(&self) -> watch::Receiver<u64> {
+        self.clock_jumps.subscribe()
     }
 
     /// The grace in force now.
@@ -334,6 +477,10 @@ struct Server {
     up_since: Instant,
     /// When it started, on our wall clock, on the late side: for comparing with periods.
     started_at: SystemTime,
+    /// The last step of its clock forward that this process saw, if any.
+    jump: Option<Jump>,
+    /// Its clock, as read with the epoch.
+    clock: ClockReading,
 }
 
 impl Session {
@@ -403,23 +550,37 @@ impl Server {
             .map_or(answered_wall, |started| started + UPTIME_RESOLUTION);
         let mut invocation = EPOCH.key(epoch_key);
         invocation.arg(random_hex()?);
+        let sent = Instant::now();
         let (epoch, now): (String, String) = invocation.invoke_async(connection).await?;
         let (answered_at, answered_wall) = (Instant::now(), SystemTime::now());
+        let node_micros = now.parse::<u64>().map_err(|_| {
+            RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the node's time is not a number",
+                now.clone(),
+            ))
+        })?;
         // How long ago the epoch was written, by the node's own clock: the node lost its data no
         // later than that, so it is young until then plus the grace, for every client alike.
         let created = epoch
             .rsplit(':')
             .next()
             .and_then(|micros| micros.parse::<u64>().ok());
-        let age = match (created, now.parse::<u64>()) {
-            (Some(created), Ok(now)) => Duration::from_micros(now.saturating_sub(created)),
-            _ => Duration::ZERO, // not ours: a node without a readable epoch is young now
+        let age = match created {
+            Some(created) => Duration::from_micros(node_micros.saturating_sub(created)),
+            None => Duration::ZERO, // not ours: a node without a readable epoch is young now
         };
         Ok(Server {
             run_id,
             epoch: Some(epoch),
             up_since: up_since.max(answered_at.checked_sub(age).unwrap_or(answered_at)),
             started_at: started_at.max(answered_wall.checked_sub(age).unwrap_or(answered_wall)),
+            jump: None,
+            clock: ClockReading {
+                node_micros,
+                sent,
+                answered: answered_at,
+            },
         })
     }
 }
@@ -455,6 +616,12 @@ pub(crate) enum NodeError {
     Unanswered,
     /// The node no longer has the epoch read when it was last checked: it lost its data.
     LostData,
+    /// The node's clock stepped forward `ago`, by `by`: keys on it may have expired early.
+    ClockJumped {
+        by: Duration,
+        ago: Duration,
+        grace: Duration,
+    },
 }
 
 impl NodeError {
@@ -466,9 +633,10 @@ impl NodeError {
             NodeError::Down(_) => FailureKind::Unreachable,
             NodeError::Redis(err) if is_refusal(err) => FailureKind::Refused,
             NodeError::Redis(_) => FailureKind::Unreachable,
-            NodeError::Restarted { .. } | NodeError::StartedInPeriod | NodeError::LostData => {
-                FailureKind::Restarted
-            }
+            NodeError::Restarted { .. }
+            | NodeError::StartedInPeriod
+            | NodeError::LostData
+            | NodeError::ClockJumped { .. } => FailureKind::Restarted,
             NodeError::Unanswered => FailureKind::Unanswered,
         }
     }
@@ -518,6 +686,13 @@ impl fmt::Display for NodeError {
                  may have forgotten a lock, so its vote counts again once the restart grace has \
                  passed from now (see `Config::restart_grace`)",
             ),
+            NodeError::ClockJumped { by, ago, grace } => write!(
+                f,
+                "the node's clock stepped forward by {by:?} {}s ago, so keys on it may have \
+                 expired early; its vote counts once the restart grace ({grace:?}) has passed \
+                 since (see `Config::detect_clock_jumps`)",
+                ago.as_secs()
+            ),
         }
     }
 }
@@ -554,6 +729,9 @@ impl Node {
             seen: Mutex::new(Seen {
                 identity: None,
                 young_from: None,
+                started: None,
+                clock: None,
+                jump: None,
             }),
             engine: engine.clone(),
         })
@@ -648,16 +826,33 @@ impl Node {
             return Ok(reply.is_some());
         };
         // The epoch is read after the SET, in the same round trip: if it is still the one read
-        // with the server, the SET ran on a node that had not lost its data.
-        let mut pipeline = redis::Pipeline::with_capacity(2);
+        // with the server, the SET ran on a node that had not lost its data. So is the node's
+        // clock, to tell whether it stepped since the last reading.
+        let mut pipeline = redis::Pipeline::with_capacity(3);
         pipeline.add_command(cmd).cmd("GET").arg(epoch_key);
-        let (reply, epoch): (Option<()>, Option<Vec<u8>>) = self
-            .query(
-                &session,
-                pipeline.query_async(&mut session.connection.clone()),
-            )
-            .await?;
+        let sent = Instant::now();
+        let (reply, epoch, clock) = if self.detects_clock_jumps() {
+            pipeline.cmd("TIME");
+            let (reply, epoch, time): (Option<()>, Option<Vec<u8>>, (u64, u64)) = self
+                .query(
+                    &session,
+                    pipeline.query_async(&mut session.connection.clone()),
+                )
+                .await?;
+            (reply, epoch, Some(ClockReading::of_time(time, sent)))
+        } else {
+            let (reply, epoch): (Option<()>, Option<Vec<u8>>) = self
+                .query(
+                    &session,
+                    pipeline.query_async(&mut session.connection.clone()),
+                )
+                .await?;
+            (reply, epoch, None)
+        };
         self.same_epoch(&session, epoch.as_deref())?;
+        if let Some(clock) = clock {
+            self.vote_clock(&session, clock)?;
+        }
         Ok(reply.is_some())
     }
 
@@ -677,10 +872,14 @@ impl Node {
         let mut invocation = SET_NX_READ_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(millis(ttl));
         self.check_epoch_in(&session, &mut invocation);
-        let (epoch_held, counter): (bool, Option<String>) =
+        let sent = Instant::now();
+        let (epoch_held, counter, seconds, micros): (bool, Option<String>, u64, u64) =
             self.run_script(&session, &invocation).await?;
         if !epoch_held {
             return Err(self.lost_data(&session));
+        }
+        if self.detects_clock_jumps() && self.epoch_key(&session).is_some() {
+            self.vote_clock(&session, ClockReading::of_time((seconds, micros), sent))?;
         }
         counter
             .map(|counter| {
@@ -868,19 +1067,28 @@ impl Node {
         let Some(grace) = &self.grace else {
             return Ok(session);
         };
-        let up_since = session.with_server(|server| match server {
+        let young_since = session.with_server(|server| match server {
             Some(Server {
                 epoch: Some(_),
                 up_since,
+                jump,
                 ..
-            }) => Ok(Some(*up_since)),
+            }) => Ok(Some((*up_since, *jump))),
             Some(_) => Err(NodeError::LostData),
             None => Ok(None),
         })?;
-        if let Some(up_since) = up_since {
+        if let Some((up_since, jump)) = young_since {
             let (up, grace) = (up_since.elapsed(), grace.current());
             if up < grace {
-                return Err(NodeError::Restarted { up, grace });
+                return Err(match jump {
+                    // The step is what the node's age counts from.
+                    Some(jump) if jump.at >= up_since => NodeError::ClockJumped {
+                        by: jump.by,
+                        ago: up,
+                        grace,
+                    },
+                    _ => NodeError::Restarted { up, grace },
+                });
             }
         }
         Ok(session)
@@ -1108,12 +1316,78 @@ impl Node {
             );
             seen.young_from = Some((Instant::now(), SystemTime::now()));
         }
+        if seen.identity.as_ref() == Some(&identity) {
+            // The same server, so the same start; a reading that puts it later was taken by a
+            // clock that stepped back, which shortens the uptime Redis reports.
+            if let Some((up_since, started_at)) = seen.started {
+                server.up_since = server.up_since.min(up_since);
+                server.started_at = server.started_at.min(started_at);
+            }
+        } else {
+            // Another server, perhaps with another clock: its readings start afresh.
+            seen.clock = None;
+        }
+        seen.started = Some((server.up_since, server.started_at));
         seen.identity = Some(identity);
+        if self.detects_clock_jumps()
+            && seen
+                .read_clock(&self.name, server.clock, ClockReader::Check)
+                .is_some()
+        {
+            self.announce_clock_jump();
+        }
         if let Some((up_since, started_at)) = seen.young_from {
             server.up_since = server.up_since.max(up_since);
             server.started_at = server.started_at.max(started_at);
         }
+        server.jump = seen.jump;
         server
+    }
+
+    /// Whether votes read the node's clock (see `Config::detect_clock_jumps`).
+    fn detects_clock_jumps(&self) -> bool {
+        self.grace
+            .as_ref()
+            .is_some_and(|grace| grace.detect_clock_jumps)
+    }
+
+    /// Tells the leases being renewed that a node's clock stepped, so that they are checked now.
+    fn announce_clock_jump(&self) {
+        if let Some(grace) = &self.grace {
+            grace.clock_jumps.send_modify(|jumps| *jumps += 1);
+        }
+    }
+
+    /// Takes in the node's clock as a vote on `session` read it: a step forward since the last
+    /// reading makes the node young from now, and the vote does not count.
+    fn vote_clock(&self, session: &Session, reading: ClockReading) -> Result<(), NodeError> {
+        let jump = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .read_clock(&self.name, reading, ClockReader::Vote);
+        let Some(jump) = jump else {
+            return Ok(());
+        };
+        if let Some(server) = session
+            .server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_mut()
+        {
+            server.up_since = server.up_since.max(jump.at);
+            server.started_at = server.started_at.max(SystemTime::now());
+            server.jump = Some(jump);
+        }
+        self.announce_clock_jump();
+        Err(NodeError::ClockJumped {
+            by: jump.by,
+            ago: Duration::ZERO,
+            grace: self
+                .grace
+                .as_ref()
+                .map_or(Duration::ZERO, |grace| grace.current()),
+        })
     }
 
     /// The key of the node's epoch, when votes check it (the restart grace is on).
@@ -1454,5 +1728,100 @@ mod tls {
             cause = current.source();
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn seen() -> Seen {
+        Seen {
+            identity: None,
+            young_from: None,
+            started: None,
+            clock: None,
+            jump: None,
+        }
+    }
+
+    /// A reading sent `at` after `origin`, answered `round_trip` later, of a node clock that read
+    /// `node_ms` (since an arbitrary epoch).
+    fn reading(origin: Instant, at: Duration, round_trip: Duration, node_ms: u64) -> ClockReading {
+        ClockReading {
+            node_micros: node_ms * 1_000,
+            sent: origin + at,
+            answered: origin + at + round_trip,
+        }
+    }
+
+    /// A node whose clock the check read as `node_ms`, at the returned origin.
+    fn checked_at(node_ms: u64) -> (Instant, Seen) {
+        let (origin, mut seen) = (Instant::now(), seen());
+        let first = reading(origin, Duration::ZERO, MS, node_ms);
+        assert_eq!(seen.read_clock("n", first, ClockReader::Check), None);
+        (origin, seen)
+    }
+
+    #[test]
+    fn a_clock_that_keeps_time_never_steps() {
+        let (origin, mut seen) = (Instant::now(), seen());
+        for second in 0..100 {
+            let at = Duration::from_secs(second);
+            // The node read its clock anywhere within the round trip.
+            let node_ms = 1_000_000 + second * 1_000 + (second % 3) * 4;
+            let clock = reading(origin, at, 5 * MS, node_ms);
+            assert_eq!(seen.read_clock("n", clock, ClockReader::Check), None);
+        }
+    }
+
+    #[test]
+    fn a_slow_answer_is_not_a_step() {
+        let (origin, mut seen) = checked_at(1_000);
+        // Sent 1 s later, answered 400 ms after that; the node read its clock at the end.
+        let slow = reading(origin, Duration::from_secs(1), 400 * MS, 2_400);
+        assert_eq!(seen.read_clock("n", slow, ClockReader::Vote), None);
+    }
+
+    #[test]
+    fn a_step_forward_makes_the_node_young() {
+        let (origin, mut seen) = checked_at(1_000);
+        let stepped = reading(origin, Duration::from_secs(1), MS, 2_001 + 20);
+        let jump = seen
+            .read_clock("n", stepped, ClockReader::Vote)
+            .expect("a step of about 20 ms is seen");
+        assert!(jump.by >= 18 * MS && jump.by <= 20 * MS, "{:?}", jump.by);
+        assert!(seen.young_from.is_some());
+        // The step is now what later readings are compared with: it is reported once.
+        let later = reading(origin, Duration::from_secs(2), MS, 3_001 + 20);
+        assert_eq!(seen.read_clock("n", later, ClockReader::Vote), None);
+    }
+
+    #[test]
+    fn small_gains_at_every_vote_add_up_to_a_step() {
+        let (origin, mut seen) = checked_at(1_000);
+        // A clock that gains 4 ms (under the tolerance) at each vote, one vote per millisecond.
+        let mut seen_at = None;
+        for vote in 1..100u64 {
+            let clock = reading(origin, MS * vote as u32, Duration::ZERO, 1_000 + vote * 5);
+            if seen.read_clock("n", clock, ClockReader::Vote).is_some() {
+                seen_at = Some(vote);
+                break;
+            }
+        }
+        assert!(
+            seen_at.is_some_and(|vote| vote <= 3),
+            "seen at vote {seen_at:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_back_is_no_jump() {
+        let (origin, mut seen) = checked_at(10_000);
+        let back = reading(origin, Duration::from_secs(1), MS, 6_000);
+        assert_eq!(seen.read_clock("n", back, ClockReader::Check), None);
+        assert!(seen.young_from.is_none());
     }
 }

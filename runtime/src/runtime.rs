@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 
 use crate::backlog::Backlog;
 use crate::config::{check_duration, check_millis};
@@ -93,6 +94,8 @@ struct Inner {
     max_ttl: Duration,
     engine: Handle,
     backlog: Arc<Backlog>,
+    /// The restart grace and what feeds it; `None` when off.
+    grace: Option<Arc<FleetGrace>>,
     /// The leases held now, which `shutdown` releases.
     leases: Mutex<HashMap<u64, Weak<Held>>>,
     next_lease: AtomicU64,
@@ -114,6 +117,7 @@ impl Runtime {
                 keys::max_ttl(&config.key_prefix),
                 keys::epoch(&config.key_prefix),
                 config.max_ttl,
+                config.detect_clock_jumps,
             )
         });
         for (index, url) in config.urls.iter().enumerate() {
@@ -150,6 +154,7 @@ impl Runtime {
             max_ttl: config.max_ttl,
             engine: engine.handle().clone(),
             backlog: Backlog::new(engine.handle().clone()),
+            grace,
             leases: Mutex::default(),
             next_lease: AtomicU64::new(0),
             background: Arc::default(),
@@ -729,6 +734,12 @@ impl Runtime {
     }
 
     /// How long a round waits for a node's answer.
+    /// Changes each time a node's clock is seen to step forward; `None` when nothing watches
+    /// the clocks (see `Config::detect_clock_jumps`).
+    pub(crate) fn clock_jumps(&self) -> Option<watch::Receiver<u64>> {
+        self.inner.grace.as_ref().map(|grace| grace.clock_jumps())
+    }
+
     pub(crate) fn node_timeout(&self) -> Duration {
         self.inner.node_timeout
     }

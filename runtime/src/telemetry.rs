@@ -90,3 +90,13 @@ pub(crate) fn released(key: &str, held: Duration, reached_quorum: bool) {
     #[cfg(not(feature = "metrics"))]
     let _ = (key, held, reached_quorum);
 }
+
+/// A node's clock was seen to step, `direction` "forward" or "back" (see
+/// `Config::detect_clock_jumps`).
+pub(crate) fn clock_jumped(node: &str, direction: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("cluster_singleton_clock_jumps_total", "node" => node.to_owned(), "direction" => direction)
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (node, direction);
+}

@@ -109,6 +109,27 @@ pub fn runtime_for(cluster: &Cluster) -> Runtime {
         .expect("valid configuration")
 }
 
+/// Waits until `runtime` can lock: the fresh nodes have served out a restart grace of `grace`
+/// (and the seconds by which Redis rounds uptimes), and the runtime has connected to every node.
+pub async fn until_nodes_vote(runtime: &Runtime, grace: Duration) {
+    const UPTIME_RESOLUTION: Duration = Duration::from_secs(1);
+    let deadline = Instant::now() + grace + UPTIME_RESOLUTION * 3;
+    while runtime.lock("warm-up", grace).await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes never came of age");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Deletes `held`'s copy on node 2, as a `SET` that never arrived would have left it: the lease
+/// then stands on a bare quorum of nodes 0 and 1.
+pub fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Lease) {
+    let mut node_2 = cluster.connection(2).expect("connect to node 2");
+    let _: () = redis::cmd("DEL")
+        .arg(held.key())
+        .query(&mut node_2)
+        .expect("DEL on node 2");
+}
+
 /// A configuration for nodes the test has just started: they hold no lock that a restart could
 /// have made them forget, so their votes count at once rather than after the restart grace.
 pub fn fresh_nodes(cluster: &Cluster) -> Config {

@@ -1,0 +1,250 @@
+//! Redis expires keys by its wall clock. A node whose clock steps forward (an NTP step, an
+//! operator setting the time, a VM resumed) lets a lock expire early there, and a second caller
+//! could then win a majority with that node while the first still holds the lock: the best-known
+//! critique of Redlock. The runtime reads every node's clock with its votes and its
+//! once-a-second check, and treats a node whose clock moved further than the runtime's own
+//! monotonic clock like a restarted node (`Config::detect_clock_jumps`).
+//!
+//! The nodes here run with libfaketime preloaded, so that a test can step one's clock while it
+//! runs (`scripts/ensure-faketime` installs what that needs).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster_singleton::runtime::{Config, Options, Runtime};
+use cluster_singleton::{lease, Error, Lease, LostReason};
+use cluster_singleton_testkit::Cluster;
+use common::{lose_copy_on_node_2, until_nodes_vote, NODE_TIMEOUT};
+
+const KEY: &str = "clock-job";
+/// The ttl of every lock here, and the longest ttl of the fleet, so the restart grace too.
+const TTL: Duration = Duration::from_secs(4);
+/// Past the ttl: every key on the stepped node expires at once.
+const STEP_MS: i64 = 5_000;
+/// How long after a fault the tests try again: past the runtime's once-a-second check.
+const PAST_A_CHECK: Duration = Duration::from_millis(2_500);
+
+fn steppable_cluster() -> Cluster {
+    Cluster::builder()
+        .nodes(3)
+        .steppable_clocks(true)
+        .start()
+        .expect("start nodes with steppable clocks (see scripts/ensure-faketime)")
+}
+
+/// A machine of the fleet, watching the nodes' clocks or not.
+fn machine(cluster: &Cluster, detect_clock_jumps: bool) -> Runtime {
+    Config::new(cluster.urls())
+        .node_timeout(NODE_TIMEOUT)
+        .max_ttl(TTL)
+        .detect_clock_jumps(detect_clock_jumps)
+        .build()
+        .unwrap()
+}
+
+/// The first machine holds the lock on nodes 0 and 1 only (its copy on node 2 is gone, as after a
+/// `SET` that never arrived), then node 1's clock steps forward past the ttl: on node 1 the lock
+/// is gone, and nodes 1 and 2 would make a majority for anyone.
+async fn hold_on_a_bare_quorum_then_step_node_1(
+    cluster: &mut Cluster,
+    first: &Runtime,
+    others: &[&Runtime],
+) -> Lease {
+    until_nodes_vote(first, TTL).await;
+    for other in others {
+        until_nodes_vote(other, TTL).await;
+    }
+    let held = first
+        .lock(KEY, TTL)
+        .await
+        .unwrap()
+        .expect("the key is free");
+    lose_copy_on_node_2(cluster, &held);
+    cluster.step_clock(1, STEP_MS).unwrap();
+    let mut node_1 = cluster.connection(1).unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("singleton:lock:{KEY}"))
+        .query(&mut node_1)
+        .unwrap();
+    assert!(!exists, "node 1's clock step expired the lock there");
+    held
+}
+
+#[tokio::test]
+async fn without_detection_a_clock_step_lets_a_second_holder_in() {
+    let mut cluster = steppable_cluster();
+    let (first, second) = (machine(&cluster, false), machine(&cluster, false));
+    let held = hold_on_a_bare_quorum_then_step_node_1(&mut cluster, &first, &[&second]).await;
+
+    let intruder = second.lock(KEY, TTL).await.unwrap();
+    let left = held.validity();
+    println!("detection off: second caller got {intruder:?}, first lease has {left:?} left");
+    assert!(left > Duration::ZERO, "the first lease is still valid");
+    assert!(
+        intruder.is_some(),
+        "this is the double holding that detecting clock steps prevents"
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_clock_stepped_forward_gives_no_vote() {
+    let mut cluster = steppable_cluster();
+    let (first, second) = (machine(&cluster, true), machine(&cluster, true));
+    let held = hold_on_a_bare_quorum_then_step_node_1(&mut cluster, &first, &[&second]).await;
+
+    // At once: the vote itself reads the node's clock.
+    let intruder = second.lock(KEY, TTL).await;
+    println!(
+        "detection on: second caller got {intruder:?}, first lease has {:?} left",
+        held.validity()
+    );
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lease is still valid"
+    );
+    match intruder {
+        Ok(None) => {}
+        Err(Error::NoQuorum(no_quorum)) => assert!(
+            no_quorum.to_string().contains("clock stepped forward by"),
+            "{no_quorum}"
+        ),
+        other => panic!("a second holder, or an unexpected error: {other:?}"),
+    }
+
+    // And after the next check of every node, which must not make the node count again.
+    tokio::time::sleep(PAST_A_CHECK).await;
+    let intruder = second.lock(KEY, TTL).await;
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lease is still valid"
+    );
+    assert!(
+        !matches!(intruder, Ok(Some(_))),
+        "a second holder after the next check: {intruder:?}"
+    );
+}
+
+/// A machine that only ran its once-a-second check on the node (no vote) sees the step too:
+/// with node 0 gone, nodes 1 and 2 would make a majority, and the first lease stands on node 0
+/// alone.
+#[tokio::test]
+async fn the_check_alone_sees_a_step() {
+    let mut cluster = steppable_cluster();
+    let (first, second) = (machine(&cluster, true), machine(&cluster, true));
+    let held = hold_on_a_bare_quorum_then_step_node_1(&mut cluster, &first, &[&second]).await;
+
+    tokio::time::sleep(PAST_A_CHECK).await;
+    cluster.kill(0).unwrap();
+    let intruder = second.lock(KEY, TTL).await;
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lease is still valid"
+    );
+    let Err(Error::NoQuorum(no_quorum)) = &intruder else {
+        panic!("expected a missing vote from node 1, got {intruder:?}");
+    };
+    assert!(
+        no_quorum.to_string().contains("clock stepped forward by"),
+        "{no_quorum}"
+    );
+}
+
+/// A step back makes keys live longer than asked: no danger to mutual exclusion, and votes still
+/// count.
+#[tokio::test]
+async fn a_step_back_does_not_stop_votes() {
+    let mut cluster = steppable_cluster();
+    let runtime = machine(&cluster, true);
+    until_nodes_vote(&runtime, TTL).await;
+    cluster.step_clock(1, -STEP_MS).unwrap();
+    tokio::time::sleep(PAST_A_CHECK).await;
+    let lease = runtime.lock(KEY, TTL).await.unwrap().expect("free");
+    lose_copy_on_node_2(&cluster, &lease);
+    lease.release().await.unwrap();
+    cluster.kill(2).unwrap();
+    // Only nodes 0 and 1 are left: the lock needs node 1's vote.
+    let lease = runtime.lock(KEY, TTL).await.unwrap();
+    assert!(lease.is_some(), "node 1's vote counts after a step back");
+}
+
+/// The holder's own process sees the step (here by its check, since it makes no vote) and
+/// renews the lease at once on the other nodes; with node 2 down, they cannot confirm it, and
+/// the lease is lost then, not when its validity would have run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_checked_at_once_when_a_clock_steps() {
+    let cluster = steppable_cluster();
+    let runtime = machine(&cluster, true);
+    until_nodes_vote(&runtime, TTL).await;
+    let stepped_at: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let seen = stepped_at.clone();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let in_body = cluster.clone();
+    let result = runtime
+        .run_with(
+            KEY,
+            Options::new(TTL),
+            async move {
+                let lease = lease().unwrap();
+                let valid_until = Instant::now() + lease.validity();
+                {
+                    let mut cluster = in_body.lock().unwrap();
+                    cluster.kill(2).unwrap();
+                    cluster.step_clock(1, STEP_MS).unwrap();
+                }
+                *seen.lock().unwrap() = Some((Instant::now(), valid_until));
+                lease.lost().await
+            },
+            |_| true,
+        )
+        .await;
+    let lost_at = Instant::now();
+    let (stepped_at, valid_until) = stepped_at.lock().unwrap().expect("the body ran");
+    let Err(Error::LeaseLost { reason, .. }) = result else {
+        panic!("expected a lost lease, got {result:?}");
+    };
+    assert_eq!(reason, LostReason::ClockJumped);
+    println!(
+        "lost {:?} after the step, {:?} before the validity would have ended",
+        lost_at - stepped_at,
+        valid_until.saturating_duration_since(lost_at)
+    );
+    assert!(
+        lost_at + Duration::from_secs(1) < valid_until,
+        "the lease was lost only {:?} before its validity ended",
+        valid_until.saturating_duration_since(lost_at)
+    );
+}
+
+/// After the step, the node counts again once the restart grace has passed since the process
+/// saw the step, and not before.
+#[tokio::test]
+async fn a_stepped_node_votes_again_after_the_grace() {
+    let mut cluster = steppable_cluster();
+    let runtime = machine(&cluster, true);
+    until_nodes_vote(&runtime, TTL).await;
+    cluster.kill(2).unwrap();
+    let stepped_at = Instant::now();
+    cluster.step_clock(1, STEP_MS).unwrap();
+    // Only nodes 0 and 1 are left, and node 1 is young again.
+    let mut refused = 0;
+    let counted_after = loop {
+        match runtime.lock(KEY, TTL).await {
+            Ok(Some(lease)) => {
+                lease.release().await.unwrap();
+                break stepped_at.elapsed();
+            }
+            _ => {
+                refused += 1;
+                assert!(stepped_at.elapsed() < TTL * 3, "node 1 never voted again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(refused > 0, "node 1's vote counted right after its step");
+    assert!(
+        counted_after >= TTL,
+        "node 1's vote counted {counted_after:?} after its step, within the grace"
+    );
+}
