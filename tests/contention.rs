@@ -8,18 +8,23 @@
 //! key, lease token and pid, to its worker's record file, and then its call's outcome. Meanwhile
 //! the test plays a fault schedule drawn from a seed: nodes killed and started again, frozen and
 //! resumed, restarted without persistence, partitioned from the clients and healed, slowed down,
-//! disconnected, their open connections silenced for good (black-holed); workers killed with
-//! SIGKILL inside a body, then replaced; and short-lived programs that make one call and exit
-//! right after. Never more than a minority of the nodes is faulty at once (a node that started
-//! again counts as faulty until its votes count again, after the restart grace). At the end a
+//! disconnected, their open connections silenced for good (black-holed), their wall clocks
+//! stepped forward past the ttl; workers killed with SIGKILL inside a body, then replaced; and
+//! short-lived programs that make one call and exit right after. Never more than a minority of
+//! the nodes is faulty at once (a node that started again, or whose clock stepped, counts as
+//! faulty until its votes count again, after the restart grace). At the end a
 //! checker reads every record and fails on any two bodies of one key whose intervals overlap (a
 //! killed worker's open body ends at the kill) while the first lease was still valid, or after
 //! it ran out if the first call nevertheless returned `Ran`.
 //!
-//! Each fault runs on its own, then all of them mixed at random. Two runs show that the checker
-//! does fail: one whose workers do not exclude each other, and one whose bodies block their
-//! thread past their lease, whose overlaps would all be lies of `Ran` if the runtime did not
-//! check the lease when the body ends.
+//! Each fault runs on its own, then all of them mixed at random. Three runs show that the checker
+//! does fail: one whose workers do not exclude each other; one whose bodies block their thread
+//! past their lease, whose overlaps would all be lies of `Ran` if the runtime did not check the
+//! lease when the body ends; and one of clock steps with the workers' detection of them off.
+//!
+//! Runs with clock steps use nodes whose clocks can be stepped (libfaketime in a redis-server
+//! built with libc malloc, which `scripts/ensure-faketime` installs); the others run on the
+//! system's redis-server.
 //!
 //! # Running it
 //!
@@ -99,6 +104,10 @@ const SINGLE_FAULT_RUN: Duration = Duration::from_secs(5);
 /// How long the mixed faults are injected in CI.
 const MIXED_RUN: Duration = Duration::from_secs(10);
 
+/// How long clock steps are injected with the workers not watching the clocks: long enough for
+/// several held locks to lose a majority of their copies.
+const UNDETECTED_CLOCK_JUMP_RUN: Duration = Duration::from_secs(8);
+
 /// How long the workers that do not exclude each other run: overlaps come within a second.
 const BROKEN_RUN: Duration = Duration::from_secs(2);
 
@@ -146,6 +155,7 @@ fn setup(name: &'static str, faults: &[Fault], length: Duration) -> Setup {
         keys: KEYS,
         seed,
         restart_grace,
+        detect_clock_jumps: true,
         broken: false,
         overrun_one_in: 0,
     }
@@ -220,6 +230,32 @@ fn bodies_that_outlive_their_lease_are_never_ran() {
     assert!(
         report.verdict.honest_overlaps() > 0,
         "{report}\nno body outlived its lease beside another: the run shows nothing"
+    );
+}
+
+#[test]
+fn clocks_stepped_forward() {
+    one_fault("clocks stepped forward", Fault::ClockJump);
+}
+
+/// The control of `clocks_stepped_forward`: with the workers not watching the clocks, a node
+/// whose clock stepped counts at once, and steps on three nodes of a held lock within its life
+/// let another worker win a majority beside it.
+#[test]
+fn without_detection_clock_steps_break_exclusion() {
+    let mut setup = setup(
+        "clock steps, not detected",
+        &[Fault::ClockJump],
+        UNDETECTED_CLOCK_JUMP_RUN,
+    );
+    setup.detect_clock_jumps = false;
+    let report = run(setup);
+    let overlaps = &report.verdict.overlaps;
+    assert!(
+        overlaps
+            .iter()
+            .any(|overlap| overlap.is_exclusion_failure()),
+        "{report}\nno overlap: the run shows nothing of what clock steps do undetected"
     );
 }
 

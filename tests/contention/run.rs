@@ -68,11 +68,22 @@ pub struct Setup {
     pub seed: u64,
     /// Given to the workers' runtimes: how long a restarted node's votes do not count.
     pub restart_grace: Duration,
+    /// Given to the workers' runtimes: whether a node whose clock stepped is treated like a
+    /// restarted one.
+    pub detect_clock_jumps: bool,
     /// Each worker locks on a different single node: nothing excludes the workers from each
     /// other, so the checker must find overlaps. Shows that it can fail.
     pub broken: bool,
     /// One body in this many blocks its thread past its lease (0: none does).
     pub overrun_one_in: usize,
+}
+
+impl Setup {
+    /// Whether the run is a control, set up so that the checker must find overlaps: workers
+    /// that do not exclude each other, or clock steps that they do not watch for.
+    pub fn is_control(&self) -> bool {
+        self.broken || (!self.detect_clock_jumps && self.faults.contains(&Fault::ClockJump))
+    }
 }
 
 /// What a run saw.
@@ -115,8 +126,20 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "contention `{}`: seed {} (replay: CLUSTER_SINGLETON_FAULT_SEED={}), {NODES} nodes, \
-             {} workers x {} tasks on {} keys, ttls {TTL:?} and {SHORT_TTL:?}, restart grace {:?}",
-            s.name, s.seed, s.seed, s.workers, s.tasks, s.keys, s.restart_grace
+             {} workers x {} tasks on {} keys, ttls {TTL:?} and {SHORT_TTL:?}, restart grace {:?}, \
+             clock steps {}",
+            s.name,
+            s.seed,
+            s.seed,
+            s.workers,
+            s.tasks,
+            s.keys,
+            s.restart_grace,
+            if s.detect_clock_jumps {
+                "detected"
+            } else {
+                "not detected"
+            }
         )?;
         writeln!(
             f,
@@ -204,12 +227,14 @@ pub fn run(setup: Setup) -> Report {
     let mut cluster = Cluster::builder()
         .nodes(NODES)
         .proxied(true)
+        .steppable_clocks(setup.faults.contains(&Fault::ClockJump))
         .start()
         .expect("start redis-server nodes");
     let limits = Limits {
         nodes: NODES,
         ttl: TTL,
         restart_grace: setup.restart_grace,
+        clock_jumps_detected: setup.detect_clock_jumps,
     };
     let configs = (0..setup.workers)
         .map(|slot| WorkerConfig {
@@ -223,6 +248,7 @@ pub fn run(setup: Setup) -> Report {
             keys: setup.keys,
             seed: setup.seed.wrapping_add(slot as u64 * WORKER_SEED_STRIDE),
             restart_grace: setup.restart_grace,
+            detect_clock_jumps: setup.detect_clock_jumps,
             // Callers of one key with different ttls, as in a deploy that changed the ttl.
             ttl: if slot % 2 == 0 { TTL } else { SHORT_TTL },
             one_shot: false,
@@ -310,7 +336,7 @@ pub fn run(setup: Setup) -> Report {
         kept: None,
         origin,
     };
-    let as_expected = if report.setup.broken {
+    let as_expected = if report.setup.is_control() {
         !report.verdict.overlaps.is_empty()
     } else {
         report.verdict.is_clean() && report.verdict.unexpected.is_empty() && recovery.is_some()
@@ -426,6 +452,8 @@ struct Injector {
     rejoins_at: Vec<Option<Instant>>,
     /// From a node answering again to its votes counting.
     rejoin: Duration,
+    /// From a node's clock stepping to its votes counting.
+    clock_jump_unusable: Duration,
     skipped_episodes: Vec<usize>,
     injected: BTreeMap<Fault, usize>,
     skipped: usize,
@@ -440,6 +468,7 @@ impl Injector {
             held: vec![false; limits.nodes],
             rejoins_at: vec![None; limits.nodes],
             rejoin: limits.rejoin_once_started(),
+            clock_jump_unusable: limits.clock_jump_unusable(),
             skipped_episodes: Vec::new(),
             injected: BTreeMap::new(),
             skipped: 0,
@@ -520,6 +549,11 @@ impl Injector {
             Fault::Latency => cluster.proxy(node).set_latency(episode.latency),
             Fault::Disconnect => cluster.proxy(node).reset(),
             Fault::BlackHole => cluster.proxy(node).black_hole_open_connections(),
+            Fault::ClockJump => {
+                let step = i64::try_from(episode.step.as_millis()).expect("a short step");
+                cluster.step_clock(node, step).expect("step a node's clock");
+                self.rejoins_at[node] = Some(Instant::now() + self.clock_jump_unusable);
+            }
             Fault::KillHolder | Fault::ShortLivedProcess => unreachable!("handled above"),
         }
         self.held[node] = episode.fault.is_held();

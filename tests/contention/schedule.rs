@@ -31,10 +31,12 @@ pub enum Fault {
     BlackHole,
     /// Start a program that makes one call per task and exits right after, without `shutdown`.
     ShortLivedProcess,
+    /// Step a node's wall clock forward past the ttl: every key on it expires at once.
+    ClockJump,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillNode,
         Fault::FreezeNode,
         Fault::RestartNode,
@@ -44,6 +46,7 @@ impl Fault {
         Fault::Disconnect,
         Fault::BlackHole,
         Fault::ShortLivedProcess,
+        Fault::ClockJump,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Fault {
             Fault::Disconnect => "disconnect",
             Fault::BlackHole => "black-hole",
             Fault::ShortLivedProcess => "short-lived-process",
+            Fault::ClockJump => "clock-jump",
         }
     }
 
@@ -113,6 +117,13 @@ const STARTING: Duration = Duration::from_millis(300);
 /// which is rounded down, so its votes may count up to a second later than the grace says.
 const UPTIME_ROUNDING: Duration = Duration::from_secs(1);
 
+/// How far past the ttl a clock jump steps a node's clock: every key on it expires at once.
+const STEP_BEYOND_TTL: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_millis(3000);
+/// How long a node whose clock stepped counts as faulty when the clients do not watch the
+/// clocks: they count its votes at once, so only for the moment of the step.
+const UNNOTICED_CLOCK_JUMP: Duration = Duration::from_millis(300);
+
 /// What the plan must know about the run.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -121,6 +132,8 @@ pub struct Limits {
     pub ttl: Duration,
     /// How long a node that started again must be up before the clients count its votes.
     pub restart_grace: Duration,
+    /// Whether the clients treat a node whose clock stepped like a restarted one.
+    pub clock_jumps_detected: bool,
 }
 
 impl Limits {
@@ -138,6 +151,16 @@ impl Limits {
     pub fn rejoin_once_started(&self) -> Duration {
         self.restart_grace + UPTIME_ROUNDING
     }
+
+    /// How long after its clock stepped a node may still not vote: as after a restart when the
+    /// clients see the step (within their once-a-second check at the latest), else a moment.
+    pub fn clock_jump_unusable(&self) -> Duration {
+        if self.clock_jumps_detected {
+            self.rejoin_once_started()
+        } else {
+            UNNOTICED_CLOCK_JUMP
+        }
+    }
 }
 
 /// One fault in the plan.
@@ -152,6 +175,8 @@ pub struct Episode {
     pub hold: Duration,
     /// The delay, for `Latency`.
     pub latency: Duration,
+    /// How far the clock steps forward, for `ClockJump`.
+    pub step: Duration,
     /// How long the node counts as faulty from `at`.
     pub unusable: Duration,
 }
@@ -170,6 +195,9 @@ impl fmt::Display for Episode {
         }
         if self.fault == Fault::Latency {
             write!(f, " +{:?}", self.latency)?;
+        }
+        if self.fault == Fault::ClockJump {
+            write!(f, " +{:?}", self.step)?;
         }
         if self.fault.is_held() {
             write!(f, " for {:?}", self.hold)?;
@@ -217,6 +245,7 @@ fn place(
         node: 0,
         hold: Duration::ZERO,
         latency: Duration::ZERO,
+        step: Duration::ZERO,
         unusable: Duration::ZERO,
     };
     match fault {
@@ -240,6 +269,10 @@ fn place(
         }
         Fault::Disconnect => episode.unusable = RECONNECT,
         Fault::BlackHole => episode.unusable = REPLACE_SILENT_CONNECTION,
+        Fault::ClockJump => {
+            episode.step = limits.ttl + draw(rng, &STEP_BEYOND_TTL);
+            episode.unusable = limits.clock_jump_unusable();
+        }
         Fault::KillHolder | Fault::ShortLivedProcess => return Some(episode),
     }
     let (start, end) = episode.busy_between();
@@ -273,6 +306,7 @@ mod tests {
             nodes: 5,
             ttl: Duration::from_secs(2),
             restart_grace: Duration::from_secs(2),
+            clock_jumps_detected: true,
         }
     }
 

@@ -81,6 +81,7 @@ const TASKS_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_TASKS";
 const KEYS_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_KEYS";
 const SEED_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_SEED";
 const GRACE_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_RESTART_GRACE_MS";
+const DETECT_CLOCK_JUMPS_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_DETECT_CLOCK_JUMPS";
 const TTL_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_TTL_MS";
 const ONE_SHOT_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_ONE_SHOT";
 const OVERRUN_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_OVERRUN_ONE_IN";
@@ -95,6 +96,8 @@ pub struct WorkerConfig {
     pub seed: u64,
     /// How long a restarted node must be up before its votes count.
     pub restart_grace: Duration,
+    /// Whether a node whose clock stepped forward is treated like a restarted one.
+    pub detect_clock_jumps: bool,
     /// The ttl of this worker's calls.
     pub ttl: Duration,
     /// One call per task, then exit.
@@ -121,6 +124,7 @@ impl WorkerConfig {
             keys: number(KEYS_VAR) as usize,
             seed: number(SEED_VAR),
             restart_grace: Duration::from_millis(number(GRACE_VAR)),
+            detect_clock_jumps: number(DETECT_CLOCK_JUMPS_VAR) == 1,
             ttl: Duration::from_millis(number(TTL_VAR)),
             one_shot: number(ONE_SHOT_VAR) == 1,
             overrun_one_in: number(OVERRUN_VAR) as usize,
@@ -136,6 +140,10 @@ impl WorkerConfig {
             .env(KEYS_VAR, self.keys.to_string())
             .env(SEED_VAR, self.seed.to_string())
             .env(GRACE_VAR, self.restart_grace.as_millis().to_string())
+            .env(
+                DETECT_CLOCK_JUMPS_VAR,
+                u8::from(self.detect_clock_jumps).to_string(),
+            )
             .env(TTL_VAR, self.ttl.as_millis().to_string())
             .env(ONE_SHOT_VAR, u8::from(self.one_shot).to_string())
             .env(OVERRUN_VAR, self.overrun_one_in.to_string());
@@ -198,6 +206,7 @@ pub fn run(config: WorkerConfig) {
         .connect_timeout(CONNECT_TIMEOUT)
         .max_ttl(TTL)
         .restart_grace(config.restart_grace)
+        .detect_clock_jumps(config.detect_clock_jumps)
         .build()
         .expect("a valid configuration");
     let shared = Arc::new(Shared {
