@@ -13,6 +13,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
+
 use cluster_singleton::runtime::{Config, Options, Runtime};
 use cluster_singleton::{lease, Error, Lease, LostReason};
 use cluster_singleton_testkit::Cluster;
@@ -107,7 +109,7 @@ async fn a_node_whose_clock_stepped_forward_gives_no_vote() {
     match intruder {
         Ok(None) => {}
         Err(Error::NoQuorum(no_quorum)) => assert!(
-            no_quorum.to_string().contains("clock stepped forward by"),
+            no_quorum.to_string().contains("clock stepped forward"),
             "{no_quorum}"
         ),
         other => panic!("a second holder, or an unexpected error: {other:?}"),
@@ -146,8 +148,156 @@ async fn the_check_alone_sees_a_step() {
         panic!("expected a missing vote from node 1, got {intruder:?}");
     };
     assert!(
-        no_quorum.to_string().contains("clock stepped forward by"),
+        no_quorum.to_string().contains("clock stepped forward"),
         "{no_quorum}"
+    );
+}
+
+/// A process started after the step never saw the node's clock move, but it sees the node's
+/// clock ahead of the other nodes' clocks, and does not count its vote either: from its first
+/// call on, and after its first check.
+#[tokio::test]
+async fn a_process_started_after_a_step_sees_the_clock_ahead_of_the_others() {
+    let mut cluster = steppable_cluster();
+    let first = machine(&cluster, true);
+    let held = hold_on_a_bare_quorum_then_step_node_1(&mut cluster, &first, &[]).await;
+
+    let started_later = machine(&cluster, true);
+    let mut refusals = Vec::new();
+    for attempt in 0..2 {
+        let intruder = started_later.lock(KEY, TTL).await;
+        assert!(
+            held.validity() > Duration::ZERO,
+            "the first lease is still valid"
+        );
+        assert!(
+            !matches!(intruder, Ok(Some(_))),
+            "attempt {attempt}: a second holder from a process started after the step"
+        );
+        refusals.push(format!("{intruder:?}"));
+        if attempt == 0 {
+            tokio::time::sleep(PAST_A_CHECK).await;
+        }
+    }
+    println!("process started after the step: {refusals:?}");
+    // With node 0 gone, only nodes 1 and 2 could make a majority: node 1's vote must not count.
+    cluster.kill(0).unwrap();
+    let intruder = started_later.lock(KEY, TTL).await;
+    assert!(
+        held.validity() > Duration::ZERO,
+        "the first lease is still valid"
+    );
+    let Err(Error::NoQuorum(no_quorum)) = &intruder else {
+        panic!("expected a missing vote from node 1, got {intruder:?}");
+    };
+    assert!(
+        no_quorum.to_string().contains("ahead of the other nodes"),
+        "{no_quorum}"
+    );
+}
+
+/// Several votes of one process in flight on the stepped node at once (jobs of one scheduler
+/// firing together): the first answer handled sees the step, and none of the others may count
+/// either, since they ran on the same stepped clock.
+#[tokio::test]
+async fn concurrent_votes_after_a_step_are_all_refused() {
+    const KEYS: [&str; 4] = ["job-a", "job-b", "job-c", "job-d"];
+    let mut cluster = steppable_cluster();
+    let (first, second) = (machine(&cluster, true), machine(&cluster, true));
+    until_nodes_vote(&first, TTL).await;
+    until_nodes_vote(&second, TTL).await;
+    let mut held = Vec::new();
+    for key in KEYS {
+        let lease = first.lock(key, TTL).await.unwrap().expect("free");
+        lose_copy_on_node_2(&cluster, &lease);
+        held.push(lease);
+    }
+    cluster.step_clock(1, STEP_MS).unwrap();
+
+    let results = join_all(KEYS.map(|key| second.lock(key, TTL))).await;
+    for ((key, result), lease) in KEYS.iter().zip(&results).zip(&held) {
+        assert!(
+            lease.validity() > Duration::ZERO,
+            "{key}: the first lease ran out"
+        );
+        assert!(
+            !matches!(result, Ok(Some(_))),
+            "{key}: a second holder while the first lease is valid"
+        );
+    }
+}
+
+/// The check's readings of node 1 are slow for a while (100 ms each way), and then its clock
+/// steps 100 ms forward, over twice the 42 ms that a 4 s lock sets aside for clocks: a slow
+/// reading must not become what later ones are compared with, or the step would pass unseen.
+#[tokio::test]
+async fn a_slow_reading_cannot_hide_a_step() {
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .proxied(true)
+        .steppable_clocks(true)
+        .start()
+        .unwrap();
+    let (first, second) = (machine(&cluster, true), machine(&cluster, true));
+    until_nodes_vote(&first, TTL).await;
+    until_nodes_vote(&second, TTL).await;
+    let lease = first.lock(KEY, TTL).await.unwrap().expect("free");
+    lose_copy_on_node_2(&cluster, &lease);
+    cluster.proxy(1).set_latency(Duration::from_millis(100));
+    tokio::time::sleep(PAST_A_CHECK).await;
+    cluster.step_clock(1, 100).unwrap();
+    cluster.proxy(1).set_latency(Duration::ZERO);
+    // Wait for the first lease's copy on node 1 to expire early, 100 ms before its time.
+    let mut node_1 = cluster.connection(1).unwrap();
+    let lock_key = format!("singleton:lock:{KEY}");
+    loop {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&lock_key)
+            .query(&mut node_1)
+            .unwrap();
+        if !exists {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let intruder = second.lock(KEY, TTL).await;
+    let left = lease.validity();
+    assert!(
+        !(matches!(intruder, Ok(Some(_))) && left > Duration::ZERO),
+        "two holders: the second took the key with {left:?} left of the first lease"
+    );
+}
+
+/// A step back past the node's start makes Redis report a negative uptime: the node must keep
+/// its connection and its vote.
+#[tokio::test]
+async fn a_step_back_past_the_uptime_keeps_the_node_voting() {
+    let mut cluster = steppable_cluster();
+    let runtime = machine(&cluster, true);
+    until_nodes_vote(&runtime, TTL).await;
+    cluster.step_clock(1, -60_000).unwrap();
+    let mut node_1 = cluster.connection(1).unwrap();
+    let info: String = redis::cmd("INFO").arg("server").query(&mut node_1).unwrap();
+    assert!(info.contains("uptime_in_seconds:-"), "{info}");
+    tokio::time::sleep(PAST_A_CHECK).await;
+    // The connection breaks: the runtime opens a new one and reads the server again.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut node_1)
+        .unwrap();
+    cluster.kill(0).unwrap();
+    // Only nodes 1 and 2 are left: the lock needs node 1's vote.
+    let mut result = runtime.lock(KEY, TTL).await;
+    let deadline = Instant::now() + PAST_A_CHECK;
+    while !matches!(result, Ok(Some(_))) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result = runtime.lock(KEY, TTL).await;
+    }
+    assert!(
+        matches!(result, Ok(Some(_))),
+        "node 1 gives no vote: {result:?}"
     );
 }
 

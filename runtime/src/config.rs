@@ -257,19 +257,30 @@ impl Config {
     /// Redis expires keys by its wall clock, so a node whose clock steps forward (an NTP step,
     /// an operator setting the time, a VM resumed) lets our key expire early, and a second
     /// caller could then win a majority with that node while the first still holds the lock.
-    /// So the runtime reads each node's clock (`TIME`) with every vote and with its
-    /// once-a-second check, and compares how far it moved with how far the runtime's own
-    /// monotonic clock did between the two readings. A node whose clock moved ahead by more than
-    /// 10 ms plus 0.1 % of the time between them has stepped: that vote does not count, nor does
-    /// any other until the restart grace has passed since, and leases being renewed are checked
-    /// on the other nodes at once (lost when a quorum of them does not confirm them). A step
-    /// back (keys live longer than asked) is logged, not acted on. Each step is logged at WARN
-    /// with its size, and counted in the `cluster_singleton_clock_steps_total` metric.
+    /// So every vote and the once-a-second check read the node's clock (`TIME`, in the same
+    /// round trip), and the runtime compares it two ways:
     ///
-    /// What stays assumed: a process only sees steps that happen while it watches the node, so
-    /// a process started after a step, or a step that is undone between two readings of a
-    /// process, goes unseen (see the README's Safety section). `false` turns the readings off:
-    /// only for nodes whose clocks never step (slewed, never stepped, NTP).
+    /// - with an earlier reading: a clock that moved further than the runtime's own monotonic
+    ///   clock between the two (beyond both readings' round trips, 2 ms and 0.1 %) stepped;
+    /// - with the other nodes' clocks: a clock more than 250 ms ahead of a quorum of the others
+    ///   stepped too, even before this process started.
+    ///
+    /// Such a node counts as restarted: no vote from it counts until the restart grace has
+    /// passed, votes already on their way are refused, and the leases this process renews are
+    /// renewed at once on the other nodes (lost, [`LostReason::ClockJumped`], when they do not
+    /// confirm them). A vote also does not count when its round trips were too slow to rule out
+    /// a step larger than what the lock sets aside for clocks (`ttl × drift_factor + 2 ms`), or,
+    /// in a process that just started, before enough other nodes' clocks were read to compare
+    /// with. A step back (keys live longer than asked) is logged, not acted on. Every step is
+    /// logged at WARN with its size, and counted in the `cluster_singleton_clock_jumps_total`
+    /// metric (labels `node`, and `direction`: `forward`, `back` or `ahead`).
+    ///
+    /// What stays assumed is in the README's Safety section (a step forward undone by a step
+    /// back between two readings, a step that left a node's clock in agreement with the others
+    /// before this process started). `false` turns the readings off: only for nodes whose
+    /// clocks never step.
+    ///
+    /// [`LostReason::ClockJumped`]: crate::LostReason::ClockJumped
     ///
     /// ```
     /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])

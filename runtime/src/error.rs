@@ -251,8 +251,13 @@ pub enum FailureKind {
     /// password, a key of another type, a script error.
     Refused,
     /// The node restarted too recently for its vote to count (see `Config::restart_grace`), or
-    /// for a "no done marker" answer to count (`slot`).
+    /// for a "no done marker" answer to count (`slot`); or it lost its data, or its clock
+    /// stepped forward (see `Config::detect_clock_jumps`), as recently.
     Restarted,
+    /// The node's clock could not be compared with the other nodes' clocks yet (a process that
+    /// just started, whose connections to them are still opening), so its vote could not be
+    /// trusted yet (see `Config::detect_clock_jumps`).
+    Unverified,
 }
 
 impl fmt::Display for NodeFailure {

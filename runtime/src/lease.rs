@@ -262,6 +262,9 @@ pub struct Lease {
     outstanding: Outstanding,
     /// Cleared by `release`, so that `Drop` knows there is nothing left to do.
     holding: bool,
+    /// Steps of the nodes' clocks seen since before the lock was taken, for renewal (see
+    /// [`keep`]).
+    clock_jumps: Option<watch::Receiver<u64>>,
 }
 
 /// What an acquisition that took the lock knows of it.
@@ -273,6 +276,8 @@ pub(crate) struct Taken {
     pub(crate) valid_until: Instant,
     pub(crate) fencing_token: Option<u64>,
     pub(crate) outstanding: Outstanding,
+    /// Subscribed before the attempt's first vote.
+    pub(crate) clock_jumps: Option<watch::Receiver<u64>>,
 }
 
 impl Lease {
@@ -300,6 +305,7 @@ impl Lease {
             outstanding: taken.outstanding,
             held,
             holding: true,
+            clock_jumps: taken.clock_jumps,
         }
     }
 
@@ -447,8 +453,8 @@ impl Lease {
     pub(crate) fn keep(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
         let (runtime, held, options) = (self.runtime.clone(), self.held.clone(), *options);
         let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
-        // Watched from the start of the call: a step seen before renewal begins counts too.
-        let mut clock_jumps = runtime.clock_jumps();
+        // Watched from before the lock was taken: a step seen before renewal begins counts too.
+        let mut clock_jumps = self.clock_jumps.clone();
         async move {
             if options.renew {
                 let jumped = tokio::select! {

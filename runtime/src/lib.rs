@@ -4,6 +4,7 @@
 //! the `#[singleton]` attribute. This crate's version is pinned exactly by the facade.
 
 mod backlog;
+mod clock;
 mod config;
 mod driver;
 mod error;

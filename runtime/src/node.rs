@@ -9,7 +9,7 @@
 //! again every second and takes a changed `run_id` for a restart; the same check replaces a
 //! connection that stopped answering (a flow black-holed on the way), which TCP alone would keep
 //! for a quarter of an hour. Every reading of a node, and every vote, also reads the node's
-//! clock, to notice it stepping (see [`Seen::read_clock`]).
+//! clock, to notice it stepping (see [`crate::clock`]).
 //!
 //! The commands of a lock ([`Node::set_nx`], [`Node::release`], ...) have no deadline of their
 //! own: the round that sends one to every node bounds them all with one (see
@@ -27,8 +27,11 @@ use redis::{AsyncConnectionConfig, InfoDict, RedisError, Script};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::clock::{
+    drift_allowance, ClockAgreement, ClockMove, ClockReader, ClockReading, ClockTable, ClockWatch,
+};
 use crate::config::redact;
-use crate::{driver, memory, telemetry};
+use crate::{driver, keys, memory, telemetry};
 use crate::{Config, Error, FailureKind, NodeFailure};
 
 /// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
@@ -182,16 +185,6 @@ const CHECK_ANSWER_WITHIN: Duration = Duration::from_millis(300);
 /// being ahead of ours.
 const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
 
-/// How much further a node's clock may move than ours between two readings, beyond
-/// [`CLOCK_RATE_TOLERANCE_PPM`], before it counts as a step. The check reads every clock once a
-/// second, so a clock could gain this much (and the rate tolerance) every second unseen: 0.6 %,
-/// less than the 1 % of the ttl that a lock's validity sets aside for drift.
-const CLOCK_STEP_TOLERANCE: Duration = Duration::from_millis(5);
-
-/// How much faster or slower than ours a node's clock may run, in millionths: NTP slews a clock
-/// by at most 500 ppm, ours or the node's, so twice that.
-const CLOCK_RATE_TOLERANCE_PPM: u64 = 1_000;
-
 /// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
 const MILLISECOND: Duration = Duration::from_millis(1);
 
@@ -205,33 +198,38 @@ struct Seen {
     /// The earliest start read of the server now behind the node (by its uptime and epoch): a
     /// later reading that makes it younger was read by a clock that stepped back.
     started: Option<(Instant, SystemTime)>,
-    /// The reading of the node's clock that the next are compared with (see
-    /// [`Seen::read_clock`]).
-    clock: Option<ClockReading>,
+    /// The node's clock over time.
+    clock: ClockWatch,
+    /// Whether the node's clock was last seen ahead of the other nodes' clocks.
+    ahead: bool,
     /// The last forward step of the node's clock this process saw.
     jump: Option<Jump>,
 }
 
-/// One reading of a node's clock (`TIME`, in microseconds since the epoch), and when the
-/// command that read it was sent and answered by our monotonic clock: the node read its clock
-/// somewhere between the two.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct ClockReading {
-    node_micros: u64,
-    sent: Instant,
-    answered: Instant,
+impl Seen {
+    /// The node may have forgotten locks since now: it is young from now on, as after a
+    /// restart, and its clock stepped forward by `by`.
+    fn young_from_a_jump(&mut self, by: Duration) -> Jump {
+        let now = (Instant::now(), SystemTime::now());
+        let jump = Jump { at: now.0, by };
+        self.young_from = Some(
+            self.young_from
+                .map_or(now, |(instant, wall)| (instant.max(now.0), wall.max(now.1))),
+        );
+        self.jump = Some(jump);
+        jump
+    }
 }
 
-impl ClockReading {
-    /// A reading of the node's clock `(seconds, microseconds)` by a command sent at `sent` and
-    /// answered now.
-    fn of_time((seconds, micros): (u64, u64), sent: Instant) -> ClockReading {
-        ClockReading {
-            node_micros: seconds.saturating_mul(1_000_000).saturating_add(micros),
-            sent,
-            answered: Instant::now(),
-        }
-    }
+/// What a reading of a node's clock says of its votes.
+enum ClockVerdict {
+    /// Nothing against them, but a step forward of up to `blind_spot` could have gone unseen.
+    Trusted { blind_spot: Duration },
+    /// The clock stepped forward, or was newly seen ahead of the other nodes': the node is young
+    /// from now.
+    Jumped(Jump),
+    /// Too few other nodes' clocks read yet to tell whether this one is ahead of them.
+    NotCompared,
 }
 
 /// A step of a node's clock forward, seen by this process at `at`.
@@ -239,85 +237,6 @@ impl ClockReading {
 struct Jump {
     at: Instant,
     by: Duration,
-}
-
-/// Who read a node's clock: the once-a-second check, or a vote.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ClockReader {
-    Check,
-    Vote,
-}
-
-impl Seen {
-    /// Takes in a reading of the node's clock, and compares it with the last the check took: a
-    /// node's clock that moved further than ours could have between the two readings (with
-    /// [`CLOCK_STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward, and
-    /// keys on it expire early: the node is young from now, as after a restart; returns the step.
-    /// One that moved less than ours must have stepped back (keys live longer than asked): only
-    /// reported. The bounds come from when each command was sent and answered, so a slow answer
-    /// never looks like a step.
-    ///
-    /// Only the check's readings (and a step's) replace the one compared with: were every vote's
-    /// to do so, a clock that gains a little less than the tolerance at every vote, thousands of
-    /// times a second, would never be seen to step.
-    fn read_clock(
-        &mut self,
-        node: &str,
-        reading: ClockReading,
-        reader: ClockReader,
-    ) -> Option<Jump> {
-        let Some(last) = self.clock else {
-            self.clock = Some(reading);
-            return None;
-        };
-        // Readings taken concurrently are compared in the order they were sent; an older one
-        // than the last has nothing to add.
-        if reading.sent < last.sent {
-            return None;
-        }
-        if reader == ClockReader::Check {
-            self.clock = Some(reading);
-        }
-        let micros = |duration: Duration| i128::try_from(duration.as_micros()).unwrap_or(i128::MAX);
-        let moved = i128::from(reading.node_micros) - i128::from(last.node_micros);
-        let most = micros(reading.answered.saturating_duration_since(last.sent));
-        let least = micros(reading.sent.saturating_duration_since(last.answered))
-            - micros(last.answered.saturating_duration_since(reading.sent));
-        let tolerance =
-            micros(CLOCK_STEP_TOLERANCE) + most * i128::from(CLOCK_RATE_TOLERANCE_PPM) / 1_000_000;
-        let duration =
-            |micros: i128| Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
-        if moved - most > tolerance {
-            self.clock = Some(reading);
-            let by = duration(moved - most);
-            tracing::warn!(
-                node,
-                jumped_by = ?by,
-                "Redis node's clock stepped forward: keys on it may have expired early, so its \
-                 votes count again once the restart grace has passed from now"
-            );
-            telemetry::clock_jumped(node, "forward");
-            let now = (Instant::now(), SystemTime::now());
-            let jump = Jump { at: now.0, by };
-            self.young_from = Some(
-                self.young_from
-                    .map_or(now, |(instant, wall)| (instant.max(now.0), wall.max(now.1))),
-            );
-            self.jump = Some(jump);
-            return Some(jump);
-        }
-        if least - moved > tolerance {
-            self.clock = Some(reading);
-            tracing::warn!(
-                node,
-                jumped_by = ?duration(least - moved),
-                "Redis node's clock stepped back: keys on it live longer than asked, until a \
-                 release deletes them"
-            );
-            telemetry::clock_jumped(node, "back");
-        }
-        None
-    }
 }
 
 /// What renewing a lease did on one node.
@@ -359,28 +278,29 @@ pub(crate) struct FleetGrace {
     announced_ms: AtomicU64,
     /// Whether a node's clock stepping forward makes it young (`Config::detect_clock_jumps`).
     detect_clock_jumps: bool,
+    /// `Config::drift_factor`: a vote must rule out a step larger than a lock's allowance.
+    drift_factor: f64,
     /// How many forward steps of a node's clock this process has seen, so that leases being
     /// renewed are checked at once.
     clock_jumps: watch::Sender<u64>,
+    /// Every node's clock against ours, to tell one that is ahead of the others'.
+    clocks: ClockTable,
 }
 
 impl FleetGrace {
-    pub(crate) fn new(
-        configured: Duration,
-        key: String,
-        epoch_key: String,
-        max_ttl: Duration,
-        detect_clock_jumps: bool,
-    ) -> Arc<FleetGrace> {
-        let max_ttl_ms = millis(max_ttl);
+    /// The grace `configured` (at least `config.max_ttl`) for `config`'s nodes.
+    pub(crate) fn new(configured: Duration, config: &Config) -> Arc<FleetGrace> {
+        let max_ttl_ms = millis(config.max_ttl);
         Arc::new(FleetGrace {
             configured,
-            key,
-            epoch_key,
+            key: keys::max_ttl(&config.key_prefix),
+            epoch_key: keys::epoch(&config.key_prefix),
             max_ttl_ms,
             announced_ms: AtomicU64::new(max_ttl_ms),
-            detect_clock_jumps,
+            detect_clock_jumps: config.detect_clock_jumps,
+            drift_factor: config.drift_factor,
             clock_jumps: watch::Sender::new(0),
+            clocks: ClockTable::new(config.urls.len()),
         })
     }
 
@@ -411,6 +331,8 @@ impl FleetGrace {
 
 /// One Redis node, named by its URL with the password hidden.
 pub(crate) struct Node {
+    /// Its place among the nodes, from 0.
+    index: usize,
     name: String,
     backend: Backend,
     timeout: Duration,
@@ -531,9 +453,13 @@ impl Server {
                 format!("`{field}` is missing"),
             ))
         };
+        // Negative when the node's clock stepped back past its start: counted as zero (and the
+        // node keeps the earliest start read, see `Node::witness`).
         let uptime = Duration::from_secs(
-            info.get::<u64>("uptime_in_seconds")
-                .ok_or_else(|| missing("uptime_in_seconds"))?,
+            info.get::<i64>("uptime_in_seconds")
+                .ok_or_else(|| missing("uptime_in_seconds"))?
+                .max(0)
+                .unsigned_abs(),
         );
         let run_id = info
             .get::<String>("run_id")
@@ -616,6 +542,15 @@ pub(crate) enum NodeError {
     Unanswered,
     /// The node no longer has the epoch read when it was last checked: it lost its data.
     LostData,
+    /// Too few other nodes' clocks were read yet to compare the node's clock with.
+    ClockNotCompared,
+    /// The readings of the node's clock were too slow to rule out a step of more than
+    /// `allowance`, the lock's allowance for clocks: one of up to `blind_spot` (and the
+    /// tolerances) could be unseen.
+    ClockUncertain {
+        blind_spot: Duration,
+        allowance: Duration,
+    },
     /// The node's clock stepped forward `ago`, by `by`: keys on it may have expired early.
     ClockJumped {
         by: Duration,
@@ -637,6 +572,9 @@ impl NodeError {
             | NodeError::StartedInPeriod
             | NodeError::LostData
             | NodeError::ClockJumped { .. } => FailureKind::Restarted,
+            NodeError::ClockNotCompared | NodeError::ClockUncertain { .. } => {
+                FailureKind::Unverified
+            }
             NodeError::Unanswered => FailureKind::Unanswered,
         }
     }
@@ -686,11 +624,27 @@ impl fmt::Display for NodeError {
                  may have forgotten a lock, so its vote counts again once the restart grace has \
                  passed from now (see `Config::restart_grace`)",
             ),
+            NodeError::ClockNotCompared => f.write_str(
+                "the node's clock could not be compared with the other nodes' clocks yet (their \
+                 connections are still opening), so its vote cannot be trusted yet: a clock \
+                 stepped forward would have let a lock expire early; it counts once they answer \
+                 (see `Config::detect_clock_jumps`)",
+            ),
+            NodeError::ClockUncertain {
+                blind_spot,
+                allowance,
+            } => write!(
+                f,
+                "the node answered too slowly to tell whether its clock stepped: a step of up to \
+                 {blind_spot:?} could have gone unseen, more than the lock's allowance for clocks \
+                 ({allowance:?}, `ttl × drift_factor + 2 ms`); a lock with a longer ttl allows \
+                 more (see `Config::detect_clock_jumps`)"
+            ),
             NodeError::ClockJumped { by, ago, grace } => write!(
                 f,
-                "the node's clock stepped forward by {by:?} {}s ago, so keys on it may have \
-                 expired early; its vote counts once the restart grace ({grace:?}) has passed \
-                 since (see `Config::detect_clock_jumps`)",
+                "the node's clock stepped forward (or was seen ahead of the other nodes') by \
+                 {by:?} {}s ago, so keys on it may have expired early; its vote counts once the \
+                 restart grace ({grace:?}) has passed since (see `Config::detect_clock_jumps`)",
                 ago.as_secs()
             ),
         }
@@ -714,6 +668,7 @@ impl Node {
             Backend::Redis(Box::new(client(position, &name, url, config)?))
         };
         Ok(Node {
+            index: position - 1,
             name,
             backend,
             timeout: config.node_timeout,
@@ -730,7 +685,8 @@ impl Node {
                 identity: None,
                 young_from: None,
                 started: None,
-                clock: None,
+                clock: ClockWatch::default(),
+                ahead: false,
                 jump: None,
             }),
             engine: engine.clone(),
@@ -851,7 +807,7 @@ impl Node {
         };
         self.same_epoch(&session, epoch.as_deref())?;
         if let Some(clock) = clock {
-            self.vote_clock(&session, clock)?;
+            self.vote_clock(&session, clock, ttl)?;
         }
         Ok(reply.is_some())
     }
@@ -879,7 +835,11 @@ impl Node {
             return Err(self.lost_data(&session));
         }
         if self.detects_clock_jumps() && self.epoch_key(&session).is_some() {
-            self.vote_clock(&session, ClockReading::of_time((seconds, micros), sent))?;
+            self.vote_clock(
+                &session,
+                ClockReading::of_time((seconds, micros), sent),
+                ttl,
+            )?;
         }
         counter
             .map(|counter| {
@@ -1067,17 +1027,27 @@ impl Node {
         let Some(grace) = &self.grace else {
             return Ok(session);
         };
-        let young_since = session.with_server(|server| match server {
+        let up_since = session.with_server(|server| match server {
             Some(Server {
                 epoch: Some(_),
                 up_since,
-                jump,
                 ..
-            }) => Ok(Some((*up_since, *jump))),
+            }) => Ok(Some(*up_since)),
             Some(_) => Err(NodeError::LostData),
             None => Ok(None),
         })?;
-        if let Some((up_since, jump)) = young_since {
+        // What this process saw of the node since, on any connection: a step seen by a vote on
+        // another connection counts here at once.
+        let (seen_young, jump) = {
+            let seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            (seen.young_from.map(|(instant, _)| instant), seen.jump)
+        };
+        if let Some(up_since) =
+            up_since.map(|up_since| up_since.max(seen_young.unwrap_or(up_since)))
+        {
             let (up, grace) = (up_since.elapsed(), grace.current());
             if up < grace {
                 return Err(match jump {
@@ -1325,14 +1295,12 @@ impl Node {
             }
         } else {
             // Another server, perhaps with another clock: its readings start afresh.
-            seen.clock = None;
+            seen.clock.restart();
         }
         seen.started = Some((server.up_since, server.started_at));
         seen.identity = Some(identity);
-        if self.detects_clock_jumps()
-            && seen
-                .read_clock(&self.name, server.clock, ClockReader::Check)
-                .is_some()
+        if let ClockVerdict::Jumped(_) =
+            self.take_clock_reading(&mut seen, server.clock, ClockReader::Check)
         {
             self.announce_clock_jump();
         }
@@ -1351,6 +1319,71 @@ impl Node {
             .is_some_and(|grace| grace.detect_clock_jumps)
     }
 
+    /// Takes in a reading of the node's clock (see [`crate::clock`]): compared with the check's
+    /// last reading, and with the other nodes' clocks. A step forward, or a clock newly seen
+    /// ahead of the others', makes the node young from now.
+    fn take_clock_reading(
+        &self,
+        seen: &mut Seen,
+        reading: ClockReading,
+        reader: ClockReader,
+    ) -> ClockVerdict {
+        let Some(grace) = self.grace.as_ref().filter(|grace| grace.detect_clock_jumps) else {
+            return ClockVerdict::Trusted {
+                blind_spot: Duration::ZERO,
+            };
+        };
+        let mut jump = None;
+        let comparison = seen.clock.read(reading, reader);
+        match comparison.moved {
+            ClockMove::Steady => {}
+            ClockMove::SteppedForward(by) => {
+                tracing::warn!(
+                    node = self.name,
+                    jumped_by = ?by,
+                    "Redis node's clock stepped forward: keys on it may have expired early, so \
+                     its votes count again once the restart grace has passed from now"
+                );
+                telemetry::clock_jumped(&self.name, "forward");
+                jump = Some(seen.young_from_a_jump(by));
+            }
+            ClockMove::SteppedBack(by) => {
+                tracing::warn!(
+                    node = self.name,
+                    jumped_by = ?by,
+                    "Redis node's clock stepped back: keys on it live longer than asked, until \
+                     a release deletes them"
+                );
+                telemetry::clock_jumped(&self.name, "back");
+            }
+        }
+        let agreement = grace.clocks.compare(self.index, reading);
+        match agreement {
+            ClockAgreement::Agrees => seen.ahead = false,
+            ClockAgreement::Unknown => {}
+            ClockAgreement::Ahead(by) => {
+                if !std::mem::replace(&mut seen.ahead, true) && jump.is_none() {
+                    tracing::warn!(
+                        node = self.name,
+                        ahead_by = ?by,
+                        "Redis node's clock is ahead of the other nodes' clocks: it may have \
+                         stepped forward, and keys on it expired early, so its votes count again \
+                         once the restart grace has passed from now; sync the node's clock"
+                    );
+                    telemetry::clock_jumped(&self.name, "ahead");
+                    jump = Some(seen.young_from_a_jump(by));
+                }
+            }
+        }
+        match (jump, agreement) {
+            (Some(jump), _) => ClockVerdict::Jumped(jump),
+            (None, ClockAgreement::Unknown) => ClockVerdict::NotCompared,
+            (None, _) => ClockVerdict::Trusted {
+                blind_spot: comparison.blind_spot,
+            },
+        }
+    }
+
     /// Tells the leases being renewed that a node's clock stepped, so that they are checked now.
     fn announce_clock_jump(&self) {
         if let Some(grace) = &self.grace {
@@ -1360,14 +1393,62 @@ impl Node {
 
     /// Takes in the node's clock as a vote on `session` read it: a step forward since the last
     /// reading makes the node young from now, and the vote does not count.
-    fn vote_clock(&self, session: &Session, reading: ClockReading) -> Result<(), NodeError> {
-        let jump = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .read_clock(&self.name, reading, ClockReader::Vote);
-        let Some(jump) = jump else {
+    ///
+    /// Nor does a vote count from a node whose clock could not be compared with the other
+    /// nodes' yet (their connections are still opening, in a process that just started): a
+    /// clock stepped before this process started is told only by that comparison.
+    ///
+    /// Nor does a vote sent before the node was seen to restart, lose its data or step its clock
+    /// (by another vote, or by the check): it may have been granted by a node that had forgotten
+    /// the lock. Nor one whose readings were too slow to rule out a step larger than what a lock
+    /// of `ttl` sets aside for clocks.
+    fn vote_clock(
+        &self,
+        session: &Session,
+        reading: ClockReading,
+        ttl: Duration,
+    ) -> Result<(), NodeError> {
+        let Some(grace) = &self.grace else {
             return Ok(());
+        };
+        let (verdict, young) = {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let verdict = self.take_clock_reading(&mut seen, reading, ClockReader::Vote);
+            (
+                verdict,
+                seen.young_from.map(|(instant, _)| (instant, seen.jump)),
+            )
+        };
+        let jump = match verdict {
+            ClockVerdict::Trusted { blind_spot } => {
+                if let Some((young_from, jump)) = young.filter(|(at, _)| *at >= reading.sent) {
+                    let grace = grace.current();
+                    return Err(match jump {
+                        Some(jump) if jump.at >= young_from => NodeError::ClockJumped {
+                            by: jump.by,
+                            ago: young_from.elapsed(),
+                            grace,
+                        },
+                        _ => NodeError::Restarted {
+                            up: young_from.elapsed(),
+                            grace,
+                        },
+                    });
+                }
+                let allowance = drift_allowance(ttl, grace.drift_factor);
+                if blind_spot > allowance {
+                    return Err(NodeError::ClockUncertain {
+                        blind_spot,
+                        allowance,
+                    });
+                }
+                return Ok(());
+            }
+            ClockVerdict::NotCompared => return Err(NodeError::ClockNotCompared),
+            ClockVerdict::Jumped(jump) => jump,
         };
         if let Some(server) = session
             .server
@@ -1383,10 +1464,7 @@ impl Node {
         Err(NodeError::ClockJumped {
             by: jump.by,
             ago: Duration::ZERO,
-            grace: self
-                .grace
-                .as_ref()
-                .map_or(Duration::ZERO, |grace| grace.current()),
+            grace: grace.current(),
         })
     }
 
@@ -1728,100 +1806,5 @@ mod tls {
             cause = current.source();
         }
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    fn seen() -> Seen {
-        Seen {
-            identity: None,
-            young_from: None,
-            started: None,
-            clock: None,
-            jump: None,
-        }
-    }
-
-    /// A reading sent `at` after `origin`, answered `round_trip` later, of a node clock that read
-    /// `node_ms` (since an arbitrary epoch).
-    fn reading(origin: Instant, at: Duration, round_trip: Duration, node_ms: u64) -> ClockReading {
-        ClockReading {
-            node_micros: node_ms * 1_000,
-            sent: origin + at,
-            answered: origin + at + round_trip,
-        }
-    }
-
-    /// A node whose clock the check read as `node_ms`, at the returned origin.
-    fn checked_at(node_ms: u64) -> (Instant, Seen) {
-        let (origin, mut seen) = (Instant::now(), seen());
-        let first = reading(origin, Duration::ZERO, MS, node_ms);
-        assert_eq!(seen.read_clock("n", first, ClockReader::Check), None);
-        (origin, seen)
-    }
-
-    #[test]
-    fn a_clock_that_keeps_time_never_steps() {
-        let (origin, mut seen) = (Instant::now(), seen());
-        for second in 0..100 {
-            let at = Duration::from_secs(second);
-            // The node read its clock anywhere within the round trip.
-            let node_ms = 1_000_000 + second * 1_000 + (second % 3) * 4;
-            let clock = reading(origin, at, 5 * MS, node_ms);
-            assert_eq!(seen.read_clock("n", clock, ClockReader::Check), None);
-        }
-    }
-
-    #[test]
-    fn a_slow_answer_is_not_a_step() {
-        let (origin, mut seen) = checked_at(1_000);
-        // Sent 1 s later, answered 400 ms after that; the node read its clock at the end.
-        let slow = reading(origin, Duration::from_secs(1), 400 * MS, 2_400);
-        assert_eq!(seen.read_clock("n", slow, ClockReader::Vote), None);
-    }
-
-    #[test]
-    fn a_step_forward_makes_the_node_young() {
-        let (origin, mut seen) = checked_at(1_000);
-        let stepped = reading(origin, Duration::from_secs(1), MS, 2_001 + 20);
-        let jump = seen
-            .read_clock("n", stepped, ClockReader::Vote)
-            .expect("a step of about 20 ms is seen");
-        assert!(jump.by >= 18 * MS && jump.by <= 20 * MS, "{:?}", jump.by);
-        assert!(seen.young_from.is_some());
-        // The step is now what later readings are compared with: it is reported once.
-        let later = reading(origin, Duration::from_secs(2), MS, 3_001 + 20);
-        assert_eq!(seen.read_clock("n", later, ClockReader::Vote), None);
-    }
-
-    #[test]
-    fn small_gains_at_every_vote_add_up_to_a_step() {
-        let (origin, mut seen) = checked_at(1_000);
-        // A clock that gains 4 ms (under the tolerance) at each vote, one vote per millisecond.
-        let mut seen_at = None;
-        for vote in 1..100u64 {
-            let clock = reading(origin, MS * vote as u32, Duration::ZERO, 1_000 + vote * 5);
-            if seen.read_clock("n", clock, ClockReader::Vote).is_some() {
-                seen_at = Some(vote);
-                break;
-            }
-        }
-        assert!(
-            seen_at.is_some_and(|vote| vote <= 3),
-            "seen at vote {seen_at:?}"
-        );
-    }
-
-    #[test]
-    fn a_step_back_is_no_jump() {
-        let (origin, mut seen) = checked_at(10_000);
-        let back = reading(origin, Duration::from_secs(1), MS, 6_000);
-        assert_eq!(seen.read_clock("n", back, ClockReader::Check), None);
-        assert!(seen.young_from.is_none());
     }
 }

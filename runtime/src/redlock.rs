@@ -23,14 +23,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+use crate::clock::drift_allowance;
 use crate::driver;
 use crate::lease::{Held, Taken};
 use crate::node::{NodeError, Renewed};
 use crate::{Error, Lease, NoQuorum, NodeFailure, Runtime};
-
-/// Subtracted from every lock's validity on top of the drift factor's share of the ttl: the
-/// Redlock paper's allowance for the granularity of the nodes' expiry clocks.
-pub(crate) const CLOCK_DRIFT_FLOOR: Duration = Duration::from_millis(2);
 
 /// Bytes of OS randomness in a lock token: 128 bits, so that no two acquisitions, anywhere,
 /// ever share a token.
@@ -44,9 +41,8 @@ pub(crate) fn quorum(nodes: usize) -> usize {
 /// What is left of the ttl once the attempt took `elapsed`, minus the allowance for clock drift;
 /// `None` when nothing is left and the lock must not be used.
 pub(crate) fn validity(ttl: Duration, elapsed: Duration, drift_factor: f64) -> Option<Duration> {
-    let drift = ttl.mul_f64(drift_factor) + CLOCK_DRIFT_FLOOR;
     ttl.checked_sub(elapsed)?
-        .checked_sub(drift)
+        .checked_sub(drift_allowance(ttl, drift_factor))
         .filter(|left| !left.is_zero())
 }
 
@@ -526,6 +522,8 @@ pub(crate) async fn acquire(
     for attempt_number in 1..=SPLIT_VOTE_ATTEMPTS {
         let token = new_token()?;
         let started = Instant::now();
+        // Watched from before the first vote: a step seen once a node granted us counts.
+        let clock_jumps = runtime.clock_jumps();
         let mut attempt = Attempt {
             runtime: runtime.clone(),
             round: Some(set_round(runtime, &key, fence_key.as_ref(), &token, ttl)),
@@ -573,6 +571,7 @@ pub(crate) async fn acquire(
                 valid_until: started + took + left,
                 fencing_token: fence,
                 outstanding,
+                clock_jumps,
             };
             let lease = Lease::new(runtime.clone(), taken);
             if !lease.is_registered() {

@@ -111,15 +111,9 @@ impl Runtime {
             .map_err(|err| Error::Internal(err.clone()))?;
         let mut seen = HashMap::new();
         let mut nodes = Vec::with_capacity(config.urls.len());
-        let grace = config.effective_restart_grace().map(|grace| {
-            FleetGrace::new(
-                grace,
-                keys::max_ttl(&config.key_prefix),
-                keys::epoch(&config.key_prefix),
-                config.max_ttl,
-                config.detect_clock_jumps,
-            )
-        });
+        let grace = config
+            .effective_restart_grace()
+            .map(|grace| FleetGrace::new(grace, &config));
         for (index, url) in config.urls.iter().enumerate() {
             let position = index + 1;
             let node = Node::new(position, url, &config, grace.clone(), engine.handle())?;
