@@ -202,6 +202,9 @@ struct Seen {
     clock: ClockWatch,
     /// Whether the node's clock was last seen ahead of the other nodes' clocks.
     ahead: bool,
+    /// Whether the node's clock was compared with the other nodes' clocks yet (see
+    /// [`Node::take_clock_reading`]).
+    compared: bool,
     /// The last forward step of the node's clock this process saw.
     jump: Option<Jump>,
 }
@@ -399,8 +402,6 @@ struct Server {
     up_since: Instant,
     /// When it started, on our wall clock, on the late side: for comparing with periods.
     started_at: SystemTime,
-    /// The last step of its clock forward that this process saw, if any.
-    jump: Option<Jump>,
     /// Its clock, as read with the epoch.
     clock: ClockReading,
 }
@@ -501,7 +502,6 @@ impl Server {
             epoch: Some(epoch),
             up_since: up_since.max(answered_at.checked_sub(age).unwrap_or(answered_at)),
             started_at: started_at.max(answered_wall.checked_sub(age).unwrap_or(answered_wall)),
-            jump: None,
             clock: ClockReading {
                 node_micros,
                 sent,
@@ -687,6 +687,7 @@ impl Node {
                 started: None,
                 clock: ClockWatch::default(),
                 ahead: false,
+                compared: false,
                 jump: None,
             }),
             engine: engine.clone(),
@@ -1296,6 +1297,7 @@ impl Node {
         } else {
             // Another server, perhaps with another clock: its readings start afresh.
             seen.clock.restart();
+            seen.compared = false;
         }
         seen.started = Some((server.up_since, server.started_at));
         seen.identity = Some(identity);
@@ -1308,7 +1310,6 @@ impl Node {
             server.up_since = server.up_since.max(up_since);
             server.started_at = server.started_at.max(started_at);
         }
-        server.jump = seen.jump;
         server
     }
 
@@ -1322,6 +1323,11 @@ impl Node {
     /// Takes in a reading of the node's clock (see [`crate::clock`]): compared with the check's
     /// last reading, and with the other nodes' clocks. A step forward, or a clock newly seen
     /// ahead of the others', makes the node young from now.
+    ///
+    /// Votes compare with the other nodes' clocks only until that was done once: from then on,
+    /// a step of this node's clock is seen by the comparison over time, and the check compares
+    /// across the nodes every second anyway. (Another node's clock stepping back can make this
+    /// one look ahead, which endangers no lock.) So a vote takes no lock shared by the nodes.
     fn take_clock_reading(
         &self,
         seen: &mut Seen,
@@ -1357,8 +1363,14 @@ impl Node {
                 telemetry::clock_jumped(&self.name, "back");
             }
         }
-        let agreement = grace.clocks.compare(self.index, reading);
+        let agreement = if reader == ClockReader::Check || !seen.compared {
+            grace.clocks.compare(self.index, reading)
+        } else {
+            ClockAgreement::Agrees
+        };
+        seen.compared |= agreement != ClockAgreement::Unknown;
         match agreement {
+            ClockAgreement::Agrees if reader == ClockReader::Vote => {}
             ClockAgreement::Agrees => seen.ahead = false,
             ClockAgreement::Unknown => {}
             ClockAgreement::Ahead(by) => {
@@ -1458,7 +1470,6 @@ impl Node {
         {
             server.up_since = server.up_since.max(jump.at);
             server.started_at = server.started_at.max(SystemTime::now());
-            server.jump = Some(jump);
         }
         self.announce_clock_jump();
         Err(NodeError::ClockJumped {
