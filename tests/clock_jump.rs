@@ -268,6 +268,52 @@ async fn a_slow_reading_cannot_hide_a_step() {
     );
 }
 
+/// Node 1 answers slowly (30 ms each way) for a while, so that no check reading is as tight as
+/// the last fast one; then it is fast again, and its clock steps 35 ms, three times what a 1 s
+/// lock sets aside for clocks (12 ms). The reading compared with must not have aged so far that
+/// the step fits in its tolerance for drift.
+#[tokio::test]
+async fn an_aged_reading_cannot_hide_a_step() {
+    const SHORT_TTL: Duration = Duration::from_secs(1);
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .proxied(true)
+        .steppable_clocks(true)
+        .start()
+        .unwrap();
+    let machine = || {
+        Config::new(cluster.urls())
+            .node_timeout(NODE_TIMEOUT)
+            .max_ttl(SHORT_TTL)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (machine(), machine());
+    until_nodes_vote(&first, SHORT_TTL).await;
+    until_nodes_vote(&second, SHORT_TTL).await;
+    cluster.proxy(1).set_latency(Duration::from_millis(30));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cluster.proxy(1).set_latency(Duration::ZERO);
+    let lease = first.lock(KEY, SHORT_TTL).await.unwrap().expect("free");
+    lose_copy_on_node_2(&cluster, &lease);
+    cluster.step_clock(1, 35).unwrap();
+    let mut node_1 = cluster.connection(1).unwrap();
+    let lock_key = format!("singleton:lock:{KEY}");
+    while redis::cmd("EXISTS")
+        .arg(&lock_key)
+        .query::<bool>(&mut node_1)
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let intruder = second.lock(KEY, SHORT_TTL).await;
+    let left = lease.validity();
+    assert!(
+        !(matches!(intruder, Ok(Some(_))) && left > Duration::ZERO),
+        "two holders: the second took the key with {left:?} left of the first lease"
+    );
+}
+
 /// A step back past the node's start makes Redis report a negative uptime: the node must keep
 /// its connection and its vote.
 #[tokio::test]

@@ -128,7 +128,14 @@ async fn a_body_longer_than_min_hold_frees_the_key_when_done() {
 
     let outcome = nodes
         .runtime
-        .run_with("nightly", options(), tokio::time::sleep(MIN_HOLD), |_| true)
+        // The sleep starts with the body, after the lock was taken: a sleep future made before
+        // the call would end less than `min_hold` after the acquisition.
+        .run_with(
+            "nightly",
+            options(),
+            async { tokio::time::sleep(MIN_HOLD).await },
+            |_| true,
+        )
         .await
         .unwrap();
 

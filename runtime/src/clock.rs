@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How much further a node's clock may move than ours between two readings, beyond the round
 /// trips of the two readings and [`CLOCK_RATE_TOLERANCE_PPM`], before it counts as a step: room
 /// for `TIME`'s microseconds only, since the bounds are exact.
-const STEP_TOLERANCE: Duration = Duration::from_millis(2);
+const STEP_TOLERANCE: Duration = Duration::from_millis(1);
 
 /// Subtracted from every lock's validity on top of the drift factor's share of the ttl: the
 /// Redlock paper's allowance for the granularity of the nodes' expiry clocks.
@@ -86,10 +86,9 @@ pub(crate) enum ClockMove {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ClockComparison {
     pub(crate) moved: ClockMove,
-    /// How large a step forward could go unseen for the readings' round trips: the time between
+    /// How large a step forward could go unseen: the readings' round trips (the time between
     /// sending the first and receiving the second, less the time between receiving the first
-    /// and sending the second. Zero when there was nothing to compare with. (On top of it, a
-    /// step within the tolerances, [`STEP_TOLERANCE`] and the rate's, always goes unseen.)
+    /// and sending the second) and the tolerances. Zero when there was nothing to compare with.
     pub(crate) blind_spot: Duration,
 }
 
@@ -110,11 +109,12 @@ impl ClockWatch {
     /// [`STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward; one that
     /// moved less far stepped back. The readings may have been taken in either order.
     ///
-    /// A check's reading becomes the anchor when its round trip is no longer than the anchor's
-    /// plus what the clocks may have drifted since, so that one slow answer does not widen every
-    /// comparison after it; a step's reading always does. A vote's never does otherwise: were
-    /// every vote's to, a clock that gains a little less than the tolerance at every vote,
-    /// thousands of times a second, would never be seen to step.
+    /// A later check's reading becomes the anchor when its round trip is no longer than the
+    /// anchor's plus what the clocks may have drifted since: the anchor is the reading that
+    /// bounds the node's clock most tightly, so that slow answers widen the comparisons as
+    /// little as they can. A later step's reading always does. A vote's never does otherwise: were every vote's to, a
+    /// clock that gains a little less than the tolerance at every vote, thousands of times a
+    /// second, would never be seen to step.
     pub(crate) fn read(&mut self, reading: ClockReading, reader: ClockReader) -> ClockComparison {
         let Some(anchor) = self.anchor else {
             self.anchor = Some(reading);
@@ -129,7 +129,7 @@ impl ClockWatch {
         let most = between(anchor.sent, reading.answered);
         let least = between(anchor.answered, reading.sent);
         let tolerance = micros(STEP_TOLERANCE) + rate_allowance(most.abs());
-        let blind_spot = duration(most - least);
+        let blind_spot = duration(most - least + tolerance);
         let moved = if moved - most > tolerance {
             ClockMove::SteppedForward(duration(moved - most))
         } else if least - moved > tolerance {
@@ -137,12 +137,16 @@ impl ClockWatch {
         } else {
             ClockMove::Steady
         };
-        let tighter = || {
-            let anchor_spread = between(anchor.sent, anchor.answered)
-                + rate_allowance(between(anchor.answered, reading.answered).abs());
+        let age = between(anchor.answered, reading.answered);
+        let better_anchor = || {
+            let anchor_spread = between(anchor.sent, anchor.answered) + rate_allowance(age.max(0));
             between(reading.sent, reading.answered) <= anchor_spread
         };
-        if moved != ClockMove::Steady || (reader == ClockReader::Check && tighter()) {
+        // Never an earlier reading: a check's reading from before a step, handled after the
+        // vote that saw it, would otherwise put the step back in front of the next vote.
+        if reading.sent >= anchor.sent
+            && (moved != ClockMove::Steady || (reader == ClockReader::Check && better_anchor()))
+        {
             self.anchor = Some(reading);
         }
         ClockComparison { moved, blind_spot }
@@ -389,16 +393,31 @@ mod tests {
     }
 
     #[test]
-    fn the_blind_spot_is_the_round_trips() {
+    fn the_blind_spot_is_the_round_trips_and_the_tolerances() {
         let (origin, mut watch) = checked_at(1_000);
         let vote = reading(origin, Duration::from_secs(1), 10 * MS, 2_005);
         let compared = watch.read(vote, ClockReader::Vote);
         assert_eq!(compared.moved, ClockMove::Steady);
-        assert_eq!(
-            compared.blind_spot,
-            11 * MS,
-            "1 ms and 10 ms of round trips"
-        );
+        // 1 ms and 10 ms of round trips, 1 ms of tolerance, 0.1 % of the 1.01 s between.
+        assert_eq!(compared.blind_spot, Duration::from_micros(13_010));
+    }
+
+    #[test]
+    fn slow_checks_widen_what_a_vote_cannot_rule_out() {
+        let (origin, mut watch) = checked_at(1_000);
+        // Every later check is slow, 60 ms: none bounds the clock as well as the first, which
+        // stays the anchor while its tolerance for drift grows by 1 ms a second.
+        for second in 1..=45u64 {
+            let at = Duration::from_secs(second);
+            let slow = reading(origin, at, 60 * MS, 1_000 + 1_000 * second);
+            watch.read(slow, ClockReader::Check);
+        }
+        let vote = reading(origin, Duration::from_secs(46), MS, 47_000);
+        let compared = watch.read(vote, ClockReader::Vote);
+        assert_eq!(compared.moved, ClockMove::Steady);
+        // A 35 ms step could hide in 1 ms + 46 ms of tolerance: the blind spot says so, and a
+        // vote for a lock that sets aside less than that does not count.
+        assert!(compared.blind_spot > 47 * MS, "{:?}", compared.blind_spot);
     }
 
     #[test]

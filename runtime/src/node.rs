@@ -1410,9 +1410,9 @@ impl Node {
     /// nodes' yet (their connections are still opening, in a process that just started): a
     /// clock stepped before this process started is told only by that comparison.
     ///
-    /// Nor does a vote sent before the node was seen to restart, lose its data or step its clock
-    /// (by another vote, or by the check): it may have been granted by a node that had forgotten
-    /// the lock. Nor one whose readings were too slow to rule out a step larger than what a lock
+    /// Nor does a vote from a node seen to restart, lose its data or step its clock (by another
+    /// vote, or by the check) since the vote passed [`Node::voting_session`]: it may have been
+    /// granted by a node that had forgotten the lock. Nor one whose readings were too slow to rule out a step larger than what a lock
     /// of `ttl` sets aside for clocks.
     fn vote_clock(
         &self,
@@ -1436,8 +1436,11 @@ impl Node {
         };
         let jump = match verdict {
             ClockVerdict::Trusted { blind_spot } => {
-                if let Some((young_from, jump)) = young.filter(|(at, _)| *at >= reading.sent) {
-                    let grace = grace.current();
+                let grace_now = grace.current();
+                if let Some((young_from, jump)) =
+                    young.filter(|(since, _)| since.elapsed() < grace_now)
+                {
+                    let grace = grace_now;
                     return Err(match jump {
                         Some(jump) if jump.at >= young_from => NodeError::ClockJumped {
                             by: jump.by,
