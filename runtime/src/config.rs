@@ -261,7 +261,7 @@ impl Config {
     /// round trip), and the runtime compares it two ways:
     ///
     /// - with an earlier reading: a clock that moved further than the runtime's own monotonic
-    ///   clock between the two (beyond both readings' round trips, 2 ms and 0.1 %) stepped;
+    ///   clock between the two (beyond both readings' round trips, 1 ms and 0.1 %) stepped;
     /// - with the other nodes' clocks: a clock more than 250 ms ahead of a quorum of the others
     ///   stepped too, even before this process started.
     ///
