@@ -69,9 +69,9 @@ pub(crate) fn check_millis(name: &str, value: Duration) -> Result<(), Error> {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use cluster_singleton_runtime::Config;
+/// use cluster_singleton::runtime::Config;
 ///
-/// # async fn start() -> Result<(), cluster_singleton_runtime::Error> {
+/// # async fn start() -> Result<(), cluster_singleton::Error> {
 /// Config::new(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
 ///     .key_prefix("billing:singleton:")
 ///     .node_timeout(Duration::from_millis(100))
@@ -108,17 +108,17 @@ impl Config {
     /// for single-process programs only, since it locks nothing across processes.
     ///
     /// ```
-    /// # async fn test() -> Result<(), cluster_singleton_runtime::Error> {
-    /// let runtime = cluster_singleton_runtime::Config::new(["memory://"]).build()?;
+    /// # async fn test() -> Result<(), cluster_singleton::Error> {
+    /// let runtime = cluster_singleton::runtime::Config::new(["memory://"]).build()?;
     /// let outcome = runtime.run("job", std::time::Duration::from_secs(10), async { 1 }).await?;
-    /// assert_eq!(outcome, cluster_singleton_runtime::Outcome::Ran(1));
+    /// assert_eq!(outcome, cluster_singleton::Outcome::Ran(1));
     /// # Ok(())
     /// # }
     /// # tokio::runtime::Runtime::new().unwrap().block_on(test()).unwrap();
     /// ```
     ///
     /// ```
-    /// let config = cluster_singleton_runtime::Config::new(["redis://:secret@10.0.0.1:6379"]);
+    /// let config = cluster_singleton::runtime::Config::new(["redis://:secret@10.0.0.1:6379"]);
     /// assert!(!format!("{config:?}").contains("secret"));
     /// ```
     pub fn new<I, S>(urls: I) -> Self
@@ -149,7 +149,7 @@ impl Config {
     /// `fence:{key}`, `epoch` and `max-ttl`.
     ///
     /// ```
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"]).key_prefix("app1:");
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"]).key_prefix("app1:");
     /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
@@ -161,7 +161,7 @@ impl Config {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"])
     ///     .node_timeout(Duration::from_millis(50));
     /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
@@ -173,7 +173,7 @@ impl Config {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"])
     ///     .connect_timeout(Duration::from_millis(500));
     /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -186,7 +186,7 @@ impl Config {
     /// below 0.5.
     ///
     /// ```
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"]).drift_factor(0.02);
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"]).drift_factor(0.02);
     /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
@@ -211,7 +211,7 @@ impl Config {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"])
     ///     .max_ttl(Duration::from_secs(60));
     /// ```
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
@@ -242,7 +242,7 @@ impl Config {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"])
     ///     .max_ttl(Duration::from_secs(60))
     ///     .restart_grace(Duration::from_secs(120));
     /// ```
@@ -283,7 +283,7 @@ impl Config {
     /// [`LostReason::ClockJumped`]: crate::LostReason::ClockJumped
     ///
     /// ```
-    /// let config = cluster_singleton_runtime::Config::new(["redis://127.0.0.1"])
+    /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"])
     ///     .detect_clock_jumps(false);
     /// ```
     pub fn detect_clock_jumps(mut self, detect: bool) -> Self {
@@ -313,7 +313,7 @@ impl Config {
     /// [`Error::NoQuorum`] then names the node and says that its certificate was refused.
     ///
     /// ```no_run
-    /// use cluster_singleton_runtime::Config;
+    /// use cluster_singleton::runtime::Config;
     ///
     /// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
     /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
@@ -337,7 +337,8 @@ impl Config {
     /// a zero timeout or a drift factor out of range.
     ///
     /// ```
-    /// use cluster_singleton_runtime::{Config, Error};
+    /// use cluster_singleton::runtime::Config;
+    /// use cluster_singleton::Error;
     ///
     /// let err = Config::new(["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/"]).build().unwrap_err();
     /// assert!(matches!(err, Error::InvalidConfig(_)));
@@ -356,8 +357,8 @@ impl Config {
     /// [`Config::build`] does.
     ///
     /// ```no_run
-    /// # async fn start() -> Result<(), cluster_singleton_runtime::Error> {
-    /// cluster_singleton_runtime::Config::new(["redis://127.0.0.1:6379"]).init().await?;
+    /// # async fn start() -> Result<(), cluster_singleton::Error> {
+    /// cluster_singleton::runtime::Config::new(["redis://127.0.0.1:6379"]).init().await?;
     /// # Ok(())
     /// # }
     /// ```

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// not be used; the body did not run. No message contains a password from a Redis URL.
 ///
 /// ```
-/// use cluster_singleton_runtime::Error;
+/// use cluster_singleton::Error;
 ///
 /// let err = Error::NotInitialised;
 /// assert!(err.to_string().contains("runtime::init"));
@@ -114,7 +114,7 @@ pub enum Error {
 /// ```
 ///
 /// ```
-/// use cluster_singleton_runtime::Error;
+/// use cluster_singleton::Error;
 ///
 /// fn alert(err: &Error) -> Option<String> {
 ///     match err {

@@ -240,8 +240,8 @@ impl Held {
 /// ```no_run
 /// use std::time::Duration;
 ///
-/// # async fn job() -> Result<(), cluster_singleton_runtime::Error> {
-/// if let Some(mut lease) = cluster_singleton_runtime::lock("nightly-report", Duration::from_secs(60)).await? {
+/// # async fn job() -> Result<(), cluster_singleton::Error> {
+/// if let Some(mut lease) = cluster_singleton::runtime::lock("nightly-report", Duration::from_secs(60)).await? {
 ///     println!("holding {} with token {}", lease.key(), lease.token());
 ///     // ... the first half of the work ...
 ///     lease.extend().await?;
@@ -613,7 +613,7 @@ async fn clock_jumped(clock_jumps: &mut Option<watch::Receiver<u64>>) {
 /// What a `#[singleton]` body sees of the lease it runs under; from [`lease()`].
 ///
 /// ```no_run
-/// use cluster_singleton_runtime::lease;
+/// use cluster_singleton::lease;
 ///
 /// async fn charge_invoices() {
 ///     let lease = lease().expect("called inside a #[singleton] body");
@@ -691,7 +691,7 @@ impl fmt::Debug for LeaseInfo {
 ///
 /// ```no_run
 /// # async fn body() {
-/// if let Some(lease) = cluster_singleton_runtime::lease() {
+/// if let Some(lease) = cluster_singleton::lease() {
 ///     println!("running under {} until at least {:?} from now", lease.key(), lease.validity());
 /// }
 /// # }

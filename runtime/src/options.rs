@@ -7,7 +7,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use cluster_singleton_runtime::{OnLost, Options};
+/// use cluster_singleton::runtime::{OnLost, Options};
 ///
 /// let options = Options::new(Duration::from_secs(60))
 ///     .wait(Duration::from_secs(30))
@@ -50,7 +50,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let options = cluster_singleton_runtime::Options::new(Duration::from_secs(600));
+    /// let options = cluster_singleton::runtime::Options::new(Duration::from_secs(600));
     /// ```
     pub const fn new(ttl: Duration) -> Self {
         Options {
@@ -69,7 +69,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// assert_eq!(Options::new(Duration::from_secs(5)).ttl(), Duration::from_secs(5));
     /// ```
     pub const fn ttl(&self) -> Duration {
@@ -83,7 +83,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// let options = Options::new(Duration::from_secs(60)).wait(Duration::from_secs(30));
     /// ```
     pub const fn wait(mut self, wait: Duration) -> Self {
@@ -98,7 +98,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// let options = Options::new(Duration::from_secs(60)).renew(false);
     /// ```
     pub const fn renew(mut self, renew: bool) -> Self {
@@ -111,7 +111,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// let options = Options::new(Duration::from_secs(60)).max_hold(Duration::from_secs(3600));
     /// ```
     pub const fn max_hold(mut self, max_hold: Duration) -> Self {
@@ -124,7 +124,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::{OnLost, Options};
+    /// # use cluster_singleton::runtime::{OnLost, Options};
     /// let options = Options::new(Duration::from_secs(60)).on_lost(OnLost::Continue);
     /// ```
     pub const fn on_lost(mut self, on_lost: OnLost) -> Self {
@@ -140,7 +140,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// let options = Options::new(Duration::from_secs(60)).min_hold(Duration::from_secs(50));
     /// ```
     pub const fn min_hold(mut self, min_hold: Duration) -> Self {
@@ -170,7 +170,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// let daily = Options::new(Duration::from_secs(600)).slot(Duration::from_secs(24 * 3600));
     /// ```
     pub const fn slot(mut self, period: Duration) -> Self {
@@ -212,7 +212,7 @@ impl Options {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
+    /// # use cluster_singleton::runtime::Options;
     /// let options = Options::new(Duration::from_secs(60)).fencing(true);
     /// ```
     pub const fn fencing(mut self, fencing: bool) -> Self {

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// "another machine is doing it".
 ///
 /// ```
-/// use cluster_singleton_runtime::{Outcome, Skip};
+/// use cluster_singleton::{Outcome, Skip};
 ///
 /// fn report(outcome: Outcome<usize>) -> String {
 ///     match outcome {
@@ -34,7 +34,7 @@ impl<T> Outcome<T> {
     /// Whether the body ran.
     ///
     /// ```
-    /// # use cluster_singleton_runtime::{Outcome, Skip};
+    /// # use cluster_singleton::{Outcome, Skip};
     /// assert!(Outcome::Ran(()).ran());
     /// assert!(!Outcome::<()>::Skipped(Skip::Busy).ran());
     /// ```
@@ -45,7 +45,7 @@ impl<T> Outcome<T> {
     /// The body's value if it ran, `None` if it was skipped.
     ///
     /// ```
-    /// # use cluster_singleton_runtime::{Outcome, Skip};
+    /// # use cluster_singleton::{Outcome, Skip};
     /// assert_eq!(Outcome::Ran(7).ran_value(), Some(7));
     /// assert_eq!(Outcome::<i32>::Skipped(Skip::Busy).ran_value(), None);
     /// ```
@@ -59,7 +59,7 @@ impl<T> Outcome<T> {
     /// Why the body was skipped, `None` if it ran.
     ///
     /// ```
-    /// # use cluster_singleton_runtime::{Outcome, Skip};
+    /// # use cluster_singleton::{Outcome, Skip};
     /// assert_eq!(Outcome::<()>::Skipped(Skip::Busy).skipped(), Some(Skip::Busy));
     /// assert_eq!(Outcome::Ran(()).skipped(), None);
     /// ```
@@ -73,7 +73,7 @@ impl<T> Outcome<T> {
     /// Maps the body's value, keeping a skip as it is.
     ///
     /// ```
-    /// # use cluster_singleton_runtime::Outcome;
+    /// # use cluster_singleton::Outcome;
     /// assert_eq!(Outcome::Ran(2).map(|n| n * 10), Outcome::Ran(20));
     /// ```
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
@@ -87,7 +87,7 @@ impl<T> Outcome<T> {
 /// Why a `#[singleton]` call skipped its body.
 ///
 /// ```
-/// use cluster_singleton_runtime::Skip;
+/// use cluster_singleton::Skip;
 /// assert_eq!(Skip::Busy.to_string(), "another holder has the lock");
 /// ```
 #[non_exhaustive]

@@ -70,9 +70,9 @@ tokio::task_local! {
 ///
 /// ```no_run
 /// use std::time::{Duration, Instant};
-/// use cluster_singleton_runtime::{Config, Runtime};
+/// use cluster_singleton::runtime::{Config, Runtime};
 ///
-/// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
+/// # async fn demo() -> Result<(), cluster_singleton::Error> {
 /// let runtime = Config::new(["redis://127.0.0.1:7000"]).build()?;
 /// let outcome = runtime
 ///     .scope(async { Runtime::current()?.run("report", Duration::from_secs(30), async { 42 }).await })
@@ -164,7 +164,8 @@ impl Runtime {
     /// `runtime::init` set, else [`Error::NotInitialised`].
     ///
     /// ```
-    /// use cluster_singleton_runtime::{Error, Runtime};
+    /// use cluster_singleton::runtime::Runtime;
+    /// use cluster_singleton::Error;
     ///
     /// // Nothing was initialised in this program.
     /// assert!(matches!(Runtime::current(), Err(Error::NotInitialised)));
@@ -182,8 +183,8 @@ impl Runtime {
     /// global one.
     ///
     /// ```no_run
-    /// # use cluster_singleton_runtime::{Config, Runtime};
-    /// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
+    /// # use cluster_singleton::runtime::{Config, Runtime};
+    /// # async fn demo() -> Result<(), cluster_singleton::Error> {
     /// let runtime = Config::new(["redis://127.0.0.1:7000"]).build()?;
     /// let prefix = runtime.scope(async { Runtime::current().map(|rt| rt.key_prefix().to_owned()) }).await?;
     /// assert_eq!(prefix, "singleton:");
@@ -204,7 +205,7 @@ impl Runtime {
     ///
     /// ```no_run
     /// # use std::time::{Duration, Instant};
-    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
     /// match runtime.lock("invoices", Duration::from_secs(60)).await? {
     ///     Some(lease) => {
     ///         // ... the work ...
@@ -225,8 +226,8 @@ impl Runtime {
     ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// # use cluster_singleton_runtime::Options;
-    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// # use cluster_singleton::runtime::Options;
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
     /// let options = Options::new(Duration::from_secs(60)).fencing(true);
     /// if let Some(lease) = runtime.lock_with("ledger", &options).await? {
     ///     println!("write with fencing token {:?}", lease.fencing_token());
@@ -297,8 +298,8 @@ impl Runtime {
     ///
     /// ```no_run
     /// # use std::time::{Duration, Instant};
-    /// # use cluster_singleton_runtime::Outcome;
-    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// # use cluster_singleton::Outcome;
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
     /// let outcome = runtime.run("cache-warmup", Duration::from_secs(300), async { 7 }).await?;
     /// if let Outcome::Ran(warmed) = outcome {
     ///     println!("warmed {warmed} entries");
@@ -330,9 +331,10 @@ impl Runtime {
     ///
     /// ```no_run
     /// # use std::time::{Duration, Instant};
-    /// # use cluster_singleton_runtime::{Options, Outcome};
+    /// # use cluster_singleton::runtime::Options;
+    /// # use cluster_singleton::Outcome;
     /// # async fn invoice() -> Result<u32, std::io::Error> { Ok(3) }
-    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
     /// let options = Options::new(Duration::from_secs(60)).min_hold(Duration::from_secs(50));
     /// match runtime.run_with("invoices", options, invoice(), Result::is_ok).await? {
     ///     Outcome::Ran(result) => println!("ran: {result:?}"),
@@ -492,9 +494,9 @@ impl Runtime {
     /// How many nodes this runtime locks on.
     ///
     /// ```
-    /// let runtime = cluster_singleton_runtime::Config::new(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]).build()?;
+    /// let runtime = cluster_singleton::runtime::Config::new(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001", "redis://127.0.0.1:7002"]).build()?;
     /// assert_eq!((runtime.node_count(), runtime.quorum()), (3, 2));
-    /// # Ok::<(), cluster_singleton_runtime::Error>(())
+    /// # Ok::<(), cluster_singleton::Error>(())
     /// ```
     pub fn node_count(&self) -> usize {
         self.inner.nodes.len()
@@ -576,7 +578,7 @@ impl Runtime {
     ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// # async fn demo(runtime: cluster_singleton_runtime::Runtime) -> Result<(), cluster_singleton_runtime::Error> {
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
     /// // ... the program's work, then, on SIGTERM or at the end of `main`:
     /// runtime.shutdown(Duration::from_secs(5)).await?;
     /// # Ok(())
@@ -775,8 +777,8 @@ async fn check_nodes(runtime: Weak<Inner>) {
 ///
 /// ```no_run
 /// # use std::time::Duration;
-/// # async fn demo() -> Result<(), cluster_singleton_runtime::Error> {
-/// if let Some(lease) = cluster_singleton_runtime::lock("invoices", Duration::from_secs(60)).await? {
+/// # async fn demo() -> Result<(), cluster_singleton::Error> {
+/// if let Some(lease) = cluster_singleton::runtime::lock("invoices", Duration::from_secs(60)).await? {
 ///     // ... the work ...
 ///     lease.release().await?;
 /// }
@@ -796,8 +798,8 @@ pub async fn lock(key: &str, ttl: Duration) -> Result<Option<Lease>, Error> {
 /// URLs.
 ///
 /// ```no_run
-/// # async fn start() -> Result<(), cluster_singleton_runtime::Error> {
-/// cluster_singleton_runtime::init(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]).await?;
+/// # async fn start() -> Result<(), cluster_singleton::Error> {
+/// cluster_singleton::runtime::init(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -818,10 +820,10 @@ where
 /// # async fn job() {}
 /// #[tokio::main]
 /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
-///     cluster_singleton_runtime::init(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]).await?;
+///     cluster_singleton::runtime::init(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]).await?;
 ///     job().await;
 ///     // Releases what is held and waits for releases on their way, then `main` returns.
-///     cluster_singleton_runtime::shutdown(Duration::from_secs(5)).await?;
+///     cluster_singleton::runtime::shutdown(Duration::from_secs(5)).await?;
 ///     Ok(())
 /// }
 /// ```
