@@ -86,11 +86,19 @@ async fn an_outage_names_every_node_also_those_still_silent() {
 
 /// Two other tokens hold two of three nodes, so each attempt wins one node: the vote is split on
 /// every try, and nobody runs the job. The outcome says so rather than "busy". (The two rivals'
-/// nodes answer a little late, so that each attempt hears its own grant before the refusals;
+/// nodes answer 40 ms late, so that each attempt hears its own grant before the refusals;
 /// how many attempts fit in the first 100 ms depends on the machine's load.)
 #[tokio::test]
 async fn a_vote_that_stays_split_says_so() {
     let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .unwrap();
+    // Connections open first, so that node 1's grant does not wait for its connection while
+    // the rivals' nodes answer.
+    let warm_up = runtime.lock("warm-up", TTL).await.unwrap().unwrap();
+    warm_up.release().await.unwrap();
     for (i, token) in [(0, "one-rival"), (2, "another-rival")] {
         let mut connection = cluster.connection(i).unwrap();
         let () = redis::cmd("SET")
@@ -98,12 +106,8 @@ async fn a_vote_that_stays_split_says_so() {
             .arg(token)
             .query(&mut connection)
             .unwrap();
-        cluster.proxy(i).set_latency(Duration::from_millis(5));
+        cluster.proxy(i).set_latency(Duration::from_millis(20));
     }
-    let runtime = fresh_nodes(&cluster)
-        .node_timeout(NODE_TIMEOUT)
-        .build()
-        .unwrap();
     let outcome = runtime.run("split-job", TTL, async {}).await.unwrap();
     assert!(
         matches!(outcome, Outcome::Skipped(Skip::SplitVote { attempts }) if attempts >= 1),
