@@ -46,6 +46,27 @@ fn machine(cluster: &Cluster, detect_clock_jumps: bool) -> Runtime {
         .unwrap()
 }
 
+/// A lease of the first machine, and its validity as it was taken. Once the holder's own process
+/// sees the step it may mark the lease lost (its own protection, see
+/// `a_lease_without_renewal_is_lost_when_a_clock_steps`); what these tests assert is that no
+/// other caller gets the key before that validity ends.
+struct FirstLease {
+    lease: Lease,
+    valid_until: Instant,
+}
+
+impl FirstLease {
+    fn taken(lease: Lease) -> FirstLease {
+        let valid_until = Instant::now() + lease.validity();
+        FirstLease { lease, valid_until }
+    }
+
+    /// What was left of the lease's validity as it was taken.
+    fn validity(&self) -> Duration {
+        self.valid_until.saturating_duration_since(Instant::now())
+    }
+}
+
 /// The first machine holds the lock on nodes 0 and 1 only (its copy on node 2 is gone, as after a
 /// `SET` that never arrived), then node 1's clock steps forward past the ttl: on node 1 the lock
 /// is gone, and nodes 1 and 2 would make a majority for anyone.
@@ -53,17 +74,19 @@ async fn hold_on_a_bare_quorum_then_step_node_1(
     cluster: &mut Cluster,
     first: &Runtime,
     others: &[&Runtime],
-) -> Lease {
+) -> FirstLease {
     until_nodes_vote(first, TTL).await;
     for other in others {
         until_nodes_vote(other, TTL).await;
     }
-    let held = first
-        .lock(KEY, TTL)
-        .await
-        .unwrap()
-        .expect("the key is free");
-    lose_copy_on_node_2(cluster, &held);
+    let held = FirstLease::taken(
+        first
+            .lock(KEY, TTL)
+            .await
+            .unwrap()
+            .expect("the key is free"),
+    );
+    lose_copy_on_node_2(cluster, &held.lease);
     cluster.step_clock(1, STEP_MS).unwrap();
     let mut node_1 = cluster.connection(1).unwrap();
     let exists: bool = redis::cmd("EXISTS")
@@ -143,7 +166,12 @@ async fn the_check_alone_sees_a_step() {
 
 /// With node 0 gone, only nodes 1 and 2 could make a majority for `caller`: asserts that node
 /// 1's vote does not count, for a reason that `says`, while `held` is still valid.
-async fn node_1_gives_no_vote(cluster: &mut Cluster, caller: &Runtime, held: &Lease, says: &str) {
+async fn node_1_gives_no_vote(
+    cluster: &mut Cluster,
+    caller: &Runtime,
+    held: &FirstLease,
+    says: &str,
+) {
     cluster.kill(0).unwrap();
     let intruder = caller.lock(KEY, TTL).await;
     assert!(
@@ -206,7 +234,7 @@ async fn concurrent_votes_after_a_step_are_all_refused() {
     for key in KEYS {
         let lease = first.lock(key, TTL).await.unwrap().expect("free");
         lose_copy_on_node_2(&cluster, &lease);
-        held.push(lease);
+        held.push(FirstLease::taken(lease));
     }
     cluster.step_clock(1, STEP_MS).unwrap();
 
@@ -237,8 +265,8 @@ async fn a_slow_reading_cannot_hide_a_step() {
     let (first, second) = (machine(&cluster, true), machine(&cluster, true));
     until_nodes_vote(&first, TTL).await;
     until_nodes_vote(&second, TTL).await;
-    let lease = first.lock(KEY, TTL).await.unwrap().expect("free");
-    lose_copy_on_node_2(&cluster, &lease);
+    let lease = FirstLease::taken(first.lock(KEY, TTL).await.unwrap().expect("free"));
+    lose_copy_on_node_2(&cluster, &lease.lease);
     cluster.proxy(1).set_latency(Duration::from_millis(100));
     tokio::time::sleep(PAST_A_CHECK).await;
     cluster.step_clock(1, 100).unwrap();
@@ -290,8 +318,8 @@ async fn an_aged_reading_cannot_hide_a_step() {
     cluster.proxy(1).set_latency(Duration::from_millis(30));
     tokio::time::sleep(Duration::from_secs(6)).await;
     cluster.proxy(1).set_latency(Duration::ZERO);
-    let lease = first.lock(KEY, SHORT_TTL).await.unwrap().expect("free");
-    lose_copy_on_node_2(&cluster, &lease);
+    let lease = FirstLease::taken(first.lock(KEY, SHORT_TTL).await.unwrap().expect("free"));
+    lose_copy_on_node_2(&cluster, &lease.lease);
     cluster.step_clock(1, 35).unwrap();
     let mut node_1 = cluster.connection(1).unwrap();
     let lock_key = format!("singleton:lock:{KEY}");
@@ -407,6 +435,31 @@ async fn a_lease_is_checked_at_once_when_a_clock_steps() {
         "the lease was lost only {:?} before its validity ended",
         valid_until.saturating_duration_since(lost_at)
     );
+}
+
+/// With renewal off, nothing asks the other nodes to confirm the lease after the step: the
+/// process that saw the step marks the lease lost instead of letting its call say `Ran`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_without_renewal_is_lost_when_a_clock_steps() {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap(), true);
+    until_nodes_vote(&runtime, TTL).await;
+    let in_body = cluster.clone();
+    let result = runtime
+        .run_with(
+            KEY,
+            Options::new(TTL).renew(false),
+            async move {
+                in_body.lock().unwrap().step_clock(1, STEP_MS).unwrap();
+                lease().unwrap().lost().await
+            },
+            |_| true,
+        )
+        .await;
+    let Err(Error::LeaseLost { reason, .. }) = result else {
+        panic!("expected a lost lease, got {result:?}");
+    };
+    assert_eq!(reason, LostReason::ClockJumped);
 }
 
 /// After the step, the node counts again once the restart grace has passed since the process

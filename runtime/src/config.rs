@@ -268,7 +268,7 @@ impl Config {
     /// Such a node counts as restarted: no vote from it counts until the restart grace has
     /// passed, votes already on their way are refused, and the leases this process renews are
     /// renewed at once on the other nodes (lost, [`LostReason::ClockJumped`], when they do not
-    /// confirm them). A vote also does not count when its round trips were too slow to rule out
+    /// confirm them); the leases it does not renew are lost at once. A vote also does not count when its round trips were too slow to rule out
     /// a step larger than what the lock sets aside for clocks (`ttl × drift_factor + 2 ms`), or,
     /// in a process that just started, before enough other nodes' clocks were read to compare
     /// with. A step back (keys live longer than asked) is logged, not acted on. Every step is

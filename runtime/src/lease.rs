@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,8 +54,8 @@ pub enum LostReason {
     /// released the lock.
     Shutdown,
     /// A Redis node's clock stepped forward, so our key may have expired early there, and
-    /// renewal, run at once, could not confirm the lease on a quorum of the other nodes (see
-    /// `Config::detect_clock_jumps`).
+    /// renewal, run at once, could not confirm the lease on a quorum of the other nodes, or
+    /// nothing renews the lease to confirm it (see `Config::detect_clock_jumps`).
     ClockJumped,
 }
 
@@ -70,7 +71,7 @@ impl fmt::Display for LostReason {
             LostReason::Shutdown => "the runtime was shut down",
             LostReason::ClockJumped => {
                 "a Redis node's clock stepped forward, and a quorum of the other nodes did not \
-                 confirm it"
+                 confirm it (or nothing renews it to ask them)"
             }
         })
     }
@@ -89,6 +90,9 @@ pub(crate) struct Held {
     engine: Handle,
     /// The renewal task, once started (see [`Lease::keep`]).
     renewal: Mutex<Option<JoinHandle<()>>>,
+    /// Whether renewal keeps the lease (then a step of a node's clock renews it at once, see
+    /// [`keep`]); set when the body starts.
+    renews: AtomicBool,
 }
 
 /// Until when a lease is valid, and why it is lost if that passes.
@@ -220,6 +224,11 @@ impl Held {
         self.validity().ended
     }
 
+    /// Whether renewal keeps the lease.
+    pub(crate) fn renews(&self) -> bool {
+        self.renews.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn key(&self) -> &str {
         &self.key
     }
@@ -298,6 +307,7 @@ impl Lease {
             lost: watch::Sender::new(None),
             engine: runtime.engine().clone(),
             renewal: Mutex::new(None),
+            renews: AtomicBool::new(false),
         });
         Lease {
             registered: runtime.register(&held),
@@ -455,6 +465,7 @@ impl Lease {
         let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
         // Watched from before the lock was taken: a step seen before renewal begins counts too.
         let mut clock_jumps = self.clock_jumps.clone();
+        held.renews.store(options.renew, Ordering::SeqCst);
         async move {
             if options.renew {
                 let jumped = tokio::select! {

@@ -156,6 +156,12 @@ impl Runtime {
         });
         if !inner.nodes.iter().all(Node::is_memory) {
             drop(engine.spawn(check_nodes(Arc::downgrade(&inner))));
+            if let Some(clock_jumps) = inner.grace.as_ref().map(|grace| grace.clock_jumps()) {
+                drop(engine.spawn(lose_unrenewed_leases_on_clock_jumps(
+                    Arc::downgrade(&inner),
+                    clock_jumps,
+                )));
+            }
         }
         Ok(Runtime { inner })
     }
@@ -758,6 +764,36 @@ struct Pending(Arc<AtomicUsize>);
 impl Drop for Pending {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Each time a node's clock is seen to step forward, marks lost every lease that renewal does not
+/// keep (renewal off, or `Runtime::lock`'s): its validity counted on a key that may have expired
+/// early on that node, and nothing will check it on the other nodes. Leases being renewed are
+/// renewed at once instead (see `lease::keep`).
+async fn lose_unrenewed_leases_on_clock_jumps(
+    runtime: Weak<Inner>,
+    mut clock_jumps: watch::Receiver<u64>,
+) {
+    while clock_jumps.changed().await.is_ok() {
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
+        let leases: Vec<Arc<Held>> = runtime
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for held in leases.iter().filter(|held| !held.renews()) {
+            tracing::warn!(
+                key = held.key(),
+                "lease lost: a node's clock stepped forward, and nothing renews this lease to \
+                 confirm it on the other nodes"
+            );
+            held.lose(LostReason::ClockJumped);
+        }
     }
 }
 
