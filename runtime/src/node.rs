@@ -1046,23 +1046,13 @@ impl Node {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             (seen.young_from.map(|(instant, _)| instant), seen.jump)
         };
-        if let Some(up_since) =
-            up_since.map(|up_since| up_since.max(seen_young.unwrap_or(up_since)))
-        {
-            let (up, grace) = (up_since.elapsed(), grace.current());
-            if up < grace {
-                return Err(match jump {
-                    // The step is what the node's age counts from.
-                    Some(jump) if jump.at >= up_since => NodeError::ClockJumped {
-                        by: jump.by,
-                        ago: up,
-                        grace,
-                    },
-                    _ => NodeError::Restarted { up, grace },
-                });
-            }
+        let young = up_since
+            .map(|up_since| up_since.max(seen_young.unwrap_or(up_since)))
+            .and_then(|up_since| young_error(up_since, jump, grace.current()));
+        match young {
+            Some(err) => Err(err),
+            None => Ok(session),
         }
-        Ok(session)
     }
 
     /// When the restart grace of the server behind the open connection ends, if it has not yet:
@@ -1437,21 +1427,10 @@ impl Node {
         let jump = match verdict {
             ClockVerdict::Trusted { blind_spot } => {
                 let grace_now = grace.current();
-                if let Some((young_from, jump)) =
-                    young.filter(|(since, _)| since.elapsed() < grace_now)
+                if let Some(err) =
+                    young.and_then(|(since, jump)| young_error(since, jump, grace_now))
                 {
-                    let grace = grace_now;
-                    return Err(match jump {
-                        Some(jump) if jump.at >= young_from => NodeError::ClockJumped {
-                            by: jump.by,
-                            ago: young_from.elapsed(),
-                            grace,
-                        },
-                        _ => NodeError::Restarted {
-                            up: young_from.elapsed(),
-                            grace,
-                        },
-                    });
+                    return Err(err);
                 }
                 let allowance = drift_allowance(ttl, grace.drift_factor);
                 if blind_spot > allowance {
@@ -1542,6 +1521,24 @@ impl Node {
             .young_from = Some(now);
         Err(NodeError::LostData)
     }
+}
+
+/// Why a node that is young since `young_since` (it restarted, lost its data or its clock stepped
+/// forward then) gives no vote, or `None` once the restart grace `grace` has passed since.
+fn young_error(young_since: Instant, jump: Option<Jump>, grace: Duration) -> Option<NodeError> {
+    let up = young_since.elapsed();
+    if up >= grace {
+        return None;
+    }
+    Some(match jump {
+        // The step is what the node's age counts from.
+        Some(jump) if jump.at >= young_since => NodeError::ClockJumped {
+            by: jump.by,
+            ago: up,
+            grace,
+        },
+        _ => NodeError::Restarted { up, grace },
+    })
 }
 
 /// The client for the Redis URL `url` (the `position`-th, named `name`), set up for TLS when
