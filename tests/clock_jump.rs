@@ -86,15 +86,41 @@ async fn hold_on_a_bare_quorum_then_step_node_1(
             .unwrap()
             .expect("the key is free"),
     );
-    lose_copy_on_node_2(cluster, &held.lease);
+    lose_copy_on_node_2(cluster, &held.lease).await;
     cluster.step_clock(1, STEP_MS).unwrap();
+    assert!(
+        !lock_on_node_1(cluster),
+        "node 1's clock step expired the lock there"
+    );
+    held
+}
+
+/// Whether node 1 holds a lock on `KEY`.
+fn lock_on_node_1(cluster: &Cluster) -> bool {
     let mut node_1 = cluster.connection(1).unwrap();
-    let exists: bool = redis::cmd("EXISTS")
+    redis::cmd("EXISTS")
         .arg(format!("singleton:lock:{KEY}"))
         .query(&mut node_1)
-        .unwrap();
-    assert!(!exists, "node 1's clock step expired the lock there");
-    held
+        .unwrap()
+}
+
+/// Waits until node 1's copy of `first` expired early (its clock stepped), then asserts that
+/// `second` cannot take the key while `first` is valid.
+async fn no_second_holder_once_node_1_forgot(
+    cluster: &Cluster,
+    first: &FirstLease,
+    second: &Runtime,
+    ttl: Duration,
+) {
+    while lock_on_node_1(cluster) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let intruder = second.lock(KEY, ttl).await;
+    let left = first.validity();
+    assert!(
+        !(matches!(intruder, Ok(Some(_))) && left > Duration::ZERO),
+        "two holders: the second took the key with {left:?} left of the first lease"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +259,7 @@ async fn concurrent_votes_after_a_step_are_all_refused() {
     let mut held = Vec::new();
     for key in KEYS {
         let lease = first.lock(key, TTL).await.unwrap().expect("free");
-        lose_copy_on_node_2(&cluster, &lease);
+        lose_copy_on_node_2(&cluster, &lease).await;
         held.push(FirstLease::taken(lease));
     }
     cluster.step_clock(1, STEP_MS).unwrap();
@@ -266,30 +292,12 @@ async fn a_slow_reading_cannot_hide_a_step() {
     until_nodes_vote(&first, TTL).await;
     until_nodes_vote(&second, TTL).await;
     let lease = FirstLease::taken(first.lock(KEY, TTL).await.unwrap().expect("free"));
-    lose_copy_on_node_2(&cluster, &lease.lease);
+    lose_copy_on_node_2(&cluster, &lease.lease).await;
     cluster.proxy(1).set_latency(Duration::from_millis(100));
     tokio::time::sleep(PAST_A_CHECK).await;
     cluster.step_clock(1, 100).unwrap();
     cluster.proxy(1).set_latency(Duration::ZERO);
-    // Wait for the first lease's copy on node 1 to expire early, 100 ms before its time.
-    let mut node_1 = cluster.connection(1).unwrap();
-    let lock_key = format!("singleton:lock:{KEY}");
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&lock_key)
-            .query(&mut node_1)
-            .unwrap();
-        if !exists {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let intruder = second.lock(KEY, TTL).await;
-    let left = lease.validity();
-    assert!(
-        !(matches!(intruder, Ok(Some(_))) && left > Duration::ZERO),
-        "two holders: the second took the key with {left:?} left of the first lease"
-    );
+    no_second_holder_once_node_1_forgot(&cluster, &lease, &second, TTL).await;
 }
 
 /// Node 1 answers slowly (30 ms each way) for a while, so that no check reading is as tight as
@@ -319,23 +327,9 @@ async fn an_aged_reading_cannot_hide_a_step() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     cluster.proxy(1).set_latency(Duration::ZERO);
     let lease = FirstLease::taken(first.lock(KEY, SHORT_TTL).await.unwrap().expect("free"));
-    lose_copy_on_node_2(&cluster, &lease.lease);
+    lose_copy_on_node_2(&cluster, &lease.lease).await;
     cluster.step_clock(1, 35).unwrap();
-    let mut node_1 = cluster.connection(1).unwrap();
-    let lock_key = format!("singleton:lock:{KEY}");
-    while redis::cmd("EXISTS")
-        .arg(&lock_key)
-        .query::<bool>(&mut node_1)
-        .unwrap()
-    {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let intruder = second.lock(KEY, SHORT_TTL).await;
-    let left = lease.validity();
-    assert!(
-        !(matches!(intruder, Ok(Some(_))) && left > Duration::ZERO),
-        "two holders: the second took the key with {left:?} left of the first lease"
-    );
+    no_second_holder_once_node_1_forgot(&cluster, &lease, &second, SHORT_TTL).await;
 }
 
 /// A step back past the node's start makes Redis report a negative uptime: the node must keep
@@ -381,7 +375,7 @@ async fn a_step_back_does_not_stop_votes() {
     cluster.step_clock(1, -STEP_MS).unwrap();
     tokio::time::sleep(PAST_A_CHECK).await;
     let lease = runtime.lock(KEY, TTL).await.unwrap().expect("free");
-    lose_copy_on_node_2(&cluster, &lease);
+    lose_copy_on_node_2(&cluster, &lease).await;
     lease.release().await.unwrap();
     cluster.kill(2).unwrap();
     // Only nodes 0 and 1 are left: the lock needs node 1's vote.

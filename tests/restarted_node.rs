@@ -238,7 +238,7 @@ async fn a_restart_behind_a_redis_aware_proxy_is_noticed() {
     let held = first.lock(KEY, GRACE).await.unwrap().expect("free");
     // Node 2 lost its copy (a SET that never arrived), and node 0 restarts without persistence
     // behind the proxy: a second majority, {0, 2}, would be free but for the restart.
-    lose_copy_on_node_2(&cluster, &held);
+    lose_copy_on_node_2(&cluster, &held).await;
     cluster.restart(0).unwrap();
     let restarted = Instant::now();
 
@@ -270,7 +270,7 @@ async fn a_machine_with_a_shorter_max_ttl_waits_as_long_as_the_fleets_longest() 
     let _ = short.lock("warm-up-short", SHORT).await;
 
     let held = long.lock(KEY, LONG).await.unwrap().expect("free");
-    lose_copy_on_node_2(&cluster, &held);
+    lose_copy_on_node_2(&cluster, &held).await;
     cluster.restart(0).unwrap();
     // Past the short machine's own grace (and Redis's rounding of uptimes).
     tokio::time::sleep(SHORT + UPTIME_RESOLUTION * 2).await;
@@ -301,7 +301,7 @@ async fn a_flushed_node_is_young_again() {
     }
 
     let held = first.lock(KEY, GRACE).await.unwrap().expect("free");
-    lose_copy_on_node_2(&cluster, &held);
+    lose_copy_on_node_2(&cluster, &held).await;
     let mut node_0 = cluster.connection(0).unwrap();
     let () = redis::cmd("FLUSHALL").query(&mut node_0).unwrap();
     let flushed = Instant::now();

@@ -121,9 +121,26 @@ pub async fn until_nodes_vote(runtime: &Runtime, grace: Duration) {
 }
 
 /// Deletes `held`'s copy on node 2, as a `SET` that never arrived would have left it: the lease
-/// then stands on a bare quorum of nodes 0 and 1.
-pub fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Lease) {
+/// then stands on a bare quorum of nodes 0 and 1. A lock is taken once a majority granted it, so
+/// the `SET` on node 2 may still be on its way: the copy is deleted once it has landed, or it
+/// would land after the delete.
+pub async fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Lease) {
     let mut node_2 = cluster.connection(2).expect("connect to node 2");
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(held.key())
+            .query(&mut node_2)
+            .expect("GET on node 2");
+        if value.as_deref() == Some(held.token()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease's SET never reached node 2 (it holds {value:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let _: () = redis::cmd("DEL")
         .arg(held.key())
         .query(&mut node_2)
