@@ -89,8 +89,9 @@ pub use cluster_singleton_runtime::{
 /// ```
 pub mod runtime {
     pub use cluster_singleton_runtime::{
-        init, lock, shutdown, Config, OnLost, Options, Runtime, DEFAULT_CLOCK_DRIFT_FACTOR,
-        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
+        init, lock, shutdown, Config, LockCopy, LockState, NodeHealth, OnLost, Options, Runtime,
+        DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_TTL,
+        DEFAULT_NODE_TIMEOUT,
     };
 }
 

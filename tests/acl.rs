@@ -1,7 +1,8 @@
 //! Least privilege: a Redis ACL user limited to the key prefix and to the commands the crate
 //! sends can do everything the crate does (lock, renew, release, `min_hold`, `slot`, `fencing`,
 //! and the restart check's `INFO`), cannot touch any other key, and needs every command of its
-//! line: without one, calls fail with `Error::Refused`, which names the refused command.
+//! line: without one, calls fail with `Error::Refused`, which names the refused command. An
+//! operator (`inspect`, `list`, `health`) needs `+pttl +scan +ping` besides.
 //!
 //! The ACL line, as the README gives it:
 //!
@@ -348,4 +349,64 @@ async fn every_command_of_the_line_is_needed_and_its_lack_is_a_clear_error() {
         .await,
         "released"
     );
+}
+
+/// What an operator's user adds to the lock's line for `inspect`, `list` and `health` (and the
+/// command-line tool): three read-only commands.
+const OPERATOR_EXTRA: [&str; 3] = ["+pttl", "+scan", "+ping"];
+
+#[tokio::test]
+async fn an_operator_needs_pttl_scan_and_ping_beside_the_line() {
+    let cluster = Cluster::start(1).expect("start redis-server");
+    create_user(&cluster, USER, &[]);
+    create_user(&cluster, "operator", &[]);
+    let mut admin = cluster.connection(0).expect("connect as the default user");
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("operator")
+        .arg(&OPERATOR_EXTRA[..])
+        .query(&mut admin)
+        .expect("ACL SETUSER");
+    let worker = runtime_as(&cluster, USER).await;
+    let operator = runtime_as(&cluster, "operator").await;
+    let lease = worker
+        .lock("acl-inspected", MAX_TTL)
+        .await
+        .unwrap()
+        .expect("free");
+
+    let err = worker.inspect("acl-inspected").await.unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    assert!(err.to_string().contains("pttl"), "{err}");
+    let health = worker.health().await;
+    assert!(
+        !health[0].reachable && health[0].problem.as_deref().unwrap().contains("ping"),
+        "{health:?}"
+    );
+
+    let state = operator
+        .inspect("acl-inspected")
+        .await
+        .expect("inspect as the operator");
+    assert_eq!(
+        state.holder().unwrap().holder_id.as_deref(),
+        Some(worker.holder_id())
+    );
+    assert_eq!(
+        operator
+            .list("acl-*")
+            .await
+            .expect("list as the operator")
+            .len(),
+        1
+    );
+    assert!(operator.health().await[0].votes);
+    assert_eq!(
+        operator
+            .force_unlock("acl-inspected")
+            .await
+            .expect("DEL is on the line"),
+        1
+    );
+    drop(lease);
 }

@@ -30,7 +30,11 @@ async fn the_body_sees_its_lease() {
         panic!("the key was free")
     };
     assert_eq!(key, "singleton:lock:inspect");
-    assert_eq!(token.len(), 32);
+    let (random, holder) = token
+        .split_once(' ')
+        .expect("random part, then the holder id");
+    assert_eq!(random.len(), 32);
+    assert_eq!(holder, nodes.runtime.holder_id());
     assert!(
         validity > Duration::from_secs(9) && validity <= Duration::from_secs(10),
         "{validity:?}"

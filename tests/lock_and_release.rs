@@ -109,7 +109,21 @@ async fn the_redis_key_is_the_prefix_then_lock_then_the_key() {
         nodes.get(0, "app1:lock:report").as_deref(),
         Some(lease.token())
     );
-    assert_eq!(lease.token().len(), 32, "128 bits in hex");
+    let (random, holder) = lease
+        .token()
+        .split_once(' ')
+        .expect("random part, then holder");
+    assert_eq!(random.len(), 32, "128 bits in hex");
+    assert!(random.chars().all(|c| c.is_ascii_hexdigit()), "{random}");
+    assert_eq!(
+        holder,
+        runtime.holder_id(),
+        "the default: host and process id"
+    );
+    assert!(
+        holder.ends_with(&format!(":{}", std::process::id())),
+        "{holder}"
+    );
     lease.release().await.unwrap();
     assert_eq!(nodes.get(0, "app1:lock:report"), None);
 }

@@ -90,6 +90,8 @@ pub struct Config {
     pub(crate) max_ttl: Duration,
     pub(crate) restart_grace: Option<Duration>,
     pub(crate) detect_clock_jumps: bool,
+    /// Who this process is, written beside each lock's random token (see [`Config::holder_id`]).
+    pub(crate) holder_id: String,
     /// The CA certificates (PEM) that `rediss://` nodes are checked against, instead of the
     /// system's roots.
     #[cfg(feature = "tls")]
@@ -138,6 +140,7 @@ impl Config {
             max_ttl: DEFAULT_MAX_TTL,
             restart_grace: None,
             detect_clock_jumps: true,
+            holder_id: default_holder_id(),
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
         }
@@ -291,6 +294,33 @@ impl Config {
         self
     }
 
+    /// How this process names itself in the locks it holds (default: the host name and the
+    /// process id, `web-3:4242`), so that [`Runtime::inspect`], `cluster-singleton inspect` and
+    /// a plain `GET` on a node tell who holds a key.
+    ///
+    /// A lock's value on the nodes is its random token, a space, then this id, so every node
+    /// can see it: give a name, never a secret. [`Config::build`] refuses an empty id, one
+    /// longer than 200 bytes, and one with control characters.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), cluster_singleton::Error> {
+    /// use std::time::Duration;
+    /// use cluster_singleton::runtime::Config;
+    ///
+    /// let runtime = Config::new(["memory://holder-doc"]).holder_id("billing-worker-2").build()?;
+    /// let lease = runtime.lock("invoices", Duration::from_secs(30)).await?.expect("free");
+    /// let state = runtime.inspect("invoices").await?;
+    /// assert_eq!(state.holder().and_then(|holder| holder.holder_id.as_deref()), Some("billing-worker-2"));
+    /// # lease.release().await?;
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn holder_id(mut self, id: impl Into<String>) -> Self {
+        self.holder_id = id.into();
+        self
+    }
+
     /// The restart grace in force: the one set, else [`Config::max_ttl`]; `None` when off.
     pub(crate) fn effective_restart_grace(&self) -> Option<Duration> {
         match self.restart_grace {
@@ -390,6 +420,15 @@ impl Config {
                 )));
             }
         }
+        if self.holder_id.is_empty()
+            || self.holder_id.len() > MAX_HOLDER_ID_BYTES
+            || self.holder_id.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "`holder_id` must be 1 to {MAX_HOLDER_ID_BYTES} bytes without control                  characters, got {:?}; name the process, like `web-3:4242`",
+                self.holder_id.chars().take(40).collect::<String>()
+            )));
+        }
         if !(0.0..MAX_CLOCK_DRIFT_FACTOR).contains(&self.drift_factor) {
             return Err(Error::InvalidConfig(format!(
                 "`drift_factor` must be at least 0 and below {MAX_CLOCK_DRIFT_FACTOR}, got {}",
@@ -412,8 +451,43 @@ impl fmt::Debug for Config {
             .field("max_ttl", &self.max_ttl)
             .field("restart_grace", &self.effective_restart_grace())
             .field("detect_clock_jumps", &self.detect_clock_jumps)
+            .field("holder_id", &self.holder_id)
             .finish()
     }
+}
+
+/// The longest [`Config::holder_id`]: it is written with every lock.
+const MAX_HOLDER_ID_BYTES: usize = 200;
+
+/// `host:pid`: which machine and which process, enough for an operator to find the holder.
+fn default_holder_id() -> String {
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This machine's name, or `unknown-host` when the OS does not say.
+fn host_name() -> String {
+    #[cfg(unix)]
+    {
+        let mut buffer = [0u8; 256];
+        // SAFETY: the pointer and length describe `buffer`, which outlives the call.
+        let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+        if status == 0 {
+            let end = buffer
+                .iter()
+                .position(|&byte| byte == 0)
+                .unwrap_or(buffer.len());
+            let name = String::from_utf8_lossy(&buffer[..end]);
+            let name: String = name.chars().filter(|c| !c.is_control()).collect();
+            if !name.is_empty() {
+                return name;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    if let Ok(name) = std::env::var("COMPUTERNAME") {
+        return name;
+    }
+    "unknown-host".to_owned()
 }
 
 /// A URL fit to print: its password, if any, replaced by `***`. A string that does not parse as

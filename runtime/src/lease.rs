@@ -329,8 +329,9 @@ impl Lease {
         &self.held.key
     }
 
-    /// This acquisition's random token (128 bits, hex): the value of the key on the nodes, unique
-    /// to this acquisition, usable as an idempotency key downstream.
+    /// This acquisition's token, the value of the key on the nodes: 128 random bits as 32 hex
+    /// digits, a space, and the holder id ([`Config::holder_id`](crate::Config::holder_id)).
+    /// Unique to this acquisition, usable as an idempotency key downstream.
     pub fn token(&self) -> &str {
         &self.held.token
     }
@@ -645,8 +646,8 @@ impl LeaseInfo {
         &self.held.key
     }
 
-    /// This acquisition's random token (128 bits, hex): unique to this run, usable as an
-    /// idempotency key downstream.
+    /// This acquisition's token (see [`Lease::token`]): 32 random hex digits, a space and the
+    /// holder id; unique to this run, usable as an idempotency key downstream.
     pub fn token(&self) -> &str {
         &self.held.token
     }

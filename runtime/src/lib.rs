@@ -8,6 +8,7 @@ mod clock;
 mod config;
 mod driver;
 mod error;
+mod inspect;
 mod keys;
 mod lease;
 mod memory;
@@ -27,6 +28,7 @@ pub use config::{
     DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
 };
 pub use error::{Error, FailureKind, NoQuorum, NodeFailure};
+pub use inspect::{LockCopy, LockState, NodeHealth};
 pub use lease::{lease, Lease, LeaseInfo, LostReason};
 pub use options::{OnLost, Options};
 pub use outcome::{Outcome, Skip};

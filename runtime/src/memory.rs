@@ -166,6 +166,36 @@ impl Store {
         Self::live_value(&mut self.entries(), key, now).map(|entry| entry.value.clone())
     }
 
+    /// `GET key` and `PTTL key`: the live value and how long until it expires (`None`: never).
+    pub(crate) fn read(&self, key: &str) -> Option<(String, Option<Duration>)> {
+        let now = Instant::now();
+        Self::live_value(&mut self.entries(), key, now).map(|entry| {
+            let left = entry.expires_at.map(|at| at.saturating_duration_since(now));
+            (entry.value.clone(), left)
+        })
+    }
+
+    /// `GET key` then `DEL key`.
+    pub(crate) fn delete(&self, key: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        let value = Self::live_value(&mut entries, key, now).map(|entry| entry.value.clone());
+        entries.remove(key);
+        value
+    }
+
+    /// The live keys matching `pattern`, a glob with `*` and `?` (Redis globs also know `[...]`
+    /// and `\`, which this store takes literally).
+    pub(crate) fn keys_matching(&self, pattern: &str) -> Vec<String> {
+        let now = Instant::now();
+        let pattern: Vec<char> = pattern.chars().collect();
+        self.entries()
+            .iter()
+            .filter(|(key, entry)| entry.live(now) && glob_matches(&pattern, key))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The done marker, as the `MARK_DONE_IF_OURS` script writes it: `marker` set to `token`
     /// for `expiry`, only while `lock_key` holds `token`.
     pub(crate) fn mark_done_if_ours(
@@ -191,9 +221,66 @@ impl Store {
     }
 }
 
+/// Whether `text` matches `pattern`, where `*` is any run of characters, `?` any one, and `\\`
+/// makes the next character stand for itself.
+fn glob_matches(pattern: &[char], text: &str) -> bool {
+    let text: Vec<char> = text.chars().collect();
+    // Escapes resolved first: (character, whether it is a wildcard).
+    let mut tokens = Vec::with_capacity(pattern.len());
+    let mut chars = pattern.iter();
+    while let Some(&c) = chars.next() {
+        match c {
+            '\\' => tokens.push((chars.next().copied().unwrap_or('\\'), false)),
+            '*' | '?' => tokens.push((c, true)),
+            _ => tokens.push((c, false)),
+        }
+    }
+    let pattern = tokens;
+    // The classic two-pointer walk: on a mismatch, let the last `*` swallow one more character.
+    let (mut p, mut t, mut star, mut resume) = (0, 0, None, 0);
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(('*', true)) => {
+                star = Some(p);
+                resume = t;
+                p += 1;
+            }
+            Some(&(c, wild)) if (wild && c == '?') || (!wild && c == text[t]) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some(at) => {
+                    p = at + 1;
+                    resume += 1;
+                    t = resume;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&token| token == ('*', true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_match_as_redis_does_for_star_and_question_mark() {
+        let matches =
+            |pattern: &str, text: &str| glob_matches(&pattern.chars().collect::<Vec<_>>(), text);
+        assert!(matches("*", ""));
+        assert!(matches("lock:*", "lock:invoice:42"));
+        assert!(matches("lock:invoice:?2", "lock:invoice:42"));
+        assert!(matches("*:42", "lock:invoice:42"));
+        assert!(matches("l*k:*e:*", "lock:invoice:42"));
+        assert!(!matches("lock:?", "lock:42"));
+        assert!(!matches("done:*", "lock:invoice"));
+        assert!(!matches("lock", "lock:x"));
+        assert!(matches("a\\*b:*", "a*b:1"));
+        assert!(!matches("a\\*b:*", "axb:1"));
+    }
 
     #[test]
     fn it_answers_like_the_scripts() {

@@ -34,6 +34,9 @@ use crate::config::redact;
 use crate::{driver, keys, memory, telemetry};
 use crate::{Config, Error, FailureKind, NodeFailure};
 
+mod operator;
+pub(crate) use operator::Checkup;
+
 /// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
 /// sets it to expire in `ARGV[2]` milliseconds; returns 1 when the key was ours. Release, renewal
 /// and `min_hold` are all this one script, so none of them ever touches a lock that someone else

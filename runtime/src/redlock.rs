@@ -232,14 +232,26 @@ impl<T: Send + 'static> Drop for Round<T> {
     }
 }
 
-/// A fresh lock token from the OS random source, as 32 hex digits. One system call per token:
-/// a pool of random bytes kept in the process would be copied by a `fork`, and two processes
-/// would then hand out the same tokens.
-fn new_token() -> Result<Arc<str>, Error> {
+/// A fresh lock token: 32 hex digits from the OS random source, a space, and `holder_id`, so
+/// that whoever reads the key can tell who holds it (the random part alone makes it unique).
+/// One system call per token: a pool of random bytes kept in the process would be copied by a
+/// `fork`, and two processes would then hand out the same tokens.
+fn new_token(holder_id: &str) -> Result<Arc<str>, Error> {
     let mut bytes = [0u8; TOKEN_BYTES];
     getrandom::fill(&mut bytes)
         .map_err(|err| Error::Internal(format!("the OS random source failed: {err}")))?;
-    Ok(Arc::from(format!("{:032x}", u128::from_be_bytes(bytes))))
+    Ok(Arc::from(format!(
+        "{:032x} {holder_id}",
+        u128::from_be_bytes(bytes)
+    )))
+}
+
+/// The holder id in a lock's value written by [`new_token`]; `None` for a value that is not a
+/// token of ours (an older version's, or another program's).
+pub(crate) fn holder_of(value: &str) -> Option<&str> {
+    let (random, holder) = value.split_once(' ')?;
+    (random.len() == TOKEN_BYTES * 2 && random.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(holder)
 }
 
 /// One node's answer to `SET NX`.
@@ -520,7 +532,7 @@ pub(crate) async fn acquire(
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     let first_started = Instant::now();
     for attempt_number in 1..=SPLIT_VOTE_ATTEMPTS {
-        let token = new_token()?;
+        let token = new_token(runtime.holder_id())?;
         let started = Instant::now();
         // Watched from before the first vote: a step seen once a node granted us counts.
         let clock_jumps = runtime.clock_jumps();
@@ -879,10 +891,12 @@ fn release_round(
     })
 }
 
-/// Logs a node's failed release, and says what failed.
+/// Logs a node's failed release, and says what failed. Only at `DEBUG`: the node may never have
+/// granted the lock (it was down then too), and a copy on fewer than a quorum of nodes blocks
+/// nobody; a release that misses a quorum is what its caller warns about.
 fn release_failed(runtime: &Runtime, key: &str, node: usize, err: &NodeError) -> NodeFailure {
     let node = runtime.node(node);
-    tracing::warn!(key, node = node.name(), error = %err, "releasing the lock failed on a node; its copy expires with the ttl");
+    tracing::debug!(key, node = node.name(), error = %err, "releasing the lock failed on a node; its copy expires with the ttl");
     node.failure(err)
 }
 
@@ -1017,11 +1031,16 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_fresh_128_bit_hex() {
-        let a = new_token().unwrap();
-        let b = new_token().unwrap();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    fn tokens_are_fresh_128_bit_hex_then_the_holder() {
+        let a = new_token("web-3:42").unwrap();
+        let b = new_token("web-3:42").unwrap();
+        let (random, holder) = a.split_once(' ').unwrap();
+        assert_eq!(random.len(), 32);
+        assert!(random.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(holder, "web-3:42");
+        assert_eq!(holder_of(&a), Some("web-3:42"));
         assert_ne!(a, b);
+        assert_eq!(holder_of("not ours"), None);
+        assert_eq!(holder_of("0123456789abcdef0123456789abcdef"), None);
     }
 }

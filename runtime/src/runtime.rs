@@ -89,6 +89,7 @@ struct Inner {
     nodes: Vec<Node>,
     quorum: usize,
     key_prefix: String,
+    holder_id: String,
     drift_factor: f64,
     node_timeout: Duration,
     max_ttl: Duration,
@@ -143,6 +144,7 @@ impl Runtime {
             quorum: quorum(nodes.len()),
             nodes,
             key_prefix: config.key_prefix,
+            holder_id: config.holder_id,
             drift_factor: config.drift_factor,
             node_timeout: config.node_timeout,
             max_ttl: config.max_ttl,
@@ -370,6 +372,7 @@ impl Runtime {
             busy = tracing::field::Empty,
             failed = tracing::field::Empty,
             validity_ms = tracing::field::Empty,
+            held_ms = tracing::field::Empty,
             outcome = tracing::field::Empty,
             elapsed_ms = tracing::field::Empty,
         );
@@ -385,13 +388,7 @@ impl Runtime {
         span.record("outcome", outcome);
         span.record("elapsed_ms", started.elapsed().as_millis() as u64);
         telemetry::finished(key, outcome);
-        match &result {
-            Err(err @ Error::LeaseLost { .. }) => {
-                span.in_scope(|| tracing::warn!(error = %err, "lease lost while the body ran"));
-            }
-            Err(err) => span.in_scope(|| tracing::debug!(error = %err, "the call failed")),
-            Ok(_) => {}
-        }
+        span.in_scope(|| log_outcome(&result));
         result
     }
 
@@ -487,6 +484,7 @@ impl Runtime {
             _ => Duration::ZERO,
         };
         let held = lease.held_for();
+        tracing::Span::current().record("held_ms", held.as_millis() as u64);
         let released = lease.release_keeping(keep).await;
         telemetry::released(key, held, released.is_ok());
         if let Err(err) = released {
@@ -516,6 +514,17 @@ impl Runtime {
     /// The prefix put before every key in Redis.
     pub fn key_prefix(&self) -> &str {
         &self.inner.key_prefix
+    }
+
+    /// How this process names itself in the locks it takes (see [`Config::holder_id`]).
+    ///
+    /// ```
+    /// let runtime = cluster_singleton::runtime::Config::new(["memory://"]).holder_id("worker-7").build()?;
+    /// assert_eq!(runtime.holder_id(), "worker-7");
+    /// # Ok::<(), cluster_singleton::Error>(())
+    /// ```
+    pub fn holder_id(&self) -> &str {
+        &self.inner.holder_id
     }
 
     /// Opens a connection to every node, waiting at most the connect timeout; failures are left
@@ -794,6 +803,28 @@ async fn lose_unrenewed_leases_on_clock_jumps(
             );
             held.lose(LostReason::ClockJumped);
         }
+    }
+}
+
+/// The one event of a call, at the level that says whether someone should look: `INFO` when the
+/// body ran, `DEBUG` when another holder had the key (contention is the normal case, never
+/// worth a page), `WARN` when the nodes could not decide or the lease was lost, `ERROR` when the
+/// program itself is wrong (a bad setting, no `init`). A call cut short by `shutdown` is `INFO`.
+fn log_outcome<T>(result: &Result<Outcome<T>, Error>) {
+    match result {
+        Ok(Outcome::Ran(_)) => tracing::info!("the body ran under the lock"),
+        Ok(Outcome::Skipped(why)) => tracing::debug!("skipped: {why}"),
+        Err(
+            err @ (Error::ShutDown
+            | Error::LeaseLost {
+                reason: LostReason::Shutdown,
+                ..
+            }),
+        ) => tracing::info!(error = %err, "the call ended with the shutdown"),
+        Err(err @ (Error::InvalidConfig(_) | Error::NotInitialised | Error::Internal(_))) => {
+            tracing::error!(error = %err, "the call could not run")
+        }
+        Err(err) => tracing::warn!(error = %err, "the call failed"),
     }
 }
 
