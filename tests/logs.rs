@@ -249,3 +249,50 @@ async fn a_clean_shutdown_warns_of_nothing() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn init_on_fresh_nodes_warns_once_when_locking_will_work() {
+    let captured = captured();
+    let cluster = cluster_singleton_testkit::Cluster::start(3).unwrap();
+    let grace = Duration::from_secs(3);
+    cluster_singleton::runtime::Config::new(cluster.urls())
+        .max_ttl(grace)
+        .key_prefix("logged-init:")
+        .init()
+        .await
+        .unwrap();
+
+    let events = captured.0.lock().unwrap().clone();
+    let warnings: Vec<&Logged> = events
+        .iter()
+        .filter(|event| event.level == Level::WARN && event.text.contains("restart grace"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    // `locking_in=3.99s`, say: the grace plus the second by which Redis rounds its uptime.
+    let locking_in = warnings[0]
+        .text
+        .split("locking_in=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(debug_duration)
+        .expect("the warning says when locking starts");
+    assert!(
+        locking_in <= grace + Duration::from_secs(1) && locking_in > Duration::ZERO,
+        "{locking_in:?}"
+    );
+}
+
+/// A `Duration` as its `Debug` prints it (`3.998s`, `250ms`).
+fn debug_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_alphabetic())?);
+    let seconds_per_unit = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" => 1e-6,
+        "ns" => 1e-9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(
+        number.parse::<f64>().ok()? * seconds_per_unit,
+    ))
+}
