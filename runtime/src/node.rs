@@ -1600,8 +1600,8 @@ fn is_tls_url(url: &str) -> bool {
 /// Why opening a connection failed, with advice for the failures that have one.
 fn connect_failure(err: &RedisError) -> String {
     #[cfg(feature = "tls")]
-    if crate::tls::is_certificate_error(err) {
-        return format!("{err} ({})", crate::tls::CERTIFICATE_ADVICE);
+    if let Some(advice) = crate::tls::advice(err) {
+        return format!("{err} ({advice})");
     }
     err.to_string()
 }
