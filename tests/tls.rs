@@ -3,9 +3,7 @@
 //! or a client certificate missing or refused, is a clear `NoQuorum`, never a panic and never an
 //! unchecked connection.
 //!
-//! Needs the `tls` feature: `cargo test --features tls --test tls`.
-
-#![cfg(feature = "tls")]
+//! Needs the `tls` feature: `cargo test --features tls --test tls` (`required-features`).
 
 mod common;
 

@@ -374,9 +374,10 @@ pub struct Cluster {
     faketime: Option<clock::Faketime>,
     /// One per node when the cluster is proxied, else empty.
     proxies: Vec<Proxy>,
-    /// The nodes' certificates, when they speak TLS.
+    /// The nodes' certificates, when they speak TLS (boxed: they would double the size of
+    /// every `Cluster`, TLS or not).
     #[cfg(feature = "tls")]
-    tls: Option<tls::Certificates>,
+    tls: Option<Box<tls::Certificates>>,
 }
 
 /// Options for a [`Cluster`]; made by [`Cluster::builder`].
@@ -629,7 +630,7 @@ impl ClusterBuilder {
             proxies: Vec::new(),
             #[cfg(feature = "tls")]
             tls: (self.tls || self.tls_auth_clients)
-                .then(|| tls::Certificates::generate(self.tls_auth_clients))
+                .then(|| tls::Certificates::generate(self.tls_auth_clients).map(Box::new))
                 .transpose()?,
         };
         for i in 0..self.nodes {
