@@ -41,7 +41,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `metrics` | off | counters and histograms through the [`metrics`](https://docs.rs/metrics) facade (below) |
-//! | `tls` | off | `rediss://` URLs through rustls; `runtime::Config::tls_root_certificate` for a private CA |
+//! | `tls` | off | `rediss://` URLs through rustls; `runtime::Config::tls_root_certificate` for a private CA, `runtime::Config::tls_client_certificate` for mutual TLS |
 //!
 //! # Observability
 //!

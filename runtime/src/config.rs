@@ -96,6 +96,9 @@ pub struct Config {
     /// system's roots.
     #[cfg(feature = "tls")]
     pub(crate) tls_root_certificate: Option<Vec<u8>>,
+    /// The certificate chain and private key that `rediss://` nodes are shown (mutual TLS).
+    #[cfg(feature = "tls")]
+    pub(crate) tls_client_certificate: Option<crate::tls::ClientCertificate>,
 }
 
 impl Config {
@@ -143,6 +146,8 @@ impl Config {
             holder_id: default_holder_id(),
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
+            #[cfg(feature = "tls")]
+            tls_client_certificate: None,
         }
     }
 
@@ -360,11 +365,58 @@ impl Config {
         self
     }
 
+    /// Shows `rediss://` nodes this client certificate, for Redis servers that require one
+    /// (mutual TLS: `tls-auth-clients yes`, or `optional`). Only with the `tls` feature.
+    ///
+    /// `cert_chain_pem` is the client's certificate as PEM text (`-----BEGIN CERTIFICATE-----`
+    /// ...), followed by any intermediate CA certificates; `private_key_pem` is its private key,
+    /// unencrypted, as PEM (`-----BEGIN PRIVATE KEY-----`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`).
+    /// The servers accept it when a CA in their `tls-ca-cert-file` signed it. Every `rediss://`
+    /// node is shown the same certificate; `redis://` nodes do not use it. The server's own
+    /// certificate is still checked, against [`Config::tls_root_certificate`] or the system's
+    /// roots.
+    ///
+    /// [`Config::build`] fails with [`Error::InvalidConfig`] when the chain holds no
+    /// certificate, the key is not an unencrypted PEM private key, or the key does not belong
+    /// to the chain's first certificate. No message and no `Debug` output ever shows the key
+    /// (`Debug` of the `Config` says only that a client certificate is set). A server that
+    /// requires a certificate and got none, or refuses the one given, gives no vote; the lock's
+    /// [`Error::NoQuorum`] then names the node and says which.
+    ///
+    /// ```no_run
+    /// use cluster_singleton::runtime::Config;
+    ///
+    /// # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let certificate = std::fs::read("/etc/myapp/tls/client.crt")?;
+    /// let key = std::fs::read("/etc/myapp/tls/client.key")?;
+    /// Config::new(["rediss://10.0.0.1:6380", "rediss://10.0.0.2:6380", "rediss://10.0.0.3:6380"])
+    ///     .tls_root_certificate(ca)
+    ///     .tls_client_certificate(certificate, key)
+    ///     .init()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_chain_pem: impl Into<Vec<u8>>,
+        private_key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client_certificate = Some(crate::tls::ClientCertificate {
+            chain_pem: cert_chain_pem.into(),
+            key_pem: private_key_pem.into(),
+        });
+        self
+    }
+
     /// Checks the settings and builds a [`Runtime`] that uses them, without connecting: nodes
     /// connect on first use, and a node that is down is retried on later calls.
     ///
     /// Fails with [`Error::InvalidConfig`] on no URLs, an invalid URL, the same node listed twice,
-    /// a zero timeout or a drift factor out of range.
+    /// a zero timeout or a drift factor out of range, and (`tls` feature) TLS certificates that
+    /// cannot be used.
     ///
     /// ```
     /// use cluster_singleton::runtime::Config;
@@ -435,6 +487,10 @@ impl Config {
                 self.drift_factor
             )));
         }
+        #[cfg(feature = "tls")]
+        if let Some(certificate) = &self.tls_client_certificate {
+            crate::tls::check_client_certificate(certificate)?;
+        }
         Ok(())
     }
 }
@@ -442,7 +498,8 @@ impl Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let urls: Vec<String> = self.urls.iter().map(|url| redact(url)).collect();
-        f.debug_struct("Config")
+        let mut config = f.debug_struct("Config");
+        config
             .field("urls", &urls)
             .field("key_prefix", &self.key_prefix)
             .field("node_timeout", &self.node_timeout)
@@ -451,8 +508,16 @@ impl fmt::Debug for Config {
             .field("max_ttl", &self.max_ttl)
             .field("restart_grace", &self.effective_restart_grace())
             .field("detect_clock_jumps", &self.detect_clock_jumps)
-            .field("holder_id", &self.holder_id)
-            .finish()
+            .field("holder_id", &self.holder_id);
+        // Whether each is set, never what: the key is a secret, and PEM text floods a log.
+        #[cfg(feature = "tls")]
+        config
+            .field(
+                "tls_root_certificate",
+                &self.tls_root_certificate.as_ref().map(|_| "<set>"),
+            )
+            .field("tls_client_certificate", &self.tls_client_certificate);
+        config.finish()
     }
 }
 

@@ -19,6 +19,8 @@ mod redlock;
 mod runtime;
 mod slot;
 mod telemetry;
+#[cfg(feature = "tls")]
+mod tls;
 
 #[doc(hidden)]
 pub mod __private;

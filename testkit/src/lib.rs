@@ -54,8 +54,11 @@
 //! for `127.0.0.1` made afresh for each cluster: nothing is checked in. The
 //! URLs are then `rediss://127.0.0.1:PORT`, and clients must trust
 //! `Cluster::tls_ca_pem`. `unrelated_ca_pem` gives a CA that signed
-//! nothing, for tests of a client that trusts the wrong one. (These three
-//! exist only with the feature.)
+//! nothing, for tests of a client that trusts the wrong one.
+//! `ClusterBuilder::tls_auth_clients` makes the nodes require client
+//! certificates signed by the cluster's CA (mutual TLS), such as
+//! `Cluster::tls_client_certificate`; `unrelated_client_certificate` gives
+//! one that another CA signed. (All of these exist only with the feature.)
 //!
 //! ```no_run
 //! # #[cfg(feature = "tls")]
@@ -128,7 +131,7 @@ mod tls;
 pub use clock::{FAKETIME_REDIS_SERVER_ENV, LIBFAKETIME_ENV};
 pub use proxy::Proxy;
 #[cfg(feature = "tls")]
-pub use tls::unrelated_ca_pem;
+pub use tls::{unrelated_ca_pem, unrelated_client_certificate, ClientCertificate};
 
 /// The environment variable that, when set, names the `redis-server` binary to
 /// run instead of the one found on `PATH`.
@@ -371,9 +374,10 @@ pub struct Cluster {
     faketime: Option<clock::Faketime>,
     /// One per node when the cluster is proxied, else empty.
     proxies: Vec<Proxy>,
-    /// The nodes' certificates, when they speak TLS.
+    /// The nodes' certificates, when they speak TLS (boxed: they would double the size of
+    /// every `Cluster`, TLS or not).
     #[cfg(feature = "tls")]
-    tls: Option<tls::Certificates>,
+    tls: Option<Box<tls::Certificates>>,
 }
 
 /// Options for a [`Cluster`]; made by [`Cluster::builder`].
@@ -404,6 +408,8 @@ pub struct ClusterBuilder {
     steppable_clocks: bool,
     #[cfg(feature = "tls")]
     tls: bool,
+    #[cfg(feature = "tls")]
+    tls_auth_clients: bool,
 }
 
 #[derive(Debug)]
@@ -425,6 +431,8 @@ impl Default for ClusterBuilder {
             steppable_clocks: false,
             #[cfg(feature = "tls")]
             tls: false,
+            #[cfg(feature = "tls")]
+            tls_auth_clients: false,
         }
     }
 }
@@ -561,6 +569,33 @@ impl ClusterBuilder {
         self
     }
 
+    /// Makes every node require a client certificate signed by the
+    /// cluster's CA (`--tls-auth-clients yes`: mutual TLS), and so speak TLS
+    /// ([`tls(true)`](ClusterBuilder::tls) is implied). Default `false`: the
+    /// nodes ask for no client certificate. Only with the `tls` feature.
+    ///
+    /// [`Cluster::tls_client_certificate`] is such a certificate, and
+    /// [`Cluster::connection`] shows it already; a client without one, or
+    /// with one from [`unrelated_client_certificate`], is refused.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder()
+    ///     .nodes(3)
+    ///     .tls_auth_clients(true)
+    ///     .start()?;
+    /// assert!(cluster.url(0).starts_with("rediss://"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        self.tls_auth_clients = required;
+        self
+    }
+
     /// Starts the nodes and waits until each answers `PING`.
     ///
     /// # Errors
@@ -594,7 +629,9 @@ impl ClusterBuilder {
             faketime,
             proxies: Vec::new(),
             #[cfg(feature = "tls")]
-            tls: self.tls.then(tls::Certificates::generate).transpose()?,
+            tls: (self.tls || self.tls_auth_clients)
+                .then(|| tls::Certificates::generate(self.tls_auth_clients).map(Box::new))
+                .transpose()?,
         };
         for i in 0..self.nodes {
             let dir = tempfile::Builder::new()
@@ -823,6 +860,36 @@ impl Cluster {
         self.ca_pem().unwrap_or_else(|| {
             panic!("this cluster does not use TLS: build it with `Cluster::builder().tls(true)`")
         })
+    }
+
+    /// Returns a client certificate (and its key) that the cluster's CA
+    /// signed: what a client of nodes built with
+    /// [`tls_auth_clients(true)`](ClusterBuilder::tls_auth_clients) must show.
+    /// Made afresh for each TLS cluster. Only with the `tls` feature.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was not built with [`tls(true)`](ClusterBuilder::tls)
+    /// or `tls_auth_clients(true)`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), cluster_singleton_testkit::Error> {
+    /// let cluster = cluster_singleton_testkit::Cluster::builder().tls_auth_clients(true).start()?;
+    /// let client = cluster.tls_client_certificate();
+    /// assert!(client.private_key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(&self) -> &ClientCertificate {
+        match &self.tls {
+            Some(certificates) => certificates.client(),
+            None => panic!(
+                "this cluster does not use TLS: build it with `Cluster::builder().tls(true)`"
+            ),
+        }
     }
 
     /// Returns every node's URL, in index order.
@@ -1117,8 +1184,8 @@ impl Cluster {
     }
 
     /// Opens a synchronous redis-rs connection to node `i` (authenticated if a
-    /// password is set, over TLS trusting `Cluster::tls_ca_pem` if the nodes
-    /// speak TLS), for setting up and checking state in tests. It goes
+    /// password is set, over TLS trusting `Cluster::tls_ca_pem` and showing
+    /// `Cluster::tls_client_certificate` if the nodes speak TLS), for setting up and checking state in tests. It goes
     /// to the node's [`direct_url`](Cluster::direct_url), bypassing any
     /// [`Proxy`]. It has no read timeout; set one with
     /// [`set_read_timeout`](redis::Connection::set_read_timeout) when talking
@@ -1191,11 +1258,12 @@ impl Cluster {
     }
 
     /// A redis-rs client for one of this cluster's URLs, trusting the
-    /// cluster's CA when the nodes speak TLS.
+    /// cluster's CA and showing its client certificate when the nodes speak
+    /// TLS.
     fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
         #[cfg(feature = "tls")]
-        if let Some(ca_pem) = self.ca_pem() {
-            return tls::client(url, ca_pem);
+        if let Some(certificates) = &self.tls {
+            return tls::client(url, certificates);
         }
         redis::Client::open(url)
     }

@@ -1,11 +1,14 @@
 //! TLS nodes: they speak TLS only, with a CA made for the cluster, and keep
-//! doing so across restarts and through proxies.
+//! doing so across restarts and through proxies; when told to, they require
+//! a client certificate that the cluster's CA signed.
 
 #![cfg(feature = "tls")]
 
 use std::time::Duration;
 
-use cluster_singleton_testkit::{unrelated_ca_pem, Cluster, Error};
+use cluster_singleton_testkit::{
+    unrelated_ca_pem, unrelated_client_certificate, ClientCertificate, Cluster, Error,
+};
 
 /// Connect timeout of the tests' own clients.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,6 +27,28 @@ fn client_trusting(url: &str, ca_pem: &str) -> redis::Client {
         },
     )
     .expect("a TLS client")
+}
+
+/// A client of `url` that trusts only `ca_pem` and shows `client`.
+fn client_showing(url: &str, ca_pem: &str, client: &ClientCertificate) -> redis::Client {
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: client.certificate_pem().as_bytes().to_vec(),
+                client_key: client.private_key_pem().as_bytes().to_vec(),
+            }),
+            root_cert: Some(ca_pem.as_bytes().to_vec()),
+        },
+    )
+    .expect("a TLS client with a client certificate")
+}
+
+/// Whether a connection from `client` answers a PING.
+fn answers(client: &redis::Client) -> redis::RedisResult<String> {
+    client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .and_then(|mut con| ping(&mut con))
 }
 
 #[test]
@@ -97,6 +122,46 @@ fn restarted_and_proxied_nodes_keep_tls() -> Result<(), Error> {
     let mut con = cluster.connection(0)?;
     assert_eq!(ping(&mut con).unwrap(), "PONG");
     Ok(())
+}
+
+#[test]
+fn nodes_that_require_client_certificates_accept_only_the_clusters() -> Result<(), Error> {
+    let mut cluster = Cluster::builder().tls_auth_clients(true).start()?;
+    assert!(cluster.is_tls());
+    let ca_pem = cluster.tls_ca_pem().to_owned();
+    let url = cluster.url(0);
+    let own = cluster.tls_client_certificate().clone();
+    let stranger = unrelated_client_certificate()?;
+    assert!(!format!("{own:?}").contains(own.private_key_pem()));
+
+    for _start in 0..2 {
+        assert_eq!(ping(&mut cluster.connection(0)?).unwrap(), "PONG");
+        assert_eq!(
+            answers(&client_showing(&url, &ca_pem, &own)).unwrap(),
+            "PONG"
+        );
+        let without = answers(&client_trusting(&url, &ca_pem)).unwrap_err();
+        assert!(
+            without.to_string().contains("CertificateRequired"),
+            "{without}"
+        );
+        let refused = answers(&client_showing(&url, &ca_pem, &stranger)).unwrap_err();
+        assert!(refused.to_string().contains("UnknownCA"), "{refused}");
+        // A restart keeps the requirement, and the certificates.
+        cluster.restart(0)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_tls_cluster_that_does_not_require_them_accepts_client_certificates() {
+    let cluster = Cluster::builder().tls(true).start().unwrap();
+    let client = client_showing(
+        &cluster.url(0),
+        cluster.tls_ca_pem(),
+        cluster.tls_client_certificate(),
+    );
+    assert_eq!(answers(&client).unwrap(), "PONG");
 }
 
 #[test]
