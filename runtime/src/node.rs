@@ -711,6 +711,7 @@ impl Node {
 
     /// What a caller is told of this node's `err`.
     pub(crate) fn failure(&self, err: &NodeError) -> NodeFailure {
+        telemetry::node_failed(&self.name, err);
         NodeFailure {
             node: self.name.clone(),
             cause: err.to_string(),
@@ -1133,6 +1134,7 @@ impl Node {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+            telemetry::node_reconnecting(&self.name);
             tracing::warn!(
                 node = self.name,
                 "Redis node gave no answer on its open connection, and does on a new one: the \
@@ -1150,6 +1152,7 @@ impl Node {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+            telemetry::node_reconnecting(&self.name);
             *link = Link::Down {
                 cause: ConnectFailure {
                     cause: cause.to_owned(),
