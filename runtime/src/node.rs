@@ -709,7 +709,8 @@ impl Node {
         &self.name
     }
 
-    /// What a caller is told of this node's `err`.
+    /// What a caller is told of this node's `err`; each call counts it in the node's metrics, so
+    /// call it once per failure.
     pub(crate) fn failure(&self, err: &NodeError) -> NodeFailure {
         telemetry::node_failed(&self.name, err);
         NodeFailure {
