@@ -40,7 +40,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `metrics` | off | counters and histograms through the [`metrics`](https://docs.rs/metrics) facade (below) |
+//! | `metrics` | off | counters, histograms and gauges through the [`metrics`](https://docs.rs/metrics) facade (below) |
 //! | `tls` | off | `rediss://` URLs through rustls; `runtime::Config::tls_root_certificate` for a private CA, `runtime::Config::tls_client_certificate` for mutual TLS |
 //!
 //! # Observability
@@ -53,18 +53,62 @@
 //! marker that reached too few nodes, and a node that cannot be reached at start-up are `warn`
 //! events; each node without a vote is a `debug` event naming the node (password hidden).
 //!
-//! With the `metrics` feature, labelled with `key` (with `{param}` placeholders, one series per
-//! parameter value: mind the cardinality):
+//! With the `metrics` feature, every metric is described, with its unit, to the recorder that is
+//! installed when the first runtime is built (`# HELP` lines in a Prometheus scrape): **install
+//! the recorder (your exporter) before `runtime::init`** or `Config::build`, or the metrics reach
+//! it without descriptions. The units are in the names already (`_seconds`, `_total`), so an
+//! exporter that adds unit suffixes (Prometheus's recommended naming) adds nothing.
+//!
+//! Per call, labelled with `key`:
 //!
 //! | name | kind | extra labels | counts |
 //! | --- | --- | --- | --- |
 //! | `cluster_singleton_acquired_total` | counter | | locks taken |
-//! | `cluster_singleton_skipped_total` | counter | `reason`: `busy`, `already_done` | calls that did not run their body |
+//! | `cluster_singleton_skipped_total` | counter | `reason`: `busy`, `already_done`, `split_vote` | calls that did not run their body |
 //! | `cluster_singleton_errors_total` | counter | `kind`: `no_quorum`, `lease_lost`, ... | calls that failed |
 //! | `cluster_singleton_leases_lost_total` | counter | | leases lost while a body ran |
 //! | `cluster_singleton_releases_failed_total` | counter | | releases that reached too few nodes |
 //! | `cluster_singleton_acquire_seconds` | histogram | | time to take the lock, granted or not |
 //! | `cluster_singleton_hold_seconds` | histogram | | from taking the lock to releasing it |
+//!
+//! Per Redis node, labelled with `node`, its URL with the password hidden
+//! (`redis://:***@10.0.0.1:6379`):
+//!
+//! | name | kind | extra labels | counts |
+//! | --- | --- | --- | --- |
+//! | `cluster_singleton_node_votes_refused_total` | counter | `reason`: `young` (inside its restart grace), `lost_data`, `clock_jumped`, `clock_unverified`, `started_in_period`, `refused` (ACL, password), `unreachable` | answers of the node that did not count: votes, and its part of renewals, releases and done markers |
+//! | `cluster_singleton_node_timeouts_total` | counter | | commands the node did not answer within the node timeout |
+//! | `cluster_singleton_node_reconnects_total` | counter | | connections given up for a new one (broken, or silent on the once-a-second check) |
+//! | `cluster_singleton_clock_jumps_total` | counter | `direction`: `forward`, `back`, `ahead` | steps of the node's clock (see `runtime::Config::detect_clock_jumps`) |
+//! | `cluster_singleton_node_in_grace` | gauge | | 1 while the node's vote does not count yet because of its restart grace, else 0 (also 0 for a node that is down) |
+//! | `cluster_singleton_node_grace_remaining_seconds` | gauge | | how long until its vote counts again, 0 when it counts |
+//!
+//! The gauges are set by the runtime's once-a-second check of every node; the per-node counters,
+//! as the calls meet the failures (a node nobody sends a command to counts nothing).
+//!
+//! **Cardinality.** A key with `{param}` placeholders, `key = "invoice:{customer_id}"`, makes
+//! one series per value by default: per customer here, which the metrics backend pays for in
+//! memory. `runtime::Config::metrics_key_label(runtime::KeyLabel::Template)` labels such calls
+//! with the key as written instead, `key="invoice:{customer_id}"`: one series for all of them,
+//! which no longer tells the customers apart (the `tracing` span still names the key). Keys
+//! without placeholders are labelled the same either way; `runtime::Runtime::run_with` callers
+//! give a template with `runtime::Options::key_template`. The `node` label has one value per
+//! node.
+//!
+//! ```no_run
+//! use cluster_singleton::runtime::{Config, KeyLabel};
+//!
+//! # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+//! // First the recorder (here `metrics-exporter-prometheus`'s, which serves `/metrics`), then
+//! // the runtime, which describes its metrics to it.
+//! // metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
+//! Config::new(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"])
+//!     .metrics_key_label(KeyLabel::Template)
+//!     .init()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 #[doc(inline)]
 pub use cluster_singleton_macros::singleton;
@@ -89,9 +133,9 @@ pub use cluster_singleton_runtime::{
 /// ```
 pub mod runtime {
     pub use cluster_singleton_runtime::{
-        init, lock, shutdown, Config, LockCopy, LockState, NodeHealth, OnLost, Options, Runtime,
-        DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_TTL,
-        DEFAULT_NODE_TIMEOUT,
+        init, lock, shutdown, Config, KeyLabel, LockCopy, LockState, NodeHealth, OnLost, Options,
+        Runtime, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
+        DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
     };
 }
 

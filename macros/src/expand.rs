@@ -133,6 +133,7 @@ struct Lock {
 //
 // Only the options that were given, always in the order `wait`, `renew`, `max_hold`, `on_lost`,
 // `min_hold`, `slot`, `fencing`; the others keep the runtime's defaults, which are documented in one place there.
+// Last, for a key with placeholders, `key_template`: the key as written, for the metrics' label.
 fn options(args: &Args) -> TokenStream {
     let krate = &args.krate;
     let duration = |time: &Time| {
@@ -169,6 +170,9 @@ fn options(args: &Args) -> TokenStream {
     }
     if let Some(fencing) = args.fencing {
         options.extend(quote!(.fencing(#fencing)));
+    }
+    if let Some(template) = args.key.template() {
+        options.extend(quote!(.key_template(#template)));
     }
     options
 }
@@ -516,6 +520,17 @@ mod tests {
             ":: cluster_singleton :: __private :: run_with (\
              & :: std :: format ! (\"invoice:{}\" , customer_id) , \
              :: cluster_singleton :: __private :: Options :: new"
+        ));
+        // The key as written goes last in the options, for metrics labelled by template.
+        let output = expand(
+            quote!(key = "invoice:{customer_id}:{{v2}}", ttl = "1s"),
+            quote!(
+                async fn f(customer_id: String) {}
+            ),
+        );
+        assert!(output.contains(
+            ":: core :: time :: Duration :: from_millis (1000u64)) \
+             . key_template (\"invoice:{customer_id}:{{v2}}\") , async move"
         ));
     }
 

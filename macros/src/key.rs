@@ -75,6 +75,8 @@ impl Parameters {
 /// A checked `key = "..."`.
 pub(crate) struct Key {
     parts: Vec<Part>,
+    /// The key as written, for the metrics' `key` label (see [`Key::template`]).
+    written: String,
     /// The literal, where the generated code that builds the key is reported.
     span: Span,
 }
@@ -99,6 +101,7 @@ impl Key {
             .map_err(|message| syn::Error::new(lit.span(), message))?;
         Ok(Key {
             parts,
+            written: value,
             span: lit.span(),
         })
     }
@@ -143,6 +146,16 @@ impl Key {
         let mut format = Literal::string(&format);
         format.set_span(self.span);
         quote!(&::std::format!(#format, #(#args),*))
+    }
+
+    /// The key as written, when it has placeholders: the template that the metrics can label a
+    /// call with instead of the key (`Options::key_template`). `None` for a plain key, which is
+    /// its own template.
+    pub(crate) fn template(&self) -> Option<&str> {
+        self.parts
+            .iter()
+            .any(|part| matches!(part, Part::Param(_)))
+            .then_some(self.written.as_str())
     }
 
     /// The key with its placeholders written back as `{name}`.

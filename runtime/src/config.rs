@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{Error, Runtime};
+use crate::{Error, KeyLabel, Runtime};
 
 /// The key prefix used unless [`Config::key_prefix`] sets another: the Redis key of the lock of
 /// `key = "daily-email"` is `singleton:lock:daily-email`.
@@ -92,6 +92,7 @@ pub struct Config {
     pub(crate) detect_clock_jumps: bool,
     /// Who this process is, written beside each lock's random token (see [`Config::holder_id`]).
     pub(crate) holder_id: String,
+    pub(crate) metrics_key_label: KeyLabel,
     /// The CA certificates (PEM) that `rediss://` nodes are checked against, instead of the
     /// system's roots.
     #[cfg(feature = "tls")]
@@ -144,6 +145,7 @@ impl Config {
             restart_grace: None,
             detect_clock_jumps: true,
             holder_id: default_holder_id(),
+            metrics_key_label: KeyLabel::Key,
             #[cfg(feature = "tls")]
             tls_root_certificate: None,
             #[cfg(feature = "tls")]
@@ -323,6 +325,27 @@ impl Config {
     /// ```
     pub fn holder_id(mut self, id: impl Into<String>) -> Self {
         self.holder_id = id.into();
+        self
+    }
+
+    /// What the metrics' `key` label holds (default [`KeyLabel::Key`], the key itself): with
+    /// [`KeyLabel::Template`], the key as written in `#[singleton(key = "...")]`.
+    ///
+    /// A key with `{param}` placeholders makes one series per value under the default: per
+    /// customer for `key = "invoice:{customer_id}"`, which a metrics backend pays for in memory
+    /// and a dashboard in noise. The template makes it one series, at the price of not telling
+    /// the values apart (the `tracing` span still names the key). Keys without placeholders are
+    /// the same either way, and so are calls of [`Runtime::run_with`] that give no
+    /// [`Options::key_template`](crate::Options::key_template). Only matters with the `metrics`
+    /// feature.
+    ///
+    /// ```
+    /// use cluster_singleton::runtime::{Config, KeyLabel};
+    ///
+    /// let config = Config::new(["redis://127.0.0.1"]).metrics_key_label(KeyLabel::Template);
+    /// ```
+    pub fn metrics_key_label(mut self, label: KeyLabel) -> Self {
+        self.metrics_key_label = label;
         self
     }
 
@@ -508,7 +531,8 @@ impl fmt::Debug for Config {
             .field("max_ttl", &self.max_ttl)
             .field("restart_grace", &self.effective_restart_grace())
             .field("detect_clock_jumps", &self.detect_clock_jumps)
-            .field("holder_id", &self.holder_id);
+            .field("holder_id", &self.holder_id)
+            .field("metrics_key_label", &self.metrics_key_label);
         // Whether each is set, never what: the key is a secret, and PEM text floods a log.
         #[cfg(feature = "tls")]
         config

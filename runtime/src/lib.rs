@@ -35,3 +35,4 @@ pub use lease::{lease, Lease, LeaseInfo, LostReason};
 pub use options::{OnLost, Options};
 pub use outcome::{Outcome, Skip};
 pub use runtime::{init, lock, shutdown, Runtime};
+pub use telemetry::KeyLabel;

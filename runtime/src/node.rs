@@ -712,8 +712,10 @@ impl Node {
         &self.name
     }
 
-    /// What a caller is told of this node's `err`.
+    /// What a caller is told of this node's `err`; each call counts it in the node's metrics, so
+    /// call it once per failure.
     pub(crate) fn failure(&self, err: &NodeError) -> NodeFailure {
+        telemetry::node_failed(&self.name, err);
         NodeFailure {
             node: self.name.clone(),
             cause: err.to_string(),
@@ -1136,6 +1138,7 @@ impl Node {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+            telemetry::node_reconnecting(&self.name);
             tracing::warn!(
                 node = self.name,
                 "Redis node gave no answer on its open connection, and does on a new one: the \
@@ -1153,6 +1156,7 @@ impl Node {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if matches!(&*link, Link::Up(current) if Arc::ptr_eq(current, session)) {
+            telemetry::node_reconnecting(&self.name);
             *link = Link::Down {
                 cause: ConnectFailure {
                     cause: cause.to_owned(),

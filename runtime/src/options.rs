@@ -25,6 +25,7 @@ pub struct Options {
     pub(crate) min_hold: Option<Duration>,
     pub(crate) slot: Option<Duration>,
     pub(crate) fencing: bool,
+    pub(crate) key_template: Option<&'static str>,
 }
 
 /// What happens to a body whose lease is lost while it runs: renewal could not keep a quorum (a
@@ -62,6 +63,7 @@ impl Options {
             min_hold: None,
             slot: None,
             fencing: false,
+            key_template: None,
         }
     }
 
@@ -217,6 +219,28 @@ impl Options {
     /// ```
     pub const fn fencing(mut self, fencing: bool) -> Self {
         self.fencing = fencing;
+        self
+    }
+
+    /// The key as written before its placeholders were filled in, for the metrics' `key` label
+    /// when [`Config::metrics_key_label`](crate::Config::metrics_key_label) asks for
+    /// [`KeyLabel::Template`](crate::KeyLabel::Template): then every call of
+    /// `"invoice:{customer_id}"` is one series, not one per customer. `#[singleton]` sets it for
+    /// keys with placeholders; give it to [`Runtime::run_with`](crate::Runtime::run_with) for keys
+    /// you format yourself. It changes nothing else: the lock is still the key's.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cluster_singleton::runtime::Options;
+    /// # async fn invoice() {}
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime, customer_id: u64) -> Result<(), cluster_singleton::Error> {
+    /// let options = Options::new(Duration::from_secs(60)).key_template("invoice:{customer_id}");
+    /// runtime.run_with(&format!("invoice:{customer_id}"), options, invoice(), |_| true).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub const fn key_template(mut self, template: &'static str) -> Self {
+        self.key_template = Some(template);
         self
     }
 }

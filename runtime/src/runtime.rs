@@ -103,10 +103,12 @@ struct Inner {
     /// Attempts in flight and releases running in the background, which `shutdown` waits for.
     background: Arc<AtomicUsize>,
     shut_down: AtomicBool,
+    metrics_key_label: crate::KeyLabel,
 }
 
 impl Runtime {
     pub(crate) fn from_config(config: Config) -> Result<Runtime, Error> {
+        telemetry::describe();
         let engine = ENGINE
             .as_ref()
             .map_err(|err| Error::Internal(err.clone()))?;
@@ -155,6 +157,7 @@ impl Runtime {
             next_lease: AtomicU64::new(0),
             background: Arc::default(),
             shut_down: AtomicBool::new(false),
+            metrics_key_label: config.metrics_key_label,
         });
         if !inner.nodes.iter().all(Node::is_memory) {
             drop(engine.spawn(check_nodes(Arc::downgrade(&inner))));
@@ -377,6 +380,7 @@ impl Runtime {
             elapsed_ms = tracing::field::Empty,
         );
         let started = Instant::now();
+        let label = telemetry::key_label(self.inner.metrics_key_label, key, &options);
         let call = self.run_traced(key, options, body, succeeded);
         // Entering a span on every poll costs even when nothing listens: only when something does.
         let result = if span.is_disabled() {
@@ -387,7 +391,7 @@ impl Runtime {
         let outcome = telemetry::outcome_name(&result);
         span.record("outcome", outcome);
         span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-        telemetry::finished(key, outcome);
+        telemetry::finished(label, outcome);
         span.in_scope(|| log_outcome(&result));
         result
     }
@@ -407,7 +411,7 @@ impl Runtime {
         let attempt_started = Instant::now();
         let acquired = self.take(key, &options).await;
         telemetry::attempted(
-            key,
+            telemetry::key_label(self.inner.metrics_key_label, key, &options),
             attempt_started.elapsed(),
             matches!(acquired, Ok(Acquired::Taken(_))),
         );
@@ -486,7 +490,11 @@ impl Runtime {
         let held = lease.held_for();
         tracing::Span::current().record("held_ms", held.as_millis() as u64);
         let released = lease.release_keeping(keep).await;
-        telemetry::released(key, held, released.is_ok());
+        telemetry::released(
+            telemetry::key_label(self.inner.metrics_key_label, key, &options),
+            held,
+            released.is_ok(),
+        );
         if let Err(err) = released {
             // The body ran; a release that could not reach a quorum leaves copies that expire
             // with the ttl, which is worth a warning but is not an error of the call.
@@ -836,6 +844,7 @@ async fn check_nodes(runtime: Weak<Inner>) {
             return;
         };
         join_all(runtime.nodes.iter().map(Node::check)).await;
+        telemetry::node_graces(&runtime.nodes);
     }
 }
 

@@ -1,11 +1,146 @@
 //! What the runtime tells the outside: a `tracing` span per call and, behind the `metrics`
-//! feature, counters and histograms through the `metrics` facade.
+//! feature, counters, histograms and gauges through the `metrics` facade.
 //!
-//! The facade's crate docs ("Observability") list the span's fields and the metrics.
+//! The facade's crate docs ("Observability") list the span's fields and the metrics; every
+//! metric is also described here, in [`describe`], with its unit, for exporters that show them
+//! (Prometheus's `# HELP`).
+//!
+//! Every function is a one-line call for the code that reports, and costs nothing without the
+//! feature.
 
 use std::time::Duration;
 
-use crate::{Error, Outcome, Skip};
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+use crate::node::{Node, NodeError};
+use crate::{Error, Options, Outcome, Skip};
+
+/// What the `key` label of the metrics holds: the key itself, or its template (see
+/// [`Config::metrics_key_label`](crate::Config::metrics_key_label)). Only matters with the
+/// `metrics` feature.
+///
+/// ```
+/// use cluster_singleton::runtime::{Config, KeyLabel};
+///
+/// // `key = "invoice:{customer_id}"` is one series, labelled `key="invoice:{customer_id}"`.
+/// let config = Config::new(["redis://127.0.0.1"]).metrics_key_label(KeyLabel::Template);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyLabel {
+    /// The key as locked, placeholders filled in: `key="invoice:42"`. One series per value, so
+    /// per customer for `key = "invoice:{customer_id}"`; the default, and right for keys without
+    /// placeholders or with few values.
+    #[default]
+    Key,
+    /// The key as written in `#[singleton(key = "...")]`, placeholders and all:
+    /// `key="invoice:{customer_id}"`, one series for every value. A call without a template
+    /// (a key without placeholders, or `Runtime::run_with` without
+    /// [`Options::key_template`]) is labelled with its key.
+    Template,
+}
+
+/// Describes every metric, with its unit, to the recorder installed now: once per process, when
+/// the first runtime is built. The recorder must therefore be installed before `init` (or
+/// `Config::build`): descriptions given to no recorder are lost, and the metrics then reach a
+/// later one undescribed.
+pub(crate) fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        static DESCRIBED: std::sync::Once = std::sync::Once::new();
+        DESCRIBED.call_once(describe_every_metric);
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn describe_every_metric() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+    describe_counter!(
+        "cluster_singleton_acquired_total",
+        Unit::Count,
+        "Locks taken by calls of a key (label `key`)"
+    );
+    describe_counter!(
+        "cluster_singleton_skipped_total",
+        Unit::Count,
+        "Calls that did not run their body, by `reason`: `busy` (another holder has the lock), \
+         `already_done` (the period's run is done), `split_vote` (simultaneous callers split the \
+         nodes)"
+    );
+    describe_counter!(
+        "cluster_singleton_errors_total",
+        Unit::Count,
+        "Calls that failed, by `kind`: `no_quorum` (too few nodes answered), `lease_lost`, \
+         `expired`, `refused`, `invalid_config`, `shut_down`, ..."
+    );
+    describe_counter!(
+        "cluster_singleton_leases_lost_total",
+        Unit::Count,
+        "Leases lost while their body ran (also counted in errors_total as `lease_lost`)"
+    );
+    describe_counter!(
+        "cluster_singleton_releases_failed_total",
+        Unit::Count,
+        "Releases that reached too few nodes: the key stays blocked until its ttl"
+    );
+    describe_histogram!(
+        "cluster_singleton_acquire_seconds",
+        Unit::Seconds,
+        "Time to take the lock, granted or not, retries under `wait` included"
+    );
+    describe_histogram!(
+        "cluster_singleton_hold_seconds",
+        Unit::Seconds,
+        "Time from taking the lock to releasing it, for calls whose body ran"
+    );
+    describe_counter!(
+        "cluster_singleton_clock_jumps_total",
+        Unit::Count,
+        "Steps of a Redis node's clock, by `direction`: `forward` and `ahead` (the node's votes \
+         wait out the restart grace), `back` (keys live longer than asked)"
+    );
+    describe_counter!(
+        "cluster_singleton_node_votes_refused_total",
+        Unit::Count,
+        "Answers of a Redis node that did not count (a vote, or its part of a renewal, release \
+         or done marker), by `reason`: `young` (inside its restart grace), `lost_data`, \
+         `clock_jumped`, `clock_unverified`, `started_in_period`, `refused` (the server refused \
+         the command: ACL, password), `unreachable`; timeouts are counted apart"
+    );
+    describe_counter!(
+        "cluster_singleton_node_timeouts_total",
+        Unit::Count,
+        "Commands a Redis node did not answer within the node timeout"
+    );
+    describe_counter!(
+        "cluster_singleton_node_reconnects_total",
+        Unit::Count,
+        "Connections to a Redis node given up for a new one: broken (an I/O error, closed by \
+         a restart) or silent on the once-a-second check while a new connection answered"
+    );
+    describe_gauge!(
+        "cluster_singleton_node_in_grace",
+        Unit::Count,
+        "1 while a Redis node's vote does not count yet because it restarted, lost its data or \
+         stepped its clock within the restart grace, else 0 (updated every second)"
+    );
+    describe_gauge!(
+        "cluster_singleton_node_grace_remaining_seconds",
+        Unit::Seconds,
+        "Time until a Redis node's vote counts again after a restart, 0 when it counts \
+         (updated every second)"
+    );
+}
+
+/// The `key` label of a call's metrics under `label` (see [`KeyLabel`]).
+pub(crate) fn key_label<'a>(label: KeyLabel, key: &'a str, options: &Options) -> &'a str {
+    match (label, options.key_template) {
+        (KeyLabel::Template, Some(template)) => template,
+        _ => key,
+    }
+}
 
 /// The name of a call's outcome, as the span's `outcome` field and the metrics' labels say it.
 pub(crate) fn outcome_name<T>(result: &Result<Outcome<T>, Error>) -> &'static str {
@@ -99,4 +234,65 @@ pub(crate) fn clock_jumped(node: &str, direction: &'static str) {
         .increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = (node, direction);
+}
+
+/// A node gave no usable answer: `err`, as reported to the caller.
+pub(crate) fn node_failed(node: &str, err: &NodeError) {
+    #[cfg(feature = "metrics")]
+    {
+        let reason = match err {
+            NodeError::Timeout(_) => {
+                metrics::counter!("cluster_singleton_node_timeouts_total", "node" => node.to_owned())
+                    .increment(1);
+                return;
+            }
+            // Not the node's failure: the call was decided without waiting for it.
+            NodeError::Unanswered => return,
+            NodeError::Restarted { .. } => "young",
+            NodeError::LostData => "lost_data",
+            NodeError::ClockJumped { .. } => "clock_jumped",
+            NodeError::ClockNotCompared | NodeError::ClockUncertain { .. } => "clock_unverified",
+            NodeError::StartedInPeriod => "started_in_period",
+            NodeError::Down(_) | NodeError::Redis(_)
+                if err.kind() == crate::FailureKind::Refused =>
+            {
+                "refused"
+            }
+            NodeError::Down(_) | NodeError::Redis(_) => "unreachable",
+        };
+        metrics::counter!("cluster_singleton_node_votes_refused_total", "node" => node.to_owned(), "reason" => reason)
+            .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (node, err);
+}
+
+/// A node's connection is given up for a new one: it broke, or it went silent while a new one
+/// answers. (A connection opened again because the runtime that drove it shut down is not
+/// counted: nothing was wrong with the node.)
+pub(crate) fn node_reconnecting(node: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("cluster_singleton_node_reconnects_total", "node" => node.to_owned())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = node;
+}
+
+/// Sets every node's grace gauges: whether its vote waits for its restart grace, and how long
+/// still. A node without an open connection is not in grace as far as these say (its votes are
+/// missing for another reason, which `node_votes_refused_total` counts).
+pub(crate) fn node_graces(nodes: &[Node]) {
+    #[cfg(feature = "metrics")]
+    for node in nodes {
+        let left = node.grace_ends().map_or(Duration::ZERO, |ends| {
+            ends.saturating_duration_since(Instant::now())
+        });
+        let name = node.name().to_owned();
+        metrics::gauge!("cluster_singleton_node_in_grace", "node" => name.clone())
+            .set(if left.is_zero() { 0.0 } else { 1.0 });
+        metrics::gauge!("cluster_singleton_node_grace_remaining_seconds", "node" => name)
+            .set(left.as_secs_f64());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = nodes;
 }
