@@ -47,11 +47,14 @@
 //!
 //! Every `#[singleton]` call (and every [`runtime::Runtime::run_with`]) runs inside a `tracing`
 //! span named `singleton`, with the fields `key`, `nodes`, `granted`, `busy` and `failed` (the
-//! votes), `validity_ms` (what was left of the ttl when the lock was taken), `outcome` (`ran`,
-//! `busy`, `already_done`, or the kind of error: `no_quorum`, `lease_lost`, ...) and
-//! `elapsed_ms`; the body's own spans and events nest under it. A lost lease, a release or a done
-//! marker that reached too few nodes, and a node that cannot be reached at start-up are `warn`
-//! events; each node without a vote is a `debug` event naming the node (password hidden).
+//! votes), `validity_ms` (what was left of the ttl when the lock was taken), `held_ms` (how long
+//! the body held it), `outcome` (`ran`, `busy`, `already_done`, or the kind of error:
+//! `no_quorum`, `lease_lost`, ...) and `elapsed_ms`; the body's own spans and events nest under
+//! it. Each call ends with one event: `info` when the body ran, `debug` when it was skipped,
+//! `warn` when the nodes could not decide or the lease was lost, `error` only for a program that
+//! is wrong (a bad setting, no `init`). A release or a done marker that reached too few nodes,
+//! and a node that cannot be reached at start-up, are `warn` events too; each node without a
+//! vote, or that failed a release, is a `debug` event naming the node (password hidden).
 //!
 //! With the `metrics` feature, every metric is described, with its unit, to the recorder that is
 //! installed when the first runtime is built (`# HELP` lines in a Prometheus scrape): **install
