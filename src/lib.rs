@@ -66,6 +66,10 @@
 //! | `cluster_singleton_acquire_seconds` | histogram | | time to take the lock, granted or not |
 //! | `cluster_singleton_hold_seconds` | histogram | | from taking the lock to releasing it |
 
+// On docs.rs (every feature, `--cfg docsrs`; see Cargo.toml), the items that need a feature,
+// re-exported ones included, say which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[doc(inline)]
 pub use cluster_singleton_macros::singleton;
 pub use cluster_singleton_runtime::{

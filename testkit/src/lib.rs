@@ -104,6 +104,9 @@
 //! # }
 //! ```
 
+// On docs.rs (every feature, `--cfg docsrs`; see Cargo.toml), the items that need `tls` say so.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -128,6 +131,7 @@ mod tls;
 pub use clock::{FAKETIME_REDIS_SERVER_ENV, LIBFAKETIME_ENV};
 pub use proxy::Proxy;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::unrelated_ca_pem;
 
 /// The environment variable that, when set, names the `redis-server` binary to
@@ -326,6 +330,7 @@ pub enum Error {
     /// The TLS certificates for the nodes could not be made (only with the
     /// `tls` feature).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[error("could not make the TLS certificates for the redis nodes: {0}")]
     Certificates(String),
 }
@@ -556,6 +561,7 @@ impl ClusterBuilder {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: bool) -> Self {
         self.tls = tls;
         self
@@ -819,6 +825,7 @@ impl Cluster {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_ca_pem(&self) -> &str {
         self.ca_pem().unwrap_or_else(|| {
             panic!("this cluster does not use TLS: build it with `Cluster::builder().tls(true)`")
