@@ -113,6 +113,10 @@
 //! # }
 //! ```
 
+// On docs.rs (every feature, `--cfg docsrs`; see Cargo.toml), the items that need a feature,
+// re-exported ones included, say which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[doc(inline)]
 pub use cluster_singleton_macros::singleton;
 pub use cluster_singleton_runtime::{

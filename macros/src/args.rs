@@ -5,6 +5,7 @@
 //! #[singleton(key = "invoice:{customer_id}", ttl = "10m", wait = "30s", max_hold = "2h")]
 //! #[singleton(key = "k", ttl = "10m", renew = false, on_lost = "continue", min_hold = "5m")]
 //! #[singleton(key = "daily-email", ttl = "10m", crate = "::my_facade")]
+//! #[singleton(key = "daily-email", ttl = LOCK_TTL, min_hold = crate::settings::MIN_HOLD)]
 //! ```
 //!
 //! Every value keeps its span, so a bad value is reported on its own token, and a value that
@@ -31,8 +32,8 @@ const MAX_HOLD_WITHOUT_RENEWAL: &str = "`max_hold` has no effect with `renew = f
 const CRATE_NOT_A_PATH: &str = "`crate` must be a path like \"::cluster_singleton\"";
 
 /// The longest lease Redis accepts: `PX` takes a signed 64-bit number of milliseconds.
-const MAX_TTL_MILLIS: u128 = i64::MAX as u128;
-const NANOS_PER_MILLI: u32 = 1_000_000;
+pub(crate) const MAX_TTL_MILLIS: u128 = i64::MAX as u128;
+pub(crate) const NANOS_PER_MILLI: u32 = 1_000_000;
 
 /// The checked arguments of one `#[singleton(..)]`. The options are `None` when not given, so
 /// that the expansion leaves them to the runtime's defaults.
@@ -58,14 +59,40 @@ pub(crate) struct Invalid {
     pub(crate) error: syn::Error,
 }
 
-/// A duration argument (`ttl = "10m"`, `wait`, `max_hold`, `min_hold`), in the whole
-/// milliseconds that Redis `PX` takes.
+/// A duration argument (`ttl = "10m"` or `ttl = LOCK_TTL`, `wait`, `max_hold`, `min_hold`,
+/// `slot`).
 pub(crate) struct Time {
-    pub(crate) millis: u64,
-    /// As written, to quote in errors about other arguments: "at least the `ttl` (10m)".
-    written: String,
-    /// The literal, to report checks against other arguments (`min_hold <= ttl`) on it.
-    span: Span,
+    pub(crate) value: TimeValue,
+    /// As written, to quote in errors about other arguments: "at least the `ttl` (10m)", "at
+    /// least the `ttl` (LOCK_TTL)".
+    pub(crate) shown: String,
+    /// The literal, or the path's last segment: where checks against other arguments
+    /// (`min_hold <= ttl`) are reported, here or, for a path, by the compiler.
+    pub(crate) span: Span,
+}
+
+/// What a duration argument holds.
+pub(crate) enum TimeValue {
+    /// A string literal, checked here, in the whole milliseconds that Redis `PX` takes.
+    Millis(u64),
+    /// The path of a `const` `Duration` (`LOCK_TTL`, `crate::settings::LOCK_TTL`,
+    /// `Self::TTL`): its type and value are not known to a macro, so the expansion has the
+    /// compiler check both, in a `const` block, against the same rules as a literal.
+    Const(Box<syn::ExprPath>),
+}
+
+impl Time {
+    /// The milliseconds of a literal; `None` for a path, known only to the compiler.
+    pub(crate) fn millis(&self) -> Option<u64> {
+        match self.value {
+            TimeValue::Millis(millis) => Some(millis),
+            TimeValue::Const(_) => None,
+        }
+    }
+
+    pub(crate) fn is_const(&self) -> bool {
+        matches!(self.value, TimeValue::Const(_))
+    }
 }
 
 /// `on_lost = "..."`: what happens to a body whose lease is lost while it runs.
@@ -259,11 +286,14 @@ impl Builder {
         let error = if matches!(self.renew, Seen::Valid(false)) {
             syn::Error::new(max_hold.span, MAX_HOLD_WITHOUT_RENEWAL)
         } else {
-            match self.ttl.as_valid() {
-                Some(ttl) if max_hold.millis < ttl.millis => syn::Error::new(
-                    max_hold.span,
-                    format!("`max_hold` must be at least the `ttl` ({})", ttl.written),
-                ),
+            // With a path on either side, the expansion has the compiler compare them.
+            let Some(ttl) = self.ttl.as_valid() else {
+                return;
+            };
+            match (max_hold.millis(), ttl.millis()) {
+                (Some(max_hold_millis), Some(ttl_millis)) if max_hold_millis < ttl_millis => {
+                    syn::Error::new(max_hold.span, max_hold_below_ttl(ttl))
+                }
                 _ => return,
             }
         };
@@ -275,12 +305,12 @@ impl Builder {
         let (Some(min_hold), Some(ttl)) = (self.min_hold.as_valid(), self.ttl.as_valid()) else {
             return;
         };
-        if min_hold.millis > ttl.millis {
-            let error = syn::Error::new(
-                min_hold.span,
-                format!("`min_hold` must not exceed the `ttl` ({})", ttl.written),
-            );
-            push(&mut self.errors, error);
+        // With a path on either side, the expansion has the compiler compare them.
+        if let (Some(min_hold_millis), Some(ttl_millis)) = (min_hold.millis(), ttl.millis()) {
+            if min_hold_millis > ttl_millis {
+                let error = syn::Error::new(min_hold.span, min_hold_above_ttl(ttl));
+                push(&mut self.errors, error);
+            }
         }
     }
 }
@@ -386,21 +416,96 @@ fn parse_key(value: &Expr, params: &Parameters) -> syn::Result<Key> {
     Key::parse(lit, params)
 }
 
-/// `name = "10m"`: a duration, for `ttl`, `wait`, `max_hold` and `min_hold` alike.
+/// `name = "10m"` or `name = LOCK_TTL`: a duration, for `ttl`, `wait`, `max_hold`, `min_hold`
+/// and `slot` alike.
 fn parse_time(name: &str, value: &Expr) -> syn::Result<Time> {
+    if let Some(path) = const_path(value) {
+        // The name itself (`LOCK_TTL` in `crate::settings::LOCK_TTL`): a span cannot cover
+        // several tokens on stable Rust.
+        let span = path
+            .path
+            .segments
+            .last()
+            .map_or_else(Span::call_site, |segment| segment.ident.span());
+        return Ok(Time {
+            shown: path_text(path),
+            span,
+            value: TimeValue::Const(Box::new(path.clone())),
+        });
+    }
     let lit = string_literal(value)
-        .ok_or_else(|| syn::Error::new_spanned(value, not_a_duration(name)))?;
+        .ok_or_else(|| syn::Error::new_spanned(value, not_a_duration_or_path(name)))?;
     let written = lit.value();
     let millis = millis(name, &written).map_err(|message| syn::Error::new(lit.span(), message))?;
     Ok(Time {
-        millis,
-        written,
+        value: TimeValue::Millis(millis),
+        shown: written,
         span: lit.span(),
     })
 }
 
+/// The path in `expr` (`LOCK_TTL`, `crate::settings::LOCK_TTL`), looking through the invisible
+/// group that a `macro_rules!` `$value:expr` puts around it.
+fn const_path(expr: &Expr) -> Option<&syn::ExprPath> {
+    match expr {
+        Expr::Path(path) if path.attrs.is_empty() => Some(path),
+        Expr::Group(group) => const_path(&group.expr),
+        _ => None,
+    }
+}
+
+/// A path as the user wrote it, without the spaces between tokens: `crate::settings::LOCK_TTL`.
+fn path_text(path: &syn::ExprPath) -> String {
+    use quote::ToTokens;
+    path.to_token_stream()
+        .to_string()
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" < ", "<")
+        .replace(" >", ">")
+}
+
 fn not_a_duration(name: &str) -> String {
     format!("`{name}` must be a duration string like \"30s\", \"10m\" or \"1h\"")
+}
+
+/// For a value that is neither a string nor a path, which may have been meant as either.
+fn not_a_duration_or_path(name: &str) -> String {
+    format!(
+        "`{name}` must be a duration string like \"30s\", \"10m\" or \"1h\", or the path of a \
+         `const` `Duration` like `LOCK_TTL`"
+    )
+}
+
+/// `max_hold` shorter than `ttl`: the same words for literals, checked here, and paths, checked
+/// by the compiler.
+pub(crate) fn max_hold_below_ttl(ttl: &Time) -> String {
+    format!("`max_hold` must be at least the `ttl` ({})", ttl.shown)
+}
+
+/// `min_hold` longer than `ttl`, in the same words for literals and paths.
+pub(crate) fn min_hold_above_ttl(ttl: &Time) -> String {
+    format!("`min_hold` must not exceed the `ttl` ({})", ttl.shown)
+}
+
+/// The messages for a `const` at `path`, given as `name`, that breaks one of the rules that
+/// [`millis`] checks for a literal: zero, not whole milliseconds, longer than `PX` takes. The
+/// expansion has the compiler check them (see `expand::checked_consts`).
+pub(crate) fn const_rule_messages(name: &str, path: &str) -> [String; 3] {
+    [
+        format!(
+            "`{name}` must be greater than zero, and `{path}` is zero; give it a duration of at \
+             least 1ms"
+        ),
+        format!(
+            "`{name}` must be a whole number of milliseconds, the precision of Redis `PX`, and \
+             `{path}` is not; build it with `Duration::from_millis` or `Duration::from_secs`"
+        ),
+        format!(
+            "`{name}` is out of range; it must be between 1ms and {MAX_TTL_MILLIS}ms, and `{path}` \
+             is longer"
+        ),
+    ]
 }
 
 /// Turns the humantime duration ("500ms", "30s", "10m", "1h", "1h 30m", "1h30m") given as
@@ -525,7 +630,7 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(args.key.text(), "daily-email");
-        assert_eq!(args.ttl.millis, 600_000);
+        assert_eq!(args.ttl.millis(), Some(600_000));
         assert_eq!(path_string(&args.krate), ":: cluster_singleton");
     }
 
@@ -533,7 +638,7 @@ mod tests {
     fn any_order_and_trailing_comma() {
         let args = parse(quote!(ttl = "30s", key = "k",)).ok().unwrap();
         assert_eq!(args.key.text(), "k");
-        assert_eq!(args.ttl.millis, 30_000);
+        assert_eq!(args.ttl.millis(), Some(30_000));
     }
 
     #[test]
@@ -657,7 +762,10 @@ mod tests {
         );
         assert_eq!(errors(quote!(key = b"k", ttl = "1s")), [KEY_NOT_A_STRING]);
         assert_eq!(errors(quote!(key = "", ttl = "1s")), [KEY_EMPTY]);
-        assert_eq!(errors(quote!(key = "k", ttl = 600)), [ttl_not_a_duration()]);
+        assert_eq!(
+            errors(quote!(key = "k", ttl = 600)),
+            [not_a_duration_or_path("ttl")]
+        );
         assert_eq!(
             errors(quote!(key = "k", ttl = "10x")),
             [ttl_not_a_duration()]
@@ -700,7 +808,10 @@ mod tests {
             ["missing `ttl` argument; add `ttl = \"10m\"`"]
         );
         // A bad value is not also missing.
-        assert_eq!(errors(quote!(key = "k", ttl = 600)), [ttl_not_a_duration()]);
+        assert_eq!(
+            errors(quote!(key = "k", ttl = 600)),
+            [not_a_duration_or_path("ttl")]
+        );
     }
 
     #[test]
@@ -801,13 +912,13 @@ mod tests {
         ))
         .ok()
         .unwrap();
-        assert_eq!(args.slot.map(|slot| slot.millis), Some(86_400_000));
+        assert_eq!(args.slot.and_then(|slot| slot.millis()), Some(86_400_000));
         assert_eq!(args.fencing, Some(true));
-        assert_eq!(args.wait.map(|wait| wait.millis), Some(30_000));
+        assert_eq!(args.wait.and_then(|wait| wait.millis()), Some(30_000));
         assert_eq!(args.renew, Some(true));
-        assert_eq!(args.max_hold.map(|max| max.millis), Some(3_600_000));
+        assert_eq!(args.max_hold.and_then(|max| max.millis()), Some(3_600_000));
         assert_eq!(args.on_lost, Some(OnLost::Continue));
-        assert_eq!(args.min_hold.map(|min| min.millis), Some(60_000));
+        assert_eq!(args.min_hold.and_then(|min| min.millis()), Some(60_000));
 
         let args = parse(quote!(
             key = "k",
@@ -843,7 +954,7 @@ mod tests {
             );
             assert_eq!(
                 errors(quote!(key = "k", ttl = "1s", #arg = 30)),
-                [not_a_duration(name)]
+                [not_a_duration_or_path(name)]
             );
             assert_eq!(
                 errors(quote!(key = "k", ttl = "1s", #arg)),
@@ -858,6 +969,80 @@ mod tests {
                 )]
             );
         }
+    }
+
+    #[test]
+    fn durations_take_const_paths() {
+        let args = parse(quote!(
+            key = "k",
+            ttl = LOCK_TTL,
+            wait = crate::settings::WAIT,
+            max_hold = Self::MAX_HOLD,
+            min_hold = ::fleet::MIN_HOLD,
+            slot = "1d",
+        ))
+        .ok()
+        .unwrap();
+        assert!(args.ttl.is_const());
+        assert_eq!(args.ttl.shown, "LOCK_TTL");
+        assert_eq!(args.ttl.millis(), None);
+        let shown = |time: Option<Time>| time.map(|time| time.shown);
+        assert_eq!(shown(args.wait).as_deref(), Some("crate::settings::WAIT"));
+        assert_eq!(shown(args.max_hold).as_deref(), Some("Self::MAX_HOLD"));
+        assert_eq!(shown(args.min_hold).as_deref(), Some("::fleet::MIN_HOLD"));
+        assert_eq!(args.slot.and_then(|slot| slot.millis()), Some(86_400_000));
+    }
+
+    #[test]
+    fn const_paths_are_left_to_the_compiler_to_compare() {
+        // Only the compiler knows their values: no error here, in either direction.
+        for args in [
+            quote!(key = "k", ttl = LOCK_TTL, min_hold = "1000000h"),
+            quote!(key = "k", ttl = "1s", min_hold = MIN_HOLD),
+            quote!(key = "k", ttl = LOCK_TTL, max_hold = "1ms"),
+            quote!(key = "k", ttl = "1000000h", max_hold = MAX_HOLD),
+        ] {
+            assert!(errors(args.clone()).is_empty(), "{args}");
+        }
+        // What does not depend on values still does.
+        assert_eq!(
+            errors(quote!(
+                key = "k",
+                ttl = LOCK_TTL,
+                max_hold = MAX_HOLD,
+                renew = false
+            )),
+            [MAX_HOLD_WITHOUT_RENEWAL]
+        );
+        assert_eq!(
+            errors(quote!(key = "k", ttl = A, ttl = B)),
+            ["duplicate `ttl` argument"]
+        );
+    }
+
+    #[test]
+    fn other_expressions_are_neither() {
+        for bad in [
+            quote!(600),
+            quote!(10 * 60),
+            quote!(Duration::from_secs(600)),
+            quote!(&LOCK_TTL),
+            quote!(
+                #[cfg(x)]
+                LOCK_TTL
+            ),
+        ] {
+            assert_eq!(
+                errors(quote!(key = "k", ttl = #bad)),
+                [not_a_duration_or_path("ttl")],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            not_a_duration_or_path("ttl"),
+            "`ttl` must be a duration string like \"30s\", \"10m\" or \"1h\", or the path of a \
+             `const` `Duration` like `LOCK_TTL`"
+        );
     }
 
     #[test]

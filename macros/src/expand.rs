@@ -7,7 +7,10 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{braced, token, Attribute, Ident, Path, ReturnType, Signature, Token, Type, Visibility};
 
-use crate::args::{Args, Invalid, OnLost, Time};
+use crate::args::{
+    const_rule_messages, max_hold_below_ttl, min_hold_above_ttl, Args, Invalid, OnLost, Time,
+    TimeValue, MAX_TTL_MILLIS, NANOS_PER_MILLI,
+};
 use crate::key::Parameters;
 
 const NOT_ASYNC: &str = "`#[singleton]` requires an `async fn`";
@@ -134,23 +137,44 @@ struct Lock {
 // Only the options that were given, always in the order `wait`, `renew`, `max_hold`, `on_lost`,
 // `min_hold`, `slot`, `fencing`; the others keep the runtime's defaults, which are documented in one place there.
 // Last, for a key with placeholders, `key_template`: the key as written, for the metrics' label.
+//
+// A duration given as a path is known only to the compiler, so then the options are built in a
+// `const` that checks it (see `checked_consts`).
 fn options(args: &Args) -> TokenStream {
-    let krate = &args.krate;
-    let duration = |time: &Time| {
-        let millis = Literal::u64_suffixed(time.millis);
+    let durations = [
+        ("ttl", Some(&args.ttl)),
+        ("wait", args.wait.as_ref()),
+        ("max_hold", args.max_hold.as_ref()),
+        ("min_hold", args.min_hold.as_ref()),
+        ("slot", args.slot.as_ref()),
+    ];
+    if durations
+        .iter()
+        .any(|(_, time)| time.is_some_and(Time::is_const))
+    {
+        return checked_consts(args, &durations);
+    }
+    build_options(args, |_, time| {
+        let millis = Literal::u64_suffixed(time.millis().unwrap_or_default());
         quote!(::core::time::Duration::from_millis(#millis))
-    };
-    let ttl = duration(&args.ttl);
+    })
+}
+
+/// The `Options` expression, with each duration argument's value given by `duration`, called
+/// with the argument's name.
+fn build_options(args: &Args, duration: impl Fn(&str, &Time) -> TokenStream) -> TokenStream {
+    let krate = &args.krate;
+    let ttl = duration("ttl", &args.ttl);
     let mut options = quote!(#krate::__private::Options::new(#ttl));
     if let Some(wait) = &args.wait {
-        let wait = duration(wait);
+        let wait = duration("wait", wait);
         options.extend(quote!(.wait(#wait)));
     }
     if let Some(renew) = args.renew {
         options.extend(quote!(.renew(#renew)));
     }
     if let Some(max_hold) = &args.max_hold {
-        let max_hold = duration(max_hold);
+        let max_hold = duration("max_hold", max_hold);
         options.extend(quote!(.max_hold(#max_hold)));
     }
     if let Some(on_lost) = args.on_lost {
@@ -161,11 +185,11 @@ fn options(args: &Args) -> TokenStream {
         options.extend(quote!(.on_lost(#krate::__private::OnLost::#on_lost)));
     }
     if let Some(min_hold) = &args.min_hold {
-        let min_hold = duration(min_hold);
+        let min_hold = duration("min_hold", min_hold);
         options.extend(quote!(.min_hold(#min_hold)));
     }
     if let Some(slot) = &args.slot {
-        let slot = duration(slot);
+        let slot = duration("slot", slot);
         options.extend(quote!(.slot(#slot)));
     }
     if let Some(fencing) = args.fencing {
@@ -175,6 +199,156 @@ fn options(args: &Args) -> TokenStream {
         options.extend(quote!(.key_template(#template)));
     }
     options
+}
+
+// Input:
+//     #[singleton(key = "k", ttl = LOCK_TTL, min_hold = "1m")]
+//
+// Output:
+//     {
+//     const __SINGLETON_OPTIONS: ::cluster_singleton::__private::Options = {
+//         let __singleton_ttl: ::core::time::Duration = LOCK_TTL;
+//         let __singleton_min_hold: ::core::time::Duration =
+//             ::core::time::Duration::from_millis(60000u64);
+//         if __singleton_ttl.is_zero() {
+//             ::core::panic!("{}", "`ttl` must be greater than zero, and `LOCK_TTL` is zero; ..")
+//         }
+//         if __singleton_ttl.subsec_nanos() % 1000000u32 != 0 { ::core::panic!(..) }
+//         if __singleton_ttl.as_millis() > 9223372036854775807u128 { ::core::panic!(..) }
+//         if __singleton_min_hold.as_nanos() > __singleton_ttl.as_nanos() {
+//             ::core::panic!("{}", "`min_hold` must not exceed the `ttl` (LOCK_TTL)")
+//         }
+//         ::cluster_singleton::__private::Options::new(__singleton_ttl)
+//             .min_hold(__singleton_min_hold)
+//     };
+//     __SINGLETON_OPTIONS
+//     }
+//
+// or, when a path may need the generics around the function (`Self::TTL`, see
+// `outside_generics`), the same body in an inline `const { .. }` block instead of the item.
+//
+// The `let` with its type makes a path of another type a type error on the path; each check on
+// a path, and each comparison involving one, is the rule a literal is held to here, and its
+// panic (a compile error, since it runs in a `const`) carries the span of the path, or of the
+// argument to change. Every function a check calls is a `const fn` since Rust 1.53.
+fn checked_consts(args: &Args, durations: &[(&str, Option<&Time>)]) -> TokenStream {
+    let local = |name: &str| Ident::new(&format!("__singleton_{name}"), Span::mixed_site());
+    let mut body = TokenStream::new();
+    for (name, time) in durations {
+        let Some(time) = time else {
+            continue;
+        };
+        let local = local(name);
+        body.extend(match &time.value {
+            TimeValue::Const(path) => {
+                // A type error is reported on the path; the type it was expected to have, on
+                // the path too when it is one name (one caret), else on the attribute, since
+                // a span cannot cover `settings::TTL` on stable Rust and a label on `TTL`
+                // alone would read as if part of the path were the expected type.
+                let expected_span = if path.qself.is_none() && path.path.segments.len() == 1 {
+                    time.span
+                } else {
+                    Span::call_site()
+                };
+                let duration = quote_spanned!(expected_span=> ::core::time::Duration);
+                quote!(let #local: #duration = #path;)
+            }
+            TimeValue::Millis(millis) => {
+                let millis = Literal::u64_suffixed(*millis);
+                quote!(let #local: ::core::time::Duration = ::core::time::Duration::from_millis(#millis);)
+            }
+        });
+    }
+    for (name, time) in durations {
+        let Some(time) = time.filter(|time| time.is_const()) else {
+            continue;
+        };
+        let local = local(name);
+        let [zero, fraction, range] = const_rule_messages(name, &time.shown);
+        let nanos_per_milli = Literal::u32_suffixed(NANOS_PER_MILLI);
+        let max_millis = Literal::u128_suffixed(MAX_TTL_MILLIS);
+        body.extend(quote_spanned! {time.span=>
+            if #local.is_zero() {
+                ::core::panic!("{}", #zero)
+            }
+            if #local.subsec_nanos() % #nanos_per_milli != 0 {
+                ::core::panic!("{}", #fraction)
+            }
+            if #local.as_millis() > #max_millis {
+                ::core::panic!("{}", #range)
+            }
+        });
+    }
+    let ttl = local("ttl");
+    let either_const = |time: &Time| time.is_const() || args.ttl.is_const();
+    if let Some(min_hold) = args.min_hold.as_ref().filter(|time| either_const(time)) {
+        let min_hold_local = local("min_hold");
+        let message = min_hold_above_ttl(&args.ttl);
+        body.extend(quote_spanned! {min_hold.span=>
+            if #min_hold_local.as_nanos() > #ttl.as_nanos() {
+                ::core::panic!("{}", #message)
+            }
+        });
+    }
+    // `max_hold` with `renew = false` never gets here: it is an error in itself.
+    if let Some(max_hold) = args.max_hold.as_ref().filter(|time| either_const(time)) {
+        let max_hold_local = local("max_hold");
+        let message = max_hold_below_ttl(&args.ttl);
+        body.extend(quote_spanned! {max_hold.span=>
+            if #max_hold_local.as_nanos() < #ttl.as_nanos() {
+                ::core::panic!("{}", #message)
+            }
+        });
+    }
+    let options = build_options(args, |name, _| local(name).into_token_stream());
+    if durations
+        .iter()
+        .filter_map(|(_, time)| *time)
+        .all(outside_generics)
+    {
+        // A `const` item is evaluated by `cargo check` too, used or not; an inline `const`
+        // block only when a program that calls the function is built.
+        let krate = &args.krate;
+        let name = Ident::new("__SINGLETON_OPTIONS", Span::mixed_site());
+        quote! {
+            {
+                const #name: #krate::__private::Options = {
+                    #body
+                    #options
+                };
+                #name
+            }
+        }
+    } else {
+        quote! {
+            const {
+                #body
+                #options
+            }
+        }
+    }
+}
+
+/// Whether a duration can be read from a `const` item in the function's body, which cannot
+/// name `Self` or the generic parameters around it: a literal, a single name (`LOCK_TTL`), or a
+/// path that starts at a module (`crate::`, `self::`, `super::`, `::`, or a lower-case name:
+/// `settings::LOCK_TTL`). A path that starts with `Self` or a capitalised name (`Job::TTL`, or
+/// `T::TTL` for a type parameter of the `impl`, which the attribute cannot see) may need them.
+fn outside_generics(time: &Time) -> bool {
+    let TimeValue::Const(path) = &time.value else {
+        return true;
+    };
+    if path.qself.is_some() {
+        return false;
+    }
+    let path = &path.path;
+    if path.leading_colon.is_some() || path.segments.len() == 1 {
+        return true;
+    }
+    path.segments.first().is_some_and(|first| {
+        let name = first.ident.to_string();
+        name != "Self" && name.starts_with(|c: char| c.is_lowercase())
+    })
 }
 
 // Input:
@@ -506,6 +680,70 @@ mod tests {
                  :: cluster_singleton :: __private :: OnLost :: Cancel)"
             )
         );
+    }
+
+    /// The whole options argument of `run_with`, for the key `"k"`.
+    fn options_argument_of(args: TokenStream) -> String {
+        let output = expand(
+            args,
+            quote!(
+                async fn f() {}
+            ),
+        );
+        let start = output.find("run_with (\"k\" , ").unwrap() + "run_with (\"k\" , ".len();
+        let end = output.find(" , async move").unwrap();
+        output[start..end].to_owned()
+    }
+
+    #[test]
+    fn const_paths_are_typed_and_checked_in_a_const_item() {
+        let output = options_argument_of(quote!(key = "k", ttl = LOCK_TTL, min_hold = "1m"));
+        let ttl_rules = crate::args::const_rule_messages("ttl", "LOCK_TTL");
+        let expected = format!(
+            "{{ const __SINGLETON_OPTIONS : :: cluster_singleton :: __private :: Options = {{ \
+             let __singleton_ttl : :: core :: time :: Duration = LOCK_TTL ; \
+             let __singleton_min_hold : :: core :: time :: Duration = \
+             :: core :: time :: Duration :: from_millis (60000u64) ; \
+             if __singleton_ttl . is_zero () {{ :: core :: panic ! (\"{{}}\" , {:?}) }} \
+             if __singleton_ttl . subsec_nanos () % 1000000u32 != 0 {{ \
+             :: core :: panic ! (\"{{}}\" , {:?}) }} \
+             if __singleton_ttl . as_millis () > 9223372036854775807u128 {{ \
+             :: core :: panic ! (\"{{}}\" , {:?}) }} \
+             if __singleton_min_hold . as_nanos () > __singleton_ttl . as_nanos () {{ \
+             :: core :: panic ! (\"{{}}\" , \"`min_hold` must not exceed the `ttl` (LOCK_TTL)\") }} \
+             :: cluster_singleton :: __private :: Options :: new (__singleton_ttl) \
+             . min_hold (__singleton_min_hold) }} ; __SINGLETON_OPTIONS }}",
+            ttl_rules[0], ttl_rules[1], ttl_rules[2],
+        );
+        assert_eq!(output, expected);
+    }
+
+    #[test]
+    fn const_paths_that_may_need_generics_are_checked_in_an_inline_const_block() {
+        for ttl in [
+            quote!(Self::TTL),
+            quote!(T::TTL),
+            quote!(<T as Settings>::TTL),
+        ] {
+            let output = options_argument_of(quote!(key = "k", ttl = #ttl));
+            assert!(
+                output.starts_with("const { let __singleton_ttl"),
+                "{output}"
+            );
+            assert!(!output.contains("__SINGLETON_OPTIONS"), "{output}");
+        }
+        for ttl in [
+            quote!(LOCK_TTL),
+            quote!(crate::settings::TTL),
+            quote!(settings::TTL),
+            quote!(::fleet::TTL),
+        ] {
+            let output = options_argument_of(quote!(key = "k", ttl = "1s", wait = #ttl));
+            assert!(
+                output.starts_with("{ const __SINGLETON_OPTIONS"),
+                "{output}"
+            );
+        }
     }
 
     #[test]

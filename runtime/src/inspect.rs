@@ -75,7 +75,7 @@ impl LockState {
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockCopy {
-    /// The holder's id ([`Config::holder_id`](crate::runtime::Config::holder_id)), read from
+    /// The holder's id ([`Config::holder_id`](crate::Config::holder_id)), read from
     /// the value; `None` for a value this crate did not write (an older version, or another
     /// program using the key).
     pub holder_id: Option<String>,
@@ -126,7 +126,7 @@ pub struct NodeHealth {
 
 impl Runtime {
     /// What the nodes hold of the lock `key` now: whether it is held, by whom (see
-    /// [`Config::holder_id`](crate::runtime::Config::holder_id)), on how many nodes, for how much
+    /// [`Config::holder_id`](crate::Config::holder_id)), on how many nodes, for how much
     /// longer, and the key's fencing counter.
     ///
     /// Reads every node at once, young nodes included (their copies are real, even if their
@@ -303,7 +303,7 @@ impl Runtime {
     /// Each node's health, in the order of the configuration: whether it answers a `PING` and
     /// how fast, its Redis version and `run_id`, and whether its vote counts now (a node that
     /// started less than the restart grace ago does not vote yet, see
-    /// [`Config::restart_grace`](crate::runtime::Config::restart_grace)). Never fails: an
+    /// [`Config::restart_grace`](crate::Config::restart_grace)). Never fails: an
     /// unreachable node is reported as such.
     ///
     /// ```no_run

@@ -3,6 +3,10 @@
 //! Use it through the `cluster-singleton` crate, which re-exports everything here together with
 //! the `#[singleton]` attribute. This crate's version is pinned exactly by the facade.
 
+// On docs.rs (which builds with every feature and `--cfg docsrs`, see Cargo.toml), items behind
+// a feature say which.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod backlog;
 mod clock;
 mod config;

@@ -107,6 +107,9 @@
 //! # }
 //! ```
 
+// On docs.rs (every feature, `--cfg docsrs`; see Cargo.toml), the items that need `tls` say so.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -131,6 +134,7 @@ mod tls;
 pub use clock::{FAKETIME_REDIS_SERVER_ENV, LIBFAKETIME_ENV};
 pub use proxy::Proxy;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::{unrelated_ca_pem, unrelated_client_certificate, ClientCertificate};
 
 /// The environment variable that, when set, names the `redis-server` binary to
@@ -329,6 +333,7 @@ pub enum Error {
     /// The TLS certificates for the nodes could not be made (only with the
     /// `tls` feature).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[error("could not make the TLS certificates for the redis nodes: {0}")]
     Certificates(String),
 }
@@ -564,6 +569,7 @@ impl ClusterBuilder {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: bool) -> Self {
         self.tls = tls;
         self
@@ -591,6 +597,7 @@ impl ClusterBuilder {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_auth_clients(mut self, required: bool) -> Self {
         self.tls_auth_clients = required;
         self
@@ -856,6 +863,7 @@ impl Cluster {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_ca_pem(&self) -> &str {
         self.ca_pem().unwrap_or_else(|| {
             panic!("this cluster does not use TLS: build it with `Cluster::builder().tls(true)`")
@@ -883,6 +891,7 @@ impl Cluster {
     /// # }
     /// ```
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_client_certificate(&self) -> &ClientCertificate {
         match &self.tls {
             Some(certificates) => certificates.client(),
