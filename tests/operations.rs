@@ -377,3 +377,44 @@ fn a_holder_id_must_be_a_printable_name() {
         .build()
         .is_ok());
 }
+
+#[tokio::test]
+async fn a_holder_that_still_renews_puts_a_forced_out_key_back() {
+    let nodes = Nodes::start(3);
+    let (worker, operator) = (
+        machine(&nodes.cluster, "worker-1"),
+        machine(&nodes.cluster, "ops"),
+    );
+    let ttl = Duration::from_millis(900); // renewed every 300 ms
+    let (token_tx, token_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let call = tokio::spawn(worker.scope(async move {
+        let runtime = cluster_singleton::runtime::Runtime::current().unwrap();
+        runtime
+            .run("renewed", ttl, async move {
+                let lease = cluster_singleton::lease().expect("inside the body");
+                token_tx.send(lease.token().to_owned()).unwrap();
+                done_rx.await.unwrap();
+                lease.is_held()
+            })
+            .await
+    }));
+    let token = token_rx.await.unwrap();
+    assert!(
+        eventually(common::PROMPTLY, || nodes
+            .holding("singleton:lock:renewed", &token)
+            == 3)
+        .await
+    );
+
+    assert_eq!(operator.force_unlock("renewed").await.unwrap(), 3);
+    assert!(nodes.absent("singleton:lock:renewed", &[]));
+
+    // The next renewal repairs every node that lacks the key: the live holder has it back.
+    assert!(
+        eventually(ttl, || nodes.holding("singleton:lock:renewed", &token) == 3).await,
+        "the renewal did not put the token back"
+    );
+    done_tx.send(()).unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), Outcome::Ran(true));
+}

@@ -262,7 +262,10 @@ impl Runtime {
     ///
     /// This breaks mutual exclusion on purpose: a holder still running keeps running, and the
     /// next caller runs beside it. Use it only for a key you know is abandoned (its holder is
-    /// gone, and the ttl is long). The crate never calls it. The fencing counter is left alone,
+    /// gone, and the ttl is long). A holder that is still renewing puts its token back where the
+    /// key is missing at its next renewal, so forcing out a live holder may not even free the
+    /// key; if another caller took it in between, that renewal finds the key taken and the old
+    /// holder's lease is lost. The crate never calls it. The fencing counter is left alone,
     /// so the next holder's fencing token is still larger than the forced-out holder's. Logged
     /// as a warning, with the holders it removed.
     ///
