@@ -58,7 +58,7 @@ impl Faketime {
                 .map(|home| Path::new(&home).join(DEFAULT_SERVER))
                 .unwrap_or_default(),
         };
-        if !crate::is_executable(&server) {
+        if !crate::launch::is_executable(&server) {
             return Err(missing(format!(
                 "a steppable clock needs a redis-server built with libc malloc at `{}`",
                 server.display()

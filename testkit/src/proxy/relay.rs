@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Instant;
 
-use super::{deliver, Chunk, Link, Shared, CHUNK_BYTES, HELD_CHUNKS, UPSTREAM_CONNECT_TIMEOUT};
+use super::forward::{
+    deliver, Chunk, Link, Shared, CHUNK_BYTES, HELD_CHUNKS, UPSTREAM_CONNECT_TIMEOUT,
+};
 use crate::resp::Framer;
 
 /// The answer to a request whose server connection ended before it replied.
