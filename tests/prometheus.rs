@@ -72,10 +72,9 @@ fn assert_explained(scraped: &str, name: &str, kind: &str, help: &str) {
     );
 }
 
-#[tokio::test]
-async fn a_scrape_describes_every_metric_and_names_nodes_without_their_password() {
-    exporter();
-    let mut cluster = Cluster::builder()
+/// Three fresh nodes behind a password, and a runtime on them.
+fn protected_nodes() -> (Cluster, Runtime) {
+    let cluster = Cluster::builder()
         .nodes(3)
         .password(SECRET)
         .start()
@@ -84,6 +83,13 @@ async fn a_scrape_describes_every_metric_and_names_nodes_without_their_password(
         .node_timeout(NODE_TIMEOUT)
         .build()
         .unwrap();
+    (cluster, runtime)
+}
+
+#[tokio::test]
+async fn a_scrape_describes_every_metric_and_names_nodes_without_their_password() {
+    exporter();
+    let (mut cluster, runtime) = protected_nodes();
 
     // A call that ran, and one that was skipped.
     let ran = runtime.run("scraped", TTL, async {}).await.unwrap();
@@ -245,15 +251,7 @@ async fn a_scrape_describes_every_metric_and_names_nodes_without_their_password(
 #[tokio::test]
 async fn a_broken_connection_counts_as_a_reconnect_of_its_node() {
     exporter();
-    let mut cluster = Cluster::builder()
-        .nodes(3)
-        .password(SECRET)
-        .start()
-        .unwrap();
-    let runtime = fresh_nodes(&cluster)
-        .node_timeout(NODE_TIMEOUT)
-        .build()
-        .unwrap();
+    let (mut cluster, runtime) = protected_nodes();
     assert!(runtime
         .run("scraped-reconnect", TTL, async {})
         .await

@@ -5,7 +5,8 @@
 //! that a worker killed with SIGKILL leaves every record up to its death behind and never half a
 //! line from two tasks mixed together (`O_APPEND` writes are placed whole).
 //!
-//! The lines, fields separated by single spaces (keys and tokens contain none):
+//! The lines, fields separated by single spaces (keys contain none, and a token is the random
+//! part of the lease's token, before its space):
 //!
 //! ```text
 //! R <pid>                                                   the worker is up

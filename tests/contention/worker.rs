@@ -302,7 +302,14 @@ async fn call(shared: Arc<Shared>, task: usize, rng: &mut fastrand::Rng) {
             // checker errs towards calling an overlap a lock failure.
             let validity = lease.validity();
             let at = monotonic_now();
-            let token = lease.token().to_owned();
+            // The random part alone, unique to the acquisition: the holder id after the space
+            // would split the record's space-separated fields.
+            let token = lease
+                .token()
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             write(
                 &shared,
                 &Record::Enter {
