@@ -10,6 +10,9 @@
 mod backlog;
 mod clock;
 mod config;
+#[cfg(feature = "cron")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cron")))]
+pub mod cron;
 mod driver;
 mod error;
 mod inspect;

@@ -422,7 +422,11 @@ impl Runtime {
                 return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
             }
         };
-        let period = options.slot.map(Period::now).transpose()?;
+        let period = match options.slot {
+            Some(length) => Some(Period::now(length)?),
+            // A call that a cron schedule made for one of its ticks runs once per tick.
+            None => slot::current_tick(),
+        };
         let marker = period
             .as_ref()
             .map(|period| keys::done_marker(&self.inner.key_prefix, key, period.index()));
@@ -761,6 +765,12 @@ impl Runtime {
 
     pub(crate) fn node_timeout(&self) -> Duration {
         self.inner.node_timeout
+    }
+
+    /// Whether `shutdown` has begun: a cron schedule stops firing then.
+    #[cfg(feature = "cron")]
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.inner.shut_down.load(Ordering::SeqCst)
     }
 }
 

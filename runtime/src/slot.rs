@@ -8,7 +8,19 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use crate::node::millis;
 use crate::{Error, NoQuorum, Runtime};
 
-/// One period of a `slot`, aligned to the Unix epoch.
+tokio::task_local! {
+    /// The cron tick a scheduled call runs for (set by `cron` around each job call): the call's
+    /// period when its options have no `slot`, so that each tick runs once.
+    pub(crate) static TICK: Period;
+}
+
+/// The period of the cron tick this task runs for, if any (see [`TICK`]).
+pub(crate) fn current_tick() -> Option<Period> {
+    TICK.try_with(|tick| *tick).ok()
+}
+
+/// One period of a `slot`, aligned to the Unix epoch; or one cron tick, from its scheduled time
+/// to the next tick.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Period {
     index: u64,
@@ -30,6 +42,20 @@ impl Period {
             length,
             start,
         })
+    }
+
+    /// The cron tick scheduled at `start`, lasting until the next tick at `next`: numbered by
+    /// its Unix time in milliseconds, which names it alike on every machine.
+    #[cfg(feature = "cron")]
+    pub(crate) fn tick(start: SystemTime, next: SystemTime) -> Period {
+        let since_epoch = start.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Period {
+            index: millis(since_epoch),
+            length: next
+                .duration_since(start)
+                .unwrap_or(Duration::from_millis(1)),
+            start,
+        }
     }
 
     /// When the period began.
