@@ -61,6 +61,8 @@
 mod checker;
 #[path = "contention/fleet.rs"]
 mod fleet;
+#[path = "contention/leader.rs"]
+mod leader;
 #[path = "contention/records.rs"]
 mod records;
 #[path = "contention/run.rs"]
@@ -158,6 +160,7 @@ fn setup(name: &'static str, faults: &[Fault], length: Duration) -> Setup {
         detect_clock_jumps: true,
         broken: false,
         overrun_one_in: 0,
+        leader: 0,
     }
 }
 
