@@ -89,35 +89,59 @@ pub async fn lead(shared: Arc<Shared>, mode: u8, mut rng: fastrand::Rng) {
             let now = monotonic_now();
             if mode == CACHING {
                 if now >= term_ends || stopping() {
-                    break now;
+                    break Some(now);
                 }
             } else {
                 if !leadership.is_leader() {
-                    break now.min(deadline);
+                    break Some(now.min(deadline));
                 }
                 deadline = now + nanos(leadership.validity());
                 if now >= term_ends || stopping() {
-                    break now;
+                    break Some(now);
                 }
             }
             if pause_at.is_some_and(|at| now >= at) {
                 pause_at = None;
+                if mode == HONEST {
+                    // Written before the pause, so that a kill while stopped does not stretch the
+                    // belief to the kill: `is_leader()` is false from `deadline` on, which is
+                    // checked on waking.
+                    write_exit(&shared, deadline, &token);
+                    pause_this_process(shared.pid);
+                    // A timer started before the stop fires only once the process runs again.
+                    tokio::time::sleep(PAUSE).await;
+                    if leadership.is_leader() {
+                        let message = "is_leader() said true after a pause past the validity";
+                        write(
+                            &shared,
+                            &Record::Unexpected {
+                                pid: shared.pid,
+                                message: message.into(),
+                            },
+                        );
+                    }
+                    break None;
+                }
                 pause_this_process(shared.pid);
             }
             tokio::time::sleep(POLL).await;
         };
-        write(
-            &shared,
-            &Record::Exit {
-                at: believed_until,
-                pid: shared.pid,
-                key: LEADER_KEY.into(),
-                token,
-            },
-        );
+        if let Some(at) = believed_until {
+            write_exit(&shared, at, &token);
+        }
         leadership.resign().await;
         tokio::time::sleep(between(&mut rng, REST)).await;
     }
+}
+
+fn write_exit(shared: &Shared, at: Nanos, token: &str) {
+    let record = Record::Exit {
+        at,
+        pid: shared.pid,
+        key: LEADER_KEY.into(),
+        token: token.into(),
+    };
+    write(shared, &record);
 }
 
 /// Stops this whole process for [`PAUSE`]: a child shell sends SIGSTOP, then SIGCONT.
@@ -126,10 +150,12 @@ fn pause_this_process(pid: u32) {
         "kill -STOP {pid}; sleep {}; kill -CONT {pid}",
         PAUSE.as_secs_f64()
     );
-    Command::new("sh")
+    let mut shell = Command::new("sh")
         .args(["-c", &script])
         .spawn()
         .expect("start the pausing shell");
+    // Reaped by a thread of its own: this process is about to be stopped.
+    std::thread::spawn(move || shell.wait());
 }
 
 fn leader_setup(
