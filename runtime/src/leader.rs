@@ -110,6 +110,9 @@ struct Shared {
     key: String,
     /// The term this process leads in now; set by the campaign while it holds the lock.
     term: watch::Sender<Option<Term>>,
+    /// How the last term ended, by its fencing token: `Some(reason)` lost, `None` stepped down.
+    /// Set before the term is cleared, for `lost()` futures that wake after the lease is gone.
+    last_end: watch::Sender<Option<(u64, Option<LostReason>)>>,
     /// Raised by `resign` or drop: the campaign steps down and ends.
     stepping_down: watch::Sender<bool>,
     /// Raised when the campaign task has ended, after releasing what it held.
@@ -187,6 +190,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             key: key.to_owned(),
             term: watch::Sender::new(None),
+            last_end: watch::Sender::new(None),
             stepping_down: watch::Sender::new(false),
             finished: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENTS_CAPACITY),
@@ -366,15 +370,17 @@ impl Leadership {
     /// # }
     /// ```
     pub fn lost(&self) -> impl Future<Output = Option<LostReason>> + Send + 'static {
-        let current = self.shared.leading();
-        let mut terms = self.shared.term.subscribe();
-        let mut stepping_down = self.shared.stepping_down.subscribe();
+        let shared = self.shared.clone();
+        let current = shared.leading();
+        let mut terms = shared.term.subscribe();
+        let mut stepping_down = shared.stepping_down.subscribe();
         async move {
             let term = current?;
             let lost = term.lease.lost();
             tokio::pin!(lost);
             loop {
                 tokio::select! {
+                    biased;
                     reason = &mut lost => return Some(reason),
                     _ = stepping_down.wait_for(|down| *down) => return None,
                     changed = terms.changed() => {
@@ -384,7 +390,10 @@ impl Leadership {
                                 .as_ref()
                                 .is_some_and(|now| now.fencing_token == term.fencing_token);
                         if !same {
-                            return term.lease.lost_reason();
+                            return match *shared.last_end.borrow() {
+                                Some((token, how)) if token == term.fencing_token => how,
+                                _ => term.lease.lost_reason(),
+                            };
                         }
                     }
                 }
@@ -501,10 +510,12 @@ async fn lead(shared: &Shared, mut stepping_down: watch::Receiver<bool>) {
     shared.publish(LeaderEvent::Elected { fencing_token });
     tokio::select! {
         reason = lease.lost() => {
+            shared.last_end.send_replace(Some((fencing_token, Some(reason))));
             shared.term.send_replace(None);
             shared.publish(LeaderEvent::Revoked { reason });
         }
         _ = stepping_down.wait_for(|down| *down) => {
+            shared.last_end.send_replace(Some((fencing_token, None)));
             shared.term.send_replace(None);
             shared.publish(LeaderEvent::Resigned);
         }
