@@ -110,8 +110,10 @@ pub async fn lead(shared: Arc<Shared>, mode: u8, mut rng: fastrand::Rng) {
                     pause_this_process(shared.pid);
                     // A timer started before the stop fires only once the process runs again.
                     tokio::time::sleep(PAUSE).await;
-                    if leadership.is_leader() {
-                        let message = "is_leader() said true after a pause past the validity";
+                    // The paused term must be over; a new one may have begun since, if the
+                    // campaign won again on waking (it is resigned unused below).
+                    if leadership.fencing_token() == Some(fencing_token) {
+                        let message = "the term was still leading after a pause past its validity";
                         write(
                             &shared,
                             &Record::Unexpected {
