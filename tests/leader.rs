@@ -47,6 +47,20 @@ async fn a_leader(candidates: &[&Leadership], within: Duration) -> usize {
     }
 }
 
+/// A `Leadership` can be moved into a `'static` closure shared between threads, as
+/// `move || leadership.is_leader()` is by cron's `leader_only`.
+#[test]
+fn a_leadership_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + 'static>(_: &T) {}
+    let runtime = Config::new(["memory://shared"]).build().unwrap();
+    let leadership = runtime.campaign(KEY, TTL).unwrap();
+    let is_leader = move || leadership.is_leader();
+    shareable(&is_leader);
+    let lost = Config::new(["memory://shared"]).build().unwrap();
+    let leadership = lost.campaign(KEY, TTL).unwrap();
+    shareable(&leadership.lost());
+}
+
 #[tokio::test]
 async fn memory_backend_elects_one_leader_and_hands_over_on_resign() {
     let first = Config::new(["memory://leaders"]).build().unwrap();
