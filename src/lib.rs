@@ -141,9 +141,9 @@ pub use cluster_singleton_runtime::{
 /// ```
 pub mod runtime {
     pub use cluster_singleton_runtime::{
-        init, lock, shutdown, Config, KeyLabel, LockCopy, LockState, NodeHealth, OnLost, Options,
-        Runtime, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
-        DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
+        campaign, init, lock, shutdown, Config, KeyLabel, LeaderEvent, Leadership, LockCopy,
+        LockState, NodeHealth, OnLost, Options, Runtime, DEFAULT_CLOCK_DRIFT_FACTOR,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
     };
 }
 

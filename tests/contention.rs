@@ -22,6 +22,10 @@
 //! past their lease, whose overlaps would all be lies of `Ran` if the runtime did not check the
 //! lease when the body ends; and one of clock steps with the workers' detection of them off.
 //!
+//! The leader variant (`contention/leader.rs`) runs the same fleet and schedule with workers that
+//! campaign for one key and record the intervals in which they believed they led; any overlap
+//! fails, and its control has workers that cache `true` and ignore revocation.
+//!
 //! Runs with clock steps use nodes whose clocks can be stepped (libfaketime in a redis-server
 //! built with libc malloc, which `scripts/ensure-faketime` installs); the others run on the
 //! system's redis-server.
@@ -61,6 +65,8 @@
 mod checker;
 #[path = "contention/fleet.rs"]
 mod fleet;
+#[path = "contention/leader.rs"]
+mod leader;
 #[path = "contention/records.rs"]
 mod records;
 #[path = "contention/run.rs"]
@@ -158,6 +164,7 @@ fn setup(name: &'static str, faults: &[Fault], length: Duration) -> Setup {
         detect_clock_jumps: true,
         broken: false,
         overrun_one_in: 0,
+        leader: 0,
     }
 }
 

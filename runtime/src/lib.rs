@@ -17,6 +17,7 @@ mod driver;
 mod error;
 mod inspect;
 mod keys;
+mod leader;
 mod lease;
 mod memory;
 mod node;
@@ -38,6 +39,7 @@ pub use config::{
 };
 pub use error::{Error, FailureKind, NoQuorum, NodeFailure};
 pub use inspect::{LockCopy, LockState, NodeHealth};
+pub use leader::{campaign, LeaderEvent, Leadership};
 pub use lease::{lease, Lease, LeaseInfo, LostReason};
 pub use options::{OnLost, Options};
 pub use outcome::{Outcome, Skip};

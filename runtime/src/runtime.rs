@@ -103,6 +103,8 @@ struct Inner {
     /// Attempts in flight and releases running in the background, which `shutdown` waits for.
     background: Arc<AtomicUsize>,
     shut_down: AtomicBool,
+    /// Raised with `shut_down`, for work that waits (a campaign between attempts) to end at once.
+    shutting_down: watch::Sender<bool>,
     metrics_key_label: crate::KeyLabel,
 }
 
@@ -157,6 +159,7 @@ impl Runtime {
             next_lease: AtomicU64::new(0),
             background: Arc::default(),
             shut_down: AtomicBool::new(false),
+            shutting_down: watch::Sender::new(false),
             metrics_key_label: config.metrics_key_label,
         });
         if !inner.nodes.iter().all(Node::is_memory) {
@@ -618,6 +621,7 @@ impl Runtime {
             // Under the register's lock: no lease registers after the flag is up.
             let mut register = self.lock_register();
             self.inner.shut_down.store(true, Ordering::SeqCst);
+            self.inner.shutting_down.send_replace(true);
             register
                 .drain()
                 .filter_map(|(_, held)| held.upgrade())
@@ -697,7 +701,7 @@ impl Runtime {
 
     /// Checks a call's options against each other and this runtime's settings, before anything
     /// is sent: each mistake is an [`Error::InvalidConfig`] that names the option.
-    fn check_options(&self, options: &Options) -> Result<(), Error> {
+    pub(crate) fn check_options(&self, options: &Options) -> Result<(), Error> {
         if options.ttl > self.inner.max_ttl {
             return Err(Error::InvalidConfig(format!(
                 "the ttl ({:?}) is longer than `Config::max_ttl` ({:?}), the longest ttl the \
@@ -733,6 +737,16 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Whether `shutdown` has begun.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.inner.shut_down.load(Ordering::SeqCst)
+    }
+
+    /// Turns `true` when `shutdown` begins.
+    pub(crate) fn shutting_down(&self) -> watch::Receiver<bool> {
+        self.inner.shutting_down.subscribe()
     }
 
     pub(crate) fn set_global(self) -> Result<(), Error> {

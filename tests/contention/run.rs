@@ -13,6 +13,7 @@ use cluster_singleton_testkit::Cluster;
 
 use super::checker::{check, Verdict};
 use super::fleet::Fleet;
+use super::leader;
 use super::records::{monotonic_now, Counts, Nanos, Record};
 use super::schedule::{plan, Episode, Fault, Limits};
 use super::worker::{WorkerConfig, SHORT_TTL, TTL};
@@ -76,13 +77,18 @@ pub struct Setup {
     pub broken: bool,
     /// One body in this many blocks its thread past its lease (0: none does).
     pub overrun_one_in: usize,
+    /// Workers campaign for one leadership instead of locking (see `leader.rs`): 0 they lock,
+    /// [`leader::HONEST`] or the control [`leader::CACHING`].
+    pub leader: u8,
 }
 
 impl Setup {
     /// Whether the run is a control, set up so that the checker must find overlaps: workers
     /// that do not exclude each other, or clock steps that they do not watch for.
     pub fn is_control(&self) -> bool {
-        self.broken || (!self.detect_clock_jumps && self.faults.contains(&Fault::ClockJump))
+        self.broken
+            || self.leader == leader::CACHING
+            || (!self.detect_clock_jumps && self.faults.contains(&Fault::ClockJump))
     }
 }
 
@@ -253,6 +259,7 @@ pub fn run(setup: Setup) -> Report {
             ttl: if slot % 2 == 0 { TTL } else { SHORT_TTL },
             one_shot: false,
             overrun_one_in: setup.overrun_one_in,
+            leader: setup.leader,
         })
         .collect();
     let mut fleet = Fleet::start(dir.path(), configs);

@@ -85,6 +85,7 @@ const DETECT_CLOCK_JUMPS_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_DETECT_CLOCK_
 const TTL_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_TTL_MS";
 const ONE_SHOT_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_ONE_SHOT";
 const OVERRUN_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_OVERRUN_ONE_IN";
+const LEADER_VAR: &str = "CLUSTER_SINGLETON_CONTENTION_LEADER";
 
 /// What a worker is told by the orchestrator, through environment variables.
 #[derive(Clone, Debug)]
@@ -104,6 +105,8 @@ pub struct WorkerConfig {
     pub one_shot: bool,
     /// One body in this many blocks its thread past its lease (0: none does).
     pub overrun_one_in: usize,
+    /// Campaign for leadership instead of locking (see `leader.rs`); 0: lock.
+    pub leader: u8,
 }
 
 impl WorkerConfig {
@@ -128,6 +131,7 @@ impl WorkerConfig {
             ttl: Duration::from_millis(number(TTL_VAR)),
             one_shot: number(ONE_SHOT_VAR) == 1,
             overrun_one_in: number(OVERRUN_VAR) as usize,
+            leader: number(LEADER_VAR) as u8,
         })
     }
 
@@ -146,14 +150,15 @@ impl WorkerConfig {
             )
             .env(TTL_VAR, self.ttl.as_millis().to_string())
             .env(ONE_SHOT_VAR, u8::from(self.one_shot).to_string())
-            .env(OVERRUN_VAR, self.overrun_one_in.to_string());
+            .env(OVERRUN_VAR, self.overrun_one_in.to_string())
+            .env(LEADER_VAR, self.leader.to_string());
     }
 }
 
 /// Counts shared by a worker's tasks.
 #[derive(Default)]
-struct Counters {
-    acquired: AtomicU64,
+pub(super) struct Counters {
+    pub(super) acquired: AtomicU64,
     busy: AtomicU64,
     no_quorum: AtomicU64,
     expired: AtomicU64,
@@ -175,20 +180,20 @@ impl Counters {
     }
 }
 
-fn bump(counter: &AtomicU64) -> u64 {
+pub(super) fn bump(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// What every task of a worker shares.
-struct Shared {
-    runtime: Runtime,
+pub(super) struct Shared {
+    pub(super) runtime: Runtime,
     records: RecordWriter,
-    counters: Counters,
-    stop: AtomicBool,
+    pub(super) counters: Counters,
+    pub(super) stop: AtomicBool,
     keys: usize,
-    ttl: Duration,
+    pub(super) ttl: Duration,
     overrun_one_in: usize,
-    pid: u32,
+    pub(super) pid: u32,
     /// When the last no-quorum sample was written, on the records' clock.
     last_no_quorum_sample: AtomicU64,
 }
@@ -239,6 +244,12 @@ pub fn run(config: WorkerConfig) {
     }
 
     engine.block_on(async {
+        if config.leader != 0 {
+            let rng = fastrand::Rng::with_seed(config.seed);
+            super::leader::lead(shared.clone(), config.leader, rng).await;
+            write_counts(&shared);
+            return;
+        }
         if config.one_shot {
             let calls: Vec<_> = (0..config.tasks)
                 .map(|task| {
@@ -431,7 +442,7 @@ fn write_counts(shared: &Shared) {
 }
 
 /// A record that cannot be written makes the whole run meaningless: stop loudly.
-fn write(shared: &Shared, record: &Record) {
+pub(super) fn write(shared: &Shared, record: &Record) {
     shared
         .records
         .write(record)
@@ -439,7 +450,7 @@ fn write(shared: &Shared, record: &Record) {
 }
 
 /// A random duration in `[low, high]`.
-fn between(rng: &mut fastrand::Rng, (low, high): (Duration, Duration)) -> Duration {
+pub(super) fn between(rng: &mut fastrand::Rng, (low, high): (Duration, Duration)) -> Duration {
     Duration::from_nanos(rng.u64(nanos(low)..=nanos(high)))
 }
 
