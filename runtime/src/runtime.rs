@@ -739,7 +739,7 @@ impl Runtime {
         Ok(())
     }
 
-    /// Whether `shutdown` has begun.
+    /// Whether `shutdown` has begun: a campaign and a cron schedule stop then.
     pub(crate) fn is_shut_down(&self) -> bool {
         self.inner.shut_down.load(Ordering::SeqCst)
     }
@@ -779,12 +779,6 @@ impl Runtime {
 
     pub(crate) fn node_timeout(&self) -> Duration {
         self.inner.node_timeout
-    }
-
-    /// Whether `shutdown` has begun: a cron schedule stops firing then.
-    #[cfg(feature = "cron")]
-    pub(crate) fn is_shut_down(&self) -> bool {
-        self.inner.shut_down.load(Ordering::SeqCst)
     }
 }
 
