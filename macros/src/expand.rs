@@ -479,8 +479,11 @@ fn rewrite(func: &mut Function, krate: &Path, lock: Option<Lock>) {
 //         (&::cluster_singleton::__private::Verdict(__singleton_value)).succeeded()
 //     }
 //
-// The runtime asks it whether the body succeeded, to keep the key for `min_hold` only after a
-// success: a `Result` when it is `Ok`, anything else always. Which of the two traits answers
+// The runtime asks it whether the body succeeded, to keep the key for `min_hold` or write a
+// `slot` period's or a cron tick's done marker only after a success: a `Result` when it is `Ok`,
+// anything else always. Generated for every function, not only those with `min_hold` or `slot`:
+// any call may run for a cron tick (the `cron` feature schedules plain `#[singleton]` functions),
+// and the attribute cannot tell. Which of the two traits answers
 // is settled by method resolution at the concrete type (see `__private::Verdict`), so the
 // parameter's type must be spelt out; `impl Trait` cannot be, and gets `|_| true`.
 fn verdict(krate: &Path, output: &ReturnType) -> TokenStream {

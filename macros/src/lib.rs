@@ -16,7 +16,7 @@ use proc_macro::TokenStream;
 // The rest of the documentation lives in `singleton.md`. Its examples use the facade
 // (`cluster_singleton`), which this crate cannot depend on, so they are left out of this crate's
 // doctests and compiled where the facade resolves: the facade includes the same file under
-// `#[cfg(doctest)]`, and `tests/ui/pass-*.rs` cover the same shapes.
+// `#[cfg(doctest)]`, and `tests/attribute_compiles.rs` covers the same shapes.
 #[cfg_attr(not(doctest), doc = include_str!("singleton.md"))]
 #[proc_macro_attribute]
 pub fn singleton(args: TokenStream, item: TokenStream) -> TokenStream {

@@ -5,10 +5,10 @@ use std::future::Future;
 use crate::{Error, Outcome};
 
 pub use crate::{OnLost, Options};
-pub use ::core;
 
 /// Runs `body` under the lock on `key`, as `options` say, with the runtime in scope for this
-/// task, else the global one. `succeeded` judges the body's output (for `min_hold`).
+/// task, else the global one. `succeeded` judges the body's output: only a success keeps the key
+/// for `min_hold` or writes the done marker of a `slot` period or a cron tick.
 pub async fn run_with<F, S>(
     key: &str,
     options: Options,
@@ -53,16 +53,6 @@ impl<T> AnyVerdict for &Verdict<'_, T> {
     fn succeeded(&self) -> bool {
         true
     }
-}
-
-/// The previous entry point, kept for code generated before options existed: `run_with` with
-/// every option at its default.
-pub async fn run<F: Future>(
-    key: &str,
-    ttl: core::time::Duration,
-    body: F,
-) -> Result<Outcome<F::Output>, Error> {
-    run_with(key, Options::new(ttl), body, |_| true).await
 }
 
 #[cfg(test)]
