@@ -22,6 +22,27 @@ struct Machines {
     two: Runtime,
 }
 
+/// Waits until every node holds `key`: a lock is taken once a quorum granted it, and the last
+/// node's copy may still be on its way; a call that found that node free would have a split vote
+/// to settle (and report), not a plain "busy".
+async fn held_on_every_node(runtime: &Runtime, key: &str) {
+    let deadline = std::time::Instant::now() + common::PROMPTLY;
+    loop {
+        let state = runtime.inspect(key).await.expect("inspect");
+        if state
+            .holder()
+            .is_some_and(|holder| holder.nodes == state.nodes)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never held on every node: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn redis() -> Machines {
     let cluster = Cluster::start(3).expect("start redis-server nodes");
     let (one, two) = (common::runtime_for(&cluster), common::runtime_for(&cluster));
@@ -94,6 +115,7 @@ async fn a_free_key_runs_and_a_held_key_skips(machines: Machines) {
         .await
         .unwrap()
         .expect("free again");
+    held_on_every_node(&machines.one, "report").await;
     assert_eq!(
         machines.one.scope(report(&runs)).await.unwrap(),
         Outcome::Skipped(Skip::Busy)

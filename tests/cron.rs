@@ -394,3 +394,64 @@ async fn in_leader_mode_only_the_leader_fires() {
         "machine 0 fired while it led, then only machine 1: {machines_in_order:?}"
     );
 }
+
+#[singleton(key = "slow-tick", ttl = "5s", wait = "10s")]
+async fn slow_waiting_job() {
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+}
+
+#[tokio::test]
+async fn a_call_for_a_tick_waits_no_longer_than_the_tick() {
+    // Two machines on one store fire every second; the job takes 2.5 s and waits up to 10 s.
+    // A call for tick T that waited past T's end could take the lock when T's marker is gone;
+    // it gives up when the tick ends instead.
+    let calls: Arc<Mutex<Vec<(SystemTime, SystemTime, bool)>>> = Arc::default();
+    let mut schedules = Vec::new();
+    for _ in 0..2 {
+        let runtime = Config::new(["memory://cron-wait-capped"]).build().unwrap();
+        let calls = calls.clone();
+        schedules.push(
+            Schedule::new()
+                .runtime(runtime)
+                .job(EVERY_SECOND, move || {
+                    let calls = calls.clone();
+                    async move {
+                        let tick = current_tick().unwrap();
+                        let ran = slow_waiting_job().await.unwrap().ran();
+                        calls.lock().unwrap().push((tick, SystemTime::now(), ran));
+                    }
+                })
+                .start()
+                .unwrap(),
+        );
+    }
+    assert!(eventually(Duration::from_secs(8), || calls.lock().unwrap().len() >= 4).await);
+    for schedule in &schedules {
+        schedule.stop();
+    }
+    for (tick, returned, ran) in calls.lock().unwrap().iter() {
+        let after = returned.duration_since(*tick).unwrap_or_default();
+        if !ran {
+            assert!(
+                after < Duration::from_millis(1_500),
+                "a skipped call for a tick returned {after:?} after it"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_returns_when_the_runtime_shuts_down_even_between_distant_ticks() {
+    let runtime = Config::new(["memory://cron-run-shutdown"]).build().unwrap();
+    let schedule = Schedule::new()
+        .runtime(runtime.clone())
+        .job("0 0 2 * * *", || async {}); // once a day: no tick comes during the test
+    let running = tokio::spawn(schedule.run());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!running.is_finished());
+
+    runtime.shutdown(Duration::from_secs(1)).await.unwrap();
+
+    let ended = tokio::time::timeout(Duration::from_secs(2), running).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}

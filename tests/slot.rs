@@ -294,3 +294,72 @@ async fn a_lock_taken_over_before_the_marker_marks_nothing() {
         nodes.values(&marker, &[])
     );
 }
+
+#[tokio::test]
+async fn a_lease_that_ran_out_while_looking_for_the_marker_never_starts_the_body() {
+    let mut nodes = Nodes::start(3);
+    // Looking for the marker waits for every node that may answer, each up to the node timeout;
+    // here that is longer than the ttl, so a frozen node outlasts the lease.
+    let runtime = common::fresh_nodes(&nodes.cluster)
+        .node_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    nodes.cluster.freeze(2).unwrap();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started_in_body = started.clone();
+    let options = Options::new(Duration::from_millis(500)).slot(HOUR);
+
+    let outcome = runtime
+        .run_with(
+            "slot-outlived",
+            options,
+            async move { started_in_body.store(true, std::sync::atomic::Ordering::SeqCst) },
+            |_| true,
+        )
+        .await;
+
+    assert!(
+        matches!(
+            outcome,
+            Err(cluster_singleton::Error::LeaseLost {
+                body_finished: false,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        !started.load(std::sync::atomic::Ordering::SeqCst),
+        "the body started on a lease that had run out"
+    );
+    nodes.cluster.resume(2).unwrap();
+}
+
+#[tokio::test]
+async fn a_short_periods_marker_outlives_a_minute_of_clock_skew() {
+    let nodes = Nodes::start(3);
+    let ran = nodes
+        .runtime
+        .run_with(
+            "slot-one-second",
+            Options::new(TTL).slot(Duration::from_secs(1)),
+            async {},
+            |_| true,
+        )
+        .await;
+    assert_eq!(ran.unwrap(), Outcome::Ran(()));
+
+    let mut node = nodes.cluster.connection(0).unwrap();
+    let markers: Vec<String> = redis::cmd("KEYS")
+        .arg("singleton:done:slot-one-second:*")
+        .query(&mut node)
+        .unwrap();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&markers[0])
+        .query(&mut node)
+        .unwrap();
+    // A machine whose clock is up to a minute behind (or whose call for the period comes that
+    // late) still finds it; to the end of the next period alone would be two seconds at most.
+    assert!(left > 60_000 && left <= 61_000, "{left} ms left");
+}

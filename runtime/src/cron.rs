@@ -488,7 +488,11 @@ async fn fire(job: Job, firing: Arc<Firing>) {
     let mut after = Utc::now();
     if let Some(within) = firing.catch_up {
         if let Ok(missed) = latest_tick(&job.cron, after) {
-            if (after - missed).to_std().is_ok_and(|ago| ago <= within) {
+            let leads = firing
+                .leader
+                .as_ref()
+                .is_none_or(|leader| leader.is_leader());
+            if leads && (after - missed).to_std().is_ok_and(|ago| ago <= within) {
                 tracing::info!(schedule = %job.expression, tick = %missed, "catching up the latest tick before the start");
                 firing.call(&job, missed);
             }
@@ -529,13 +533,18 @@ async fn fire(job: Job, firing: Arc<Firing>) {
 
 /// Waits until the wall clock reads `at`, reading it again at least every
 /// [`READ_THE_CLOCK_EVERY`] (the timers count monotonic time, which a clock step does not move).
+/// Returns early when the runtime begins to shut down, so that `Schedule::run` returns then.
 async fn sleep_until(firing: &Firing, at: SystemTime) {
+    let mut shutting_down = firing.runtime.shutting_down();
     while let Ok(left) = at.duration_since(SystemTime::now()) {
         if left.is_zero() {
             return;
         }
         let deadline = Instant::now() + left.min(READ_THE_CLOCK_EVERY);
-        crate::driver::sleep_until(firing.runtime.engine(), deadline).await;
+        tokio::select! {
+            () = crate::driver::sleep_until(firing.runtime.engine(), deadline) => {}
+            _ = shutting_down.wait_for(|down| *down) => return,
+        }
     }
 }
 

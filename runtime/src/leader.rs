@@ -224,11 +224,12 @@ impl Leadership {
     /// Whether this process leads now: it holds the lock, and the lock's validity (on this
     /// machine's monotonic clock, less the drift allowance) has not run out.
     ///
-    /// Asked of the lease at each call, not cached: after a pause of the process (a GC stop, a
-    /// frozen VM, SIGSTOP) longer than the validity left, the first call after waking says
-    /// `false`, even before the `Revoked` event is sent. What it cannot do is stop work already
-    /// under way when the pause began: pass [`Leadership::fencing_token`] to the storage you
-    /// write to for that.
+    /// Asked of the lease at each call, not cached: after a pause of the process (a GC stop,
+    /// SIGSTOP) longer than the validity left, the first call after waking says `false`, even
+    /// before the `Revoked` event is sent. What it cannot do is stop work already under way when
+    /// the pause began: pass [`Leadership::fencing_token`] to the storage you write to for that.
+    /// The pause must show on the monotonic clock: a suspended machine, or a VM whose clock its
+    /// hypervisor stopped, does not see the time it was away (the README's "Leader election").
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -498,7 +499,9 @@ async fn lead(shared: &Shared, mut stepping_down: watch::Receiver<bool>) {
     let Some(lease) = lease() else {
         unreachable!("a term runs as the body of `run_with`, which sets its lease")
     };
-    if *stepping_down.borrow_and_update() {
+    // A term that ended before its body first ran (the process paused right after winning)
+    // is not announced: another process may lead by now.
+    if *stepping_down.borrow_and_update() || !lease.is_held() {
         return;
     }
     // Fencing is on for every campaign: the lock always reads a token.

@@ -264,7 +264,12 @@ impl Runtime {
         let Some(wait) = options.wait else {
             return self.take_once(key, options).await;
         };
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
+        if let Some(tick) = slot::current_tick().filter(|_| options.slot.is_none()) {
+            // A call for a cron tick waits no longer than the tick lasts: one that took the lock
+            // much later could come after the tick's done marker has expired, and run it again.
+            deadline = deadline.min(Instant::now() + tick.time_left());
+        }
         let mut window = WAIT_FIRST_WINDOW;
         loop {
             let attempt = self.take_once(key, options).await;
@@ -440,6 +445,11 @@ impl Runtime {
                     period_start: period.start(),
                 }));
             }
+        }
+        // Looking for the marker waits for every node (a frozen one for its whole timeout),
+        // with nothing renewing yet: a lease that ran out meanwhile must not start the body.
+        if let Some(reason) = lease.lost() {
+            return Err(lease.give_up(reason, false));
         }
         // Renewal runs beside the body, and beside the done marker's write after it; it stops
         // before the release, so that it cannot extend a key we are deleting.

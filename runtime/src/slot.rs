@@ -8,6 +8,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use crate::node::millis;
 use crate::{Error, NoQuorum, Runtime};
 
+/// How far apart the machines' clocks may be, at least, for a marker to be found by every
+/// machine that calls for its period (see `Period::marker_expiry`): periods of a second (a cron
+/// schedule every second) would otherwise allow only two seconds.
+const MARKER_OUTLIVES_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 tokio::task_local! {
     /// The cron tick a scheduled call runs for (set by `cron` around each job call): the call's
     /// period when its options have no `slot`, so that each tick runs once.
@@ -58,6 +63,13 @@ impl Period {
         }
     }
 
+    /// How long until the period ends (zero once it has).
+    pub(crate) fn time_left(&self) -> Duration {
+        (self.start + self.length)
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// When the period began.
     pub(crate) fn start(&self) -> SystemTime {
         self.start
@@ -68,13 +80,16 @@ impl Period {
         self.index
     }
 
-    /// How long a marker written now should live: to the end of the next period, so that a
-    /// machine whose clock lags by less than a period still finds it.
+    /// How long a marker written now should live: to the end of the next period, and at least
+    /// a period plus [`MARKER_OUTLIVES_CLOCK_SKEW`] from now, so that a machine whose clock
+    /// differs by less than that (or than a period, for longer periods) still finds it, and so
+    /// does one whose call for the period is late (a run that ended long after its period).
     fn marker_expiry(&self) -> Duration {
         let end_of_next = self.start + self.length * 2;
         end_of_next
             .duration_since(SystemTime::now())
-            .unwrap_or(self.length)
+            .unwrap_or(Duration::ZERO)
+            .max(self.length + MARKER_OUTLIVES_CLOCK_SKEW)
     }
 }
 
