@@ -156,8 +156,9 @@ impl Options {
     /// returns [`Skip::AlreadyDone`](crate::Skip::AlreadyDone). A body that panics, is
     /// cancelled, loses its lease or returns `Err` writes no marker, so another call may retry.
     ///
-    /// The marker lives until one period after its own ends, so machines whose clocks disagree
-    /// by less than a period agree on it. It is written, in one step with a check that the lock
+    /// The marker lives until one period after its own ends, and at least a period and a minute
+    /// after it was written, so machines whose clocks disagree by less than a period (or a
+    /// minute, for shorter periods) agree on it. It is written, in one step with a check that the lock
     /// is still ours, on every node, while renewal goes on; the lease is checked again after it,
     /// so a holder that lost its lock meanwhile marks nothing and returns `LeaseLost`. It is
     /// looked for on every node that answers; "no marker" counts only from a node that started
