@@ -229,7 +229,8 @@ impl Leadership {
     /// before the `Revoked` event is sent. What it cannot do is stop work already under way when
     /// the pause began: pass [`Leadership::fencing_token`] to the storage you write to for that.
     /// The pause must show on the monotonic clock: a suspended machine, or a VM whose clock its
-    /// hypervisor stopped, does not see the time it was away (the README's "Leader election").
+    /// hypervisor stopped, does not see the time it was away until its next node check (within
+    /// a second) finds the nodes' clocks ahead (the README's "Safety", assumption 4).
     ///
     /// ```no_run
     /// # use std::time::Duration;
