@@ -1,0 +1,307 @@
+//! The commands a lock sends a node: the vote, its renewal and release, the fencing counter
+//! and the done markers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use redis::RedisError;
+
+use crate::clock::ClockReading;
+
+use super::connection::{within, Session};
+use super::scripts::{
+    EXPIRE_IF_OURS, EXPIRE_IF_OURS_LUA, EXTEND_OR_REPAIR, MARK_DONE_IF_OURS, RAISE_FENCE,
+    SET_NX_READ_FENCE,
+};
+use super::{millis, Node, NodeError};
+
+/// A restarted node's "no done marker" counts for a period only if the node started this long
+/// before the period began by our clock: room for the clock of the machine that wrote the marker
+/// being ahead of ours.
+const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+/// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
+const MILLISECOND: Duration = Duration::from_millis(1);
+
+/// What renewing a lease did on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Renewed {
+    /// The key held our token; its expiry is set anew.
+    Kept,
+    /// The key was absent; our token is back, with the new expiry.
+    Repaired,
+    /// Another token holds the key.
+    NotOurs,
+}
+
+impl Node {
+    /// `SET key token NX PX ttl`: `Ok(true)` when this node granted the lock, `Ok(false)` when
+    /// the key was already set.
+    ///
+    /// A node that restarted without persistence has forgotten the locks it held, and its fresh
+    /// vote could hand a second caller a majority while the first still holds the lock. So a
+    /// node that has been up for less than the restart grace (by default `Config::max_ttl`) is
+    /// not asked at all: it answers [`NodeError::Restarted`], a missing vote.
+    pub(crate) async fn set_nx(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.set_nx(key, token, ttl));
+        }
+        let session = self.voting_session().await?;
+        let mut cmd = redis::Cmd::with_capacity(6, 48 + key.len() + token.len());
+        cmd.arg("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        let Some(epoch_key) = self.epoch_key(&session) else {
+            // `OK`, or nil when the key is set; `()` reads either without allocating.
+            let reply: Option<()> = self
+                .query(&session, cmd.query_async(&mut session.connection.clone()))
+                .await?;
+            return Ok(reply.is_some());
+        };
+        // The epoch is read after the SET, in the same round trip: if it is still the one read
+        // with the server, the SET ran on a node that had not lost its data. So is the node's
+        // clock, to tell whether it stepped since the last reading.
+        let mut pipeline = redis::Pipeline::with_capacity(3);
+        pipeline.add_command(cmd).cmd("GET").arg(epoch_key);
+        let sent = Instant::now();
+        let (reply, epoch, clock) = if self.detects_clock_jumps() {
+            pipeline.cmd("TIME");
+            let (reply, epoch, time): (Option<()>, Option<Vec<u8>>, (u64, u64)) = self
+                .query(
+                    &session,
+                    pipeline.query_async(&mut session.connection.clone()),
+                )
+                .await?;
+            (reply, epoch, Some(ClockReading::of_time(time, sent)))
+        } else {
+            let (reply, epoch): (Option<()>, Option<Vec<u8>>) = self
+                .query(
+                    &session,
+                    pipeline.query_async(&mut session.connection.clone()),
+                )
+                .await?;
+            (reply, epoch, None)
+        };
+        self.same_epoch(&session, epoch.as_deref())?;
+        if let Some(clock) = clock {
+            self.vote_clock(&session, clock, ttl)?;
+        }
+        Ok(reply.is_some())
+    }
+
+    /// [`Node::set_nx`] that also reads the fencing counter at `fence_key` when it grants:
+    /// `Ok(Some(counter))` when granted, `Ok(None)` when the key was already set.
+    pub(crate) async fn set_nx_reading_fence(
+        &self,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
+        }
+        let session = self.voting_session().await?;
+        let mut invocation = SET_NX_READ_FENCE.key(key);
+        invocation.key(fence_key).arg(token).arg(millis(ttl));
+        self.check_epoch_in(&session, &mut invocation);
+        let sent = Instant::now();
+        let (epoch_held, counter, seconds, micros): (bool, Option<String>, u64, u64) =
+            self.run_script(&session, &invocation).await?;
+        if !epoch_held {
+            return Err(self.lost_data(&session));
+        }
+        if self.detects_clock_jumps() && self.epoch_key(&session).is_some() {
+            self.vote_clock(
+                &session,
+                ClockReading::of_time((seconds, micros), sent),
+                ttl,
+            )?;
+        }
+        counter
+            .map(|counter| {
+                counter.parse().map_err(|_| {
+                    NodeError::Redis(RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "the fencing counter is not a number",
+                        format!("{fence_key} holds {counter:?}"),
+                    )))
+                })
+            })
+            .transpose()
+    }
+
+    /// Raises the fencing counter at `fence_key` to `fence` while `key` still holds our token:
+    /// `Ok(true)` when it did.
+    pub(crate) async fn raise_fence(
+        &self,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        fence: u64,
+    ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.raise_fence(key, fence_key, token, fence));
+        }
+        let session = self.voting_session().await?;
+        let mut invocation = RAISE_FENCE.key(key);
+        invocation.key(fence_key).arg(token).arg(fence);
+        let ours: i64 = self.run_script(&session, &invocation).await?;
+        Ok(ours == 1)
+    }
+
+    /// Extends our lock on `key` to expire `keep` from now where the key still holds our token,
+    /// and puts our token back (with that expiry) where the key is absent: see
+    /// [`EXTEND_OR_REPAIR`]. Like a vote, it counts only from a node up for longer than the
+    /// restart grace, which is not asked at all: a restarted node has forgotten our token, and
+    /// may have forgotten another's, which a repair would then overwrite in its eyes.
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        keep: Duration,
+    ) -> Result<Renewed, NodeError> {
+        let keep = keep.max(MILLISECOND);
+        if let Some(store) = self.memory() {
+            return Ok(store.extend_or_repair(key, token, keep));
+        }
+        let session = self.voting_session().await?;
+        let mut invocation = EXTEND_OR_REPAIR.key(key);
+        invocation.arg(token).arg(millis(keep));
+        self.check_epoch_in(&session, &mut invocation);
+        let renewed: i64 = self.run_script(&session, &invocation).await?;
+        Ok(match renewed {
+            1 => Renewed::Kept,
+            2 => Renewed::Repaired,
+            -1 => return Err(self.lost_data(&session)),
+            _ => Renewed::NotOurs,
+        })
+    }
+
+    /// Gives back our lock on `key`: deletes it, or with a non-zero `keep` lets it expire that
+    /// long from now. `Ok(true)` when the key was ours, `Ok(false)` when it was gone or held
+    /// another token.
+    pub(crate) async fn release(
+        &self,
+        key: &str,
+        token: &str,
+        keep: Duration,
+    ) -> Result<bool, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.expire_if_ours(key, token, keep));
+        }
+        let session = self.session().await?;
+        self.expire_if_ours(&session, key, token, keep).await
+    }
+
+    /// [`EXPIRE_IF_OURS`] by its SHA1, in a command built at its final size (it runs on every
+    /// release and renewal); the script is loaded when the node lacks it (a restart, a
+    /// `SCRIPT FLUSH`) and the command sent again.
+    async fn expire_if_ours(
+        &self,
+        session: &Arc<Session>,
+        key: &str,
+        token: &str,
+        keep: Duration,
+    ) -> Result<bool, NodeError> {
+        let mut eval = redis::Cmd::with_capacity(6, 80 + key.len() + token.len());
+        eval.arg("EVALSHA")
+            .arg(EXPIRE_IF_OURS.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(token)
+            .arg(millis(keep));
+        let sent = self
+            .query(session, eval.query_async(&mut session.connection.clone()))
+            .await;
+        let ours: i64 = match sent {
+            Err(NodeError::Redis(err))
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let load = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(EXPIRE_IF_OURS_LUA)
+                    .to_owned();
+                self.query::<String>(session, load.query_async(&mut session.connection.clone()))
+                    .await?;
+                self.query(session, eval.query_async(&mut session.connection.clone()))
+                    .await?
+            }
+            sent => sent?,
+        };
+        Ok(ours == 1)
+    }
+
+    /// `GET marker` for a done marker of the period that began at `period_start`: a value is
+    /// proof of a run; "none" counts only from a node that cannot have forgotten a marker written
+    /// since the period began, that is, one that started before it (by our clock, with room
+    /// for the writer's clock being ahead), or whose every write persists (restart grace off).
+    pub(crate) async fn get_marker(
+        &self,
+        marker: &str,
+        period_start: SystemTime,
+    ) -> Result<Option<String>, NodeError> {
+        if let Some(store) = self.memory() {
+            return Ok(store.get(marker));
+        }
+        within(&self.engine, self.timeout, async {
+            let session = self.voting_session().await?;
+            let mut pipeline = redis::Pipeline::with_capacity(2);
+            pipeline.cmd("GET").arg(marker);
+            let epoch_key = self.epoch_key(&session);
+            if let Some(epoch_key) = epoch_key {
+                pipeline.cmd("GET").arg(epoch_key);
+            }
+            let mut replies: Vec<Option<String>> = self
+                .query(
+                    &session,
+                    pipeline.query_async(&mut session.connection.clone()),
+                )
+                .await?;
+            if epoch_key.is_some() {
+                let epoch = replies.pop().flatten();
+                self.same_epoch(&session, epoch.as_deref().map(str::as_bytes))?;
+            }
+            let value = replies.pop().flatten();
+            let remembers_the_period = session
+                .server()
+                .is_none_or(|server| server.started_at + SLOT_CLOCK_SKEW <= period_start);
+            match value {
+                None if !remembers_the_period => Err(NodeError::StartedInPeriod),
+                value => Ok(value),
+            }
+        })
+        .await
+    }
+
+    /// Writes the done marker `marker`, expiring after `expiry`, while the lock `lock_key` still
+    /// holds `token` (see [`MARK_DONE_IF_OURS`]): `Ok(true)` when it did.
+    pub(crate) async fn mark_done(
+        &self,
+        lock_key: &str,
+        token: &str,
+        marker: &str,
+        expiry: Duration,
+    ) -> Result<bool, NodeError> {
+        let expiry = expiry.max(MILLISECOND);
+        if let Some(store) = self.memory() {
+            return Ok(store.mark_done_if_ours(lock_key, token, marker, expiry));
+        }
+        within(&self.engine, self.timeout, async {
+            let session = self.session().await?;
+            let mut invocation = MARK_DONE_IF_OURS.key(lock_key);
+            invocation.key(marker).arg(token).arg(millis(expiry));
+            let marked: i64 = self.run_script(&session, &invocation).await?;
+            Ok(marked == 1)
+        })
+        .await
+    }
+}

@@ -1,0 +1,125 @@
+//! The Lua scripts a node runs: each does in one atomic step what a lock needs checked and
+//! written together.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+#[cfg(doc)]
+use super::FleetGrace;
+
+/// Compare-and-expire: only while the key still holds our token, deletes it (`ARGV[2]` is 0) or
+/// sets it to expire in `ARGV[2]` milliseconds; returns 1 when the key was ours. Release, renewal
+/// and `min_hold` are all this one script, so none of them ever touches a lock that someone else
+/// took after ours ran out.
+pub(super) static EXPIRE_IF_OURS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(EXPIRE_IF_OURS_LUA));
+
+/// The text of [`EXPIRE_IF_OURS`], for `SCRIPT LOAD`.
+pub(super) const EXPIRE_IF_OURS_LUA: &str = r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+if ARGV[2] == "0" then
+    return redis.call("DEL", KEYS[1])
+end
+return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#;
+
+/// The done marker of a period (`slot`): only while the lock `KEYS[1]` still holds our token,
+/// sets the marker `KEYS[2]` to it, expiring in `ARGV[2]` milliseconds; returns 1 when it did.
+pub(super) static MARK_DONE_IF_OURS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
+return 1"#,
+    )
+});
+
+/// Each node's epoch (see [`FleetGrace`]): written, when the node has none, as `ARGV[1]` (a random
+/// value) followed by `:` and the node's own time in microseconds; returns the epoch and the
+/// node's time now, so that every client can tell how long ago it was written.
+pub(super) static EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local time = redis.call("TIME")
+local now = time[1] .. string.format("%06d", tonumber(time[2]))
+redis.call("SET", KEYS[1], ARGV[1] .. ":" .. now, "NX")
+return {redis.call("GET", KEYS[1]), now}"#,
+    )
+});
+
+/// A machine's announcement of its `Config::max_ttl` (`ARGV[1]`, milliseconds): kept, with an
+/// expiry of `ARGV[2]` milliseconds, when it is at least the largest one there; returns the
+/// largest announced. Each announcer renews its own every second, so the largest lasts as long
+/// as its machine may hold a lock of that ttl, and a little longer.
+pub(super) static ANNOUNCE_MAX_TTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local largest = tonumber(redis.call("GET", KEYS[1]) or "0")
+local ours = tonumber(ARGV[1])
+if ours >= largest then
+    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+    return ours
+end
+return largest"#,
+    )
+});
+
+/// Renewal: while the key holds our token, sets it to expire in `ARGV[2]` milliseconds and
+/// returns 1; where the key is absent (a node that missed our SET, or lost it), puts our token
+/// back with that expiry and returns 2, so that a lease taken on a bare quorum regains its fault
+/// tolerance; where another token holds it, returns 0 and touches nothing. With an epoch key
+/// (`KEYS[2]`), returns -1 and touches nothing when the node no longer has the epoch `ARGV[3]`
+/// (see [`FleetGrace`]).
+pub(super) static EXTEND_OR_REPAIR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if KEYS[2] and redis.call("GET", KEYS[2]) ~= ARGV[3] then
+    return -1
+end
+local value = redis.call("GET", KEYS[1])
+if value == ARGV[1] then
+    redis.call("PEXPIRE", KEYS[1], ARGV[2])
+    return 1
+end
+if not value then
+    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+    return 2
+end
+return 0"#,
+    )
+});
+
+/// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
+/// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
+/// whether the node still has the epoch `ARGV[3]` at `KEYS[3]` (when given; see [`FleetGrace`]),
+/// the counter as a decimal string ("0" when there is none yet) or nil when the key was already
+/// set, and the node's `TIME` (seconds, microseconds). Counters stay strings: Lua numbers are
+/// doubles, exact only up to 2^53.
+pub(super) static SET_NX_READ_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local time = redis.call("TIME")
+if KEYS[3] and redis.call("GET", KEYS[3]) ~= ARGV[3] then
+    return {0, false, time[1], time[2]}
+end
+if not redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    return {1, false, time[1], time[2]}
+end
+return {1, redis.call("GET", KEYS[2]) or "0", time[1], time[2]}"#,
+    )
+});
+
+/// Raises the key's fencing counter to `ARGV[2]`, only while the lock still holds our token;
+/// returns 1 when the lock was ours. Counters are compared as decimal strings without leading
+/// zeros (longer is larger, then by characters), so they stay exact over all of `u64`.
+pub(super) static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+local current = redis.call("GET", KEYS[2]) or "0"
+local raised = ARGV[2]
+if #current < #raised or (#current == #raised and current < raised) then
+    redis.call("SET", KEYS[2], raised)
+end
+return 1"#,
+    )
+});
