@@ -103,10 +103,26 @@ fn start_machine(
     fails: bool,
     journal: &Arc<Journal>,
 ) -> Scheduled {
+    schedule_machine(
+        Schedule::new().fire_late_by(late),
+        runtime,
+        machine,
+        fails,
+        journal,
+    )
+}
+
+/// `schedule` with the job of every test: it records the tick and the outcome in `journal`.
+fn schedule_machine(
+    schedule: Schedule,
+    runtime: &Runtime,
+    machine: usize,
+    fails: bool,
+    journal: &Arc<Journal>,
+) -> Scheduled {
     let journal = journal.clone();
-    Schedule::new()
+    schedule
         .runtime(runtime.clone())
-        .fire_late_by(late)
         .job(EVERY_SECOND, move || {
             let journal = journal.clone();
             async move {
@@ -350,21 +366,9 @@ async fn in_leader_mode_only_the_leader_fires() {
         .into_iter()
         .enumerate()
         .map(|(machine, runtime)| {
-            let (journal, leads) = (journal.clone(), leading[machine].clone());
-            Schedule::new()
-                .runtime(runtime.clone())
-                .leader_only(move || leads.load(Ordering::SeqCst))
-                .job(EVERY_SECOND, move || {
-                    let journal = journal.clone();
-                    async move {
-                        journal.fired.fetch_add(1, Ordering::SeqCst);
-                        let tick = current_tick().expect("a job knows its tick");
-                        let seen = Seen::of(tick_job(false).await);
-                        journal.calls.lock().unwrap().push((tick, machine, seen));
-                    }
-                })
-                .start()
-                .expect("the schedule starts")
+            let leads = leading[machine].clone();
+            let schedule = Schedule::new().leader_only(move || leads.load(Ordering::SeqCst));
+            schedule_machine(schedule, runtime, machine, false, &journal)
         })
         .collect();
     assert!(eventually(Duration::from_secs(4), || journal.recorded() >= 2).await);
