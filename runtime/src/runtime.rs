@@ -298,7 +298,7 @@ impl Runtime {
         // Counted before the flag is read: a `shutdown` that begins now waits for this attempt,
         // whose lease (if it wins) the shutdown's register then refuses.
         let _in_flight = self.pending();
-        if self.inner.shut_down.load(Ordering::SeqCst) {
+        if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
         let prefix = &self.inner.key_prefix;
@@ -389,7 +389,7 @@ impl Runtime {
         );
         let started = Instant::now();
         let label = telemetry::key_label(self.inner.metrics_key_label, key, &options);
-        let call = self.run_traced(key, options, body, succeeded);
+        let call = self.run_traced(key, label, options, body, succeeded);
         // Entering a span on every poll costs even when nothing listens: only when something does.
         let result = if span.is_disabled() {
             call.await
@@ -404,9 +404,11 @@ impl Runtime {
         result
     }
 
+    /// `run_with` without its span and log event; `label` is the key as the metrics name it.
     async fn run_traced<F, S>(
         &self,
         key: &str,
+        label: &str,
         options: Options,
         body: F,
         succeeded: S,
@@ -419,7 +421,7 @@ impl Runtime {
         let attempt_started = Instant::now();
         let acquired = self.take(key, &options).await;
         telemetry::attempted(
-            telemetry::key_label(self.inner.metrics_key_label, key, &options),
+            label,
             attempt_started.elapsed(),
             matches!(acquired, Ok(Acquired::Taken(_))),
         );
@@ -507,11 +509,7 @@ impl Runtime {
         let held = lease.held_for();
         tracing::Span::current().record("held_ms", held.as_millis() as u64);
         let released = lease.release_keeping(keep).await;
-        telemetry::released(
-            telemetry::key_label(self.inner.metrics_key_label, key, &options),
-            held,
-            released.is_ok(),
-        );
+        telemetry::released(label, held, released.is_ok());
         if let Err(err) = released {
             // The body ran; a release that could not reach a quorum leaves copies that expire
             // with the ttl, which is worth a warning but is not an error of the call.
@@ -672,7 +670,7 @@ impl Runtime {
     /// the runtime is shut down (the lease must then be given back at once).
     pub(crate) fn register(&self, held: &Arc<Held>) -> Option<u64> {
         let mut register = self.lock_register();
-        if self.inner.shut_down.load(Ordering::SeqCst) {
+        if self.is_shut_down() {
             return None;
         }
         let entry = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
