@@ -542,7 +542,7 @@ async fn sleep_until(firing: &Firing, at: SystemTime) {
         }
         let deadline = Instant::now() + left.min(READ_THE_CLOCK_EVERY);
         tokio::select! {
-            () = crate::driver::sleep_until(firing.runtime.engine(), deadline) => {}
+            () = crate::driver::sleep_until(firing.runtime.nodes().engine(), deadline) => {}
             _ = shutting_down.wait_for(|down| *down) => return,
         }
     }

@@ -5,14 +5,22 @@
 //! None of these take part in locking: they read what the nodes hold now, which may change the
 //! moment after.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use crate::node::{Checkup, Node, NodeError};
-use crate::redlock::holder_of;
+use crate::node::{Checkup, NodeError};
+use crate::nodes::Nodes;
+use crate::random::holder_of;
+use crate::round::{Round, Tally, Vote};
 use crate::slot::Period;
-use crate::{keys, Error, NoQuorum, NodeFailure, Runtime};
+use crate::{keys, Error, NodeFailure, Runtime};
+
+/// How long `list` waits for a node to walk its keys: `SCAN` takes many round trips on a node
+/// with many keys (each bounded by the node timeout).
+const LIST_WITHIN: Duration = Duration::from_secs(300);
 
 /// What the nodes hold of one lock now: [`Runtime::inspect`]'s answer.
 ///
@@ -171,11 +179,22 @@ impl Runtime {
         let prefix = self.key_prefix();
         let redis_key = keys::lock(prefix, key);
         let fence_key = keys::fence(prefix, key);
-        let marker = period.map(|period| keys::done_marker(prefix, key, period.index()));
-        let answers = self
-            .on_every_node(|node| node.copy_of(&redis_key, &fence_key, marker.as_deref()))
-            .await;
-        let (copies, unanswered) = self.answered_by_a_quorum(&redis_key, answers)?;
+        let marker = period.map(|period| Arc::from(keys::done_marker(prefix, key, period.index())));
+        let (lock_key, fence_key): (Arc<str>, Arc<str>) =
+            (redis_key.as_str().into(), fence_key.into());
+        let wait = self.nodes().timeout();
+        let (copies, unanswered) = self
+            .ask_every_node(&redis_key, wait, |nodes, node| {
+                let (lock_key, fence_key, marker) =
+                    (lock_key.clone(), fence_key.clone(), marker.clone());
+                async move {
+                    let copy = nodes
+                        .node(node)
+                        .copy_of(&lock_key, &fence_key, marker.as_deref());
+                    copy.await
+                }
+            })
+            .await?;
         let mut state = LockState {
             key: key.to_owned(),
             redis_key,
@@ -238,8 +257,13 @@ impl Runtime {
     pub async fn list(&self, pattern: &str) -> Result<Vec<LockState>, Error> {
         let lock_prefix = keys::lock(self.key_prefix(), "");
         let redis_pattern = format!("{}{pattern}", glob_escape(&lock_prefix));
-        let answers = self.on_every_node(|node| node.scan(&redis_pattern)).await;
-        let (found, _) = self.answered_by_a_quorum(&redis_pattern, answers)?;
+        let pattern: Arc<str> = redis_pattern.as_str().into();
+        let (found, _) = self
+            .ask_every_node(&redis_pattern, LIST_WITHIN, |nodes, node| {
+                let pattern = pattern.clone();
+                async move { nodes.node(node).scan(&pattern).await }
+            })
+            .await?;
         let mut keys: Vec<String> = found
             .into_iter()
             .flatten()
@@ -281,10 +305,14 @@ impl Runtime {
     /// ```
     pub async fn force_unlock(&self, key: &str) -> Result<usize, Error> {
         let redis_key = keys::lock(self.key_prefix(), key);
-        let answers = self
-            .on_every_node(|node| node.force_delete(&redis_key))
-            .await;
-        let (deleted, unanswered) = self.answered_by_a_quorum(&redis_key, answers)?;
+        let lock_key: Arc<str> = redis_key.as_str().into();
+        let wait = self.nodes().timeout();
+        let (deleted, unanswered) = self
+            .ask_every_node(&redis_key, wait, |nodes, node| {
+                let lock_key = lock_key.clone();
+                async move { nodes.node(node).force_delete(&lock_key).await }
+            })
+            .await?;
         let mut holders: Vec<&str> = deleted
             .iter()
             .flatten()
@@ -321,11 +349,12 @@ impl Runtime {
     /// # }
     /// ```
     pub async fn health(&self) -> Vec<NodeHealth> {
-        let checkups = self.on_every_node(Node::checkup).await;
-        (0..self.node_count())
+        let nodes = self.nodes();
+        let checkups = join_all(nodes.iter().map(|node| node.checkup())).await;
+        nodes
+            .iter()
             .zip(checkups)
-            .map(|(index, checkup)| {
-                let node = self.node(index);
+            .map(|(node, checkup)| {
                 let grace_left = node
                     .grace_ends()
                     .map(|ends| ends.saturating_duration_since(Instant::now()));
@@ -360,43 +389,32 @@ impl Runtime {
             .collect()
     }
 
-    /// Runs `ask` on every node at once; the answers in the nodes' order.
-    async fn on_every_node<'a, T, F>(
-        &'a self,
-        ask: impl Fn(&'a Node) -> F,
-    ) -> Vec<Result<T, NodeError>>
-    where
-        F: std::future::Future<Output = Result<T, NodeError>>,
-    {
-        join_all((0..self.node_count()).map(|index| ask(self.node(index)))).await
-    }
-
-    /// The answers, and the failures of the nodes that gave none; [`Error::NoQuorum`] about
-    /// `what` when fewer than a quorum answered.
-    fn answered_by_a_quorum<T>(
+    /// Runs `ask` on every node in one round, waiting up to `wait` for each: the answers, and
+    /// the failures of the nodes that gave none; [`Error::NoQuorum`] about `what` when fewer
+    /// than a quorum answered.
+    async fn ask_every_node<T, F>(
         &self,
         what: &str,
-        answers: Vec<Result<T, NodeError>>,
-    ) -> Result<(Vec<T>, Vec<NodeFailure>), Error> {
-        let mut answered = Vec::with_capacity(answers.len());
-        let mut failures = Vec::new();
-        for (index, answer) in answers.into_iter().enumerate() {
-            match answer {
-                Ok(answer) => answered.push(answer),
-                Err(err) => failures.push(self.node(index).failure(&err)),
-            }
+        wait: Duration,
+        ask: impl FnMut(Arc<Nodes>, usize) -> F,
+    ) -> Result<(Vec<T>, Vec<NodeFailure>), Error>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, NodeError>> + Send + 'static,
+    {
+        let nodes = self.nodes();
+        let mut round = Round::start_within(nodes, 0..nodes.len(), wait, ask);
+        let mut tally = Tally::new(nodes);
+        let mut answers = Vec::with_capacity(nodes.len());
+        let answered = |_node, answer| {
+            answers.push(answer);
+            Vote::Yes
+        };
+        round.count(&mut tally, answered, |_| false).await;
+        if tally.answered() < nodes.quorum() {
+            return Err(tally.no_quorum(what, nodes).into_error());
         }
-        if answered.len() < self.quorum() {
-            return Err(NoQuorum {
-                key: what.to_owned(),
-                nodes: self.node_count(),
-                answered: answered.len(),
-                needed: self.quorum(),
-                failures,
-            }
-            .into_error());
-        }
-        Ok((answered, failures))
+        Ok((answers, tally.failures().to_vec()))
     }
 }
 

@@ -196,7 +196,8 @@ impl Runtime {
             events: broadcast::Sender::new(EVENTS_CAPACITY),
         });
         drop(
-            self.engine()
+            self.nodes()
+                .engine()
                 .spawn(run_campaign(self.clone(), shared.clone(), options)),
         );
         Ok(Leadership { shared })
@@ -486,9 +487,9 @@ async fn run_campaign(runtime: Runtime, shared: Arc<Shared>, options: Options) {
             }
         }
         // Jittered, so that candidates spread out rather than all asking at once.
-        let pause = window / 2 + crate::redlock::random_below(window / 2).unwrap_or_default();
+        let pause = window / 2 + crate::random::pause_below(window / 2).unwrap_or_default();
         tokio::select! {
-            () = driver::sleep_until(runtime.engine(), Instant::now() + pause) => {}
+            () = driver::sleep_until(runtime.nodes().engine(), Instant::now() + pause) => {}
             _ = stepping_down.wait_for(|down| *down) => return,
             _ = shutting_down.wait_for(|down| *down) => return,
         }

@@ -9,19 +9,21 @@
 //! cancellation, [`LeaseInfo::lost`]) has a timer at the deadline, and the call checks it once
 //! more when the body ends.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::redlock::{extend, release, spawn_release_everywhere, Extension, Outstanding};
-use crate::{driver, Error, Options, Runtime};
+use crate::nodes::Nodes;
+use crate::redlock::{extend, release, release_in_background, Extension, Taken};
+use crate::{driver, Error, Options};
 
 /// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
 /// before the lease would run out.
@@ -229,12 +231,69 @@ impl Held {
         self.renews.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &Arc<str> {
         &self.key
     }
 
-    pub(crate) fn token(&self) -> &str {
+    pub(crate) fn token(&self) -> &Arc<str> {
         &self.token
+    }
+}
+
+/// The leases a runtime holds now, which `shutdown` releases; closed once it began, after which
+/// a lease just taken is not added (and its caller gives it back at once).
+#[derive(Default)]
+pub(crate) struct Register {
+    inner: Mutex<Registered>,
+}
+
+#[derive(Default)]
+struct Registered {
+    leases: HashMap<u64, Weak<Held>>,
+    next: u64,
+    closed: bool,
+}
+
+impl Register {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a lease; its entry, or `None` once closed.
+    fn add(&self, held: &Arc<Held>) -> Option<u64> {
+        let mut register = self.lock();
+        if register.closed {
+            return None;
+        }
+        let entry = register.next;
+        register.next += 1;
+        register.leases.insert(entry, Arc::downgrade(held));
+        Some(entry)
+    }
+
+    /// Takes a released (or dropped) lease out.
+    fn remove(&self, entry: u64) {
+        self.lock().leases.remove(&entry);
+    }
+
+    /// The leases held now.
+    pub(crate) fn held(&self) -> Vec<Arc<Held>> {
+        let register = self.lock();
+        register.leases.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Closes the register, and returns the leases that were in it: no lease is added after
+    /// this, so none is taken after `shutdown` began without being given back.
+    pub(crate) fn close(&self) -> Vec<Arc<Held>> {
+        let mut register = self.lock();
+        register.closed = true;
+        register
+            .leases
+            .drain()
+            .filter_map(|(_, held)| held.upgrade())
+            .collect()
     }
 }
 
@@ -261,14 +320,12 @@ impl Held {
 /// # }
 /// ```
 pub struct Lease {
-    runtime: Runtime,
+    nodes: Arc<Nodes>,
     held: Arc<Held>,
+    register: Arc<Register>,
     /// Its entry in the runtime's register of held leases, which `shutdown` releases; `None`
     /// when the runtime was already shut down (see [`Lease::new`]).
     registered: Option<u64>,
-    /// The slower nodes' SETs that were not queued on an open connection yet when the lock was
-    /// taken (see `Outstanding`): its release follows them.
-    outstanding: Outstanding,
     /// Cleared by `release`, so that `Drop` knows there is nothing left to do.
     holding: bool,
     /// Steps of the nodes' clocks seen since before the lock was taken, for renewal (see
@@ -276,23 +333,10 @@ pub struct Lease {
     clock_jumps: Option<watch::Receiver<u64>>,
 }
 
-/// What an acquisition that took the lock knows of it.
-pub(crate) struct Taken {
-    pub(crate) key: Arc<str>,
-    pub(crate) token: Arc<str>,
-    pub(crate) ttl: Duration,
-    pub(crate) acquired_at: Instant,
-    pub(crate) valid_until: Instant,
-    pub(crate) fencing_token: Option<u64>,
-    pub(crate) outstanding: Outstanding,
-    /// Subscribed before the attempt's first vote.
-    pub(crate) clock_jumps: Option<watch::Receiver<u64>>,
-}
-
 impl Lease {
     /// The lease of a lock just taken. Taken after `shutdown` began, it is not registered: the
     /// caller gives it back at once (see [`Lease::is_registered`]).
-    pub(crate) fn new(runtime: Runtime, taken: Taken) -> Self {
+    pub(crate) fn new(nodes: &Arc<Nodes>, register: &Arc<Register>, taken: Taken) -> Self {
         let held = Arc::new(Held {
             key: taken.key,
             token: taken.token,
@@ -305,14 +349,14 @@ impl Lease {
                 ended: false,
             }),
             lost: watch::Sender::new(None),
-            engine: runtime.engine().clone(),
+            engine: nodes.engine().clone(),
             renewal: Mutex::new(None),
             renews: AtomicBool::new(false),
         });
         Lease {
-            registered: runtime.register(&held),
-            runtime,
-            outstanding: taken.outstanding,
+            registered: register.add(&held),
+            register: register.clone(),
+            nodes: nodes.clone(),
             held,
             holding: true,
             clock_jumps: taken.clock_jumps,
@@ -365,7 +409,7 @@ impl Lease {
         if let Some(reason) = held.check() {
             return Err(self.lost_error(reason, false));
         }
-        match extend(&self.runtime, &held.key, &held.token, held.ttl).await {
+        match extend(&self.nodes, &held.key, &held.token, held.ttl).await {
             Extension::Extended { valid_until } if held.extend_to(valid_until) => Ok(()),
             Extension::Extended { .. } => {
                 let reason = held.check().unwrap_or(LostReason::Expired);
@@ -395,25 +439,21 @@ impl Lease {
     /// Like [`Lease::release`], but a non-zero `keep` leaves the key to expire that long from
     /// now instead of deleting it (`min_hold`).
     pub(crate) async fn release_keeping(mut self, keep: Duration) -> Result<(), Error> {
-        // From here on, a cancelled release is finished by its round (see `redlock::Round`).
+        // From here on, a cancelled release is finished by its round (see `round::Round`).
         self.holding = false;
         self.held.end();
         self.held.stop_renewal().await;
         if let Some(entry) = self.registered {
-            self.runtime.unregister(entry);
+            self.register.remove(entry);
         }
-        let all = (0..self.runtime.node_count()).collect();
-        let outstanding = std::mem::take(&mut self.outstanding);
-        release(
-            &self.runtime,
-            &self.held.key,
-            &self.held.token,
-            all,
-            keep,
-            outstanding,
-        )
-        .await
-        .map_err(|no_quorum| no_quorum.into_error())
+        release(&self.nodes, &self.held.key, &self.held.token, keep)
+            .await
+            .map_err(|no_quorum| no_quorum.into_error())
+    }
+
+    /// The key and the token, for a round that checks the lock is still ours.
+    pub(crate) fn key_and_token(&self) -> (&Arc<str>, &Arc<str>) {
+        (&self.held.key, &self.held.token)
     }
 
     /// What a body running under this lease sees of it.
@@ -462,7 +502,7 @@ impl Lease {
     /// the call. (A body that blocks its thread from before that point, never yielding, starts
     /// no renewal: its lease runs out, and the call says so when the body ends.)
     pub(crate) fn keep(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
-        let (runtime, held, options) = (self.runtime.clone(), self.held.clone(), *options);
+        let (nodes, held, options) = (self.nodes.clone(), self.held.clone(), *options);
         let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
         // Watched from before the lock was taken: a step seen before renewal begins counts too.
         let mut clock_jumps = self.clock_jumps.clone();
@@ -470,11 +510,11 @@ impl Lease {
         async move {
             if options.renew {
                 let jumped = tokio::select! {
-                    () = driver::sleep_until(runtime.engine(), due) => false,
+                    () = driver::sleep_until(nodes.engine(), due) => false,
                     () = clock_jumped(&mut clock_jumps) => true,
                 };
-                let engine = runtime.engine().clone();
-                let renewal = keep(runtime, held.clone(), options, clock_jumps, jumped);
+                let engine = nodes.engine().clone();
+                let renewal = keep(nodes, held.clone(), options, clock_jumps, jumped);
                 let task = engine.spawn(renewal);
                 *held
                     .renewal
@@ -497,10 +537,13 @@ impl Drop for Lease {
         }
         self.held.end();
         if let Some(entry) = self.registered {
-            self.runtime.unregister(entry);
+            self.register.remove(entry);
         }
-        let outstanding = std::mem::take(&mut self.outstanding);
-        spawn_release_everywhere(&self.runtime, &self.held, outstanding);
+        let held = self.held.clone();
+        let (key, token) = (held.key.clone(), held.token.clone());
+        release_in_background(&self.nodes, key, token, async move {
+            held.stop_renewal().await;
+        });
     }
 }
 
@@ -535,7 +578,7 @@ impl Drop for Keeper {
 /// before this began), on the other nodes (the stepped one is young now), and lost if they do
 /// not confirm it.
 async fn keep(
-    runtime: Runtime,
+    nodes: Arc<Nodes>,
     held: Arc<Held>,
     options: Options,
     mut clock_jumps: Option<watch::Receiver<u64>>,
@@ -579,7 +622,7 @@ async fn keep(
             LostReason::NoQuorum
         });
         let started = Instant::now();
-        match extend(&runtime, &held.key, &held.token, keep).await {
+        match extend(&nodes, &held.key, &held.token, keep).await {
             Extension::Extended { valid_until } => {
                 if !held.extend_to(valid_until) {
                     return;

@@ -11,9 +11,10 @@
 //! for a quarter of an hour. Every reading of a node, and every vote, also reads the node's
 //! clock, to notice it stepping (see [`crate::clock`]).
 //!
-//! The commands of a lock ([`Node::set_nx`], [`Node::release`], ...) have no deadline of their
-//! own: the round that sends one to every node bounds them all with one (see
-//! `redlock::Round`).
+//! The commands of a lock ([`Node::set_nx`], [`Node::release`], ...) never wait for a connection
+//! to open: the round that sends one to every node opens the connections first (see
+//! `round::Round`), and a node whose connection is not open then fails at once. Nor have they a
+//! deadline of their own: the round bounds them all with one.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -138,10 +139,10 @@ impl Node {
         }
     }
 
-    /// Whether the connection to this node is open, and the runtime that drives it runs: a
-    /// command started on it now is queued there at its first poll, ahead of any started later.
+    /// Whether a command started now is queued at its first poll, ahead of any started later:
+    /// the connection is open and the runtime that drives it runs (or the node is in process).
     pub(crate) fn is_connected(&self) -> bool {
-        self.open_session().is_some()
+        self.memory().is_some() || self.open_session().is_some()
     }
 
     /// The open connection, if there is one and the runtime that drives it runs: a read lock,

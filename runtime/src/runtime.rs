@@ -1,42 +1,23 @@
 //! The runtime: the nodes, the global and task-scoped handles, and the crate's own thread.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use tokio::runtime::Handle;
 use tokio::sync::watch;
-
-use crate::backlog::Backlog;
-use crate::config::{check_duration, check_millis};
-use crate::lease::Held;
-use crate::node::{FleetGrace, Node};
-use crate::redlock::{acquire, quorum, Acquired};
 use tracing::Instrument;
+
+use crate::config::{check_duration, check_millis};
+use crate::lease::Register;
+use crate::node::Node;
+use crate::nodes::Nodes;
+use crate::redlock::{acquire, release, Acquired};
 
 use crate::slot::{self, Period};
 use crate::{keys, telemetry};
 use crate::{Config, Error, Lease, LostReason, OnLost, Options, Outcome, Skip};
-
-/// The crate's own tokio runtime, one background thread that lives as long as the process: it
-/// drives the connections that no caller's multi-threaded runtime drives (see
-/// [`crate::driver`]), runs renewal and the releases of dropped leases (a release spawned on a
-/// runtime that is shutting down might never run), and keeps the clock of every deadline.
-static ENGINE: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(ENGINE_THREADS)
-        .thread_name("cluster-singleton")
-        .enable_all()
-        .build()
-        .map_err(|err| format!("could not start the background thread: {err}"))
-});
-
-/// Threads of the crate's own runtime: the work there is tiny (encode a command, read a reply).
-const ENGINE_THREADS: usize = 1;
 
 /// The first window of random pauses between attempts under `wait`; it doubles up to
 /// [`WAIT_MAX_WINDOW`].
@@ -45,11 +26,6 @@ const WAIT_FIRST_WINDOW: Duration = Duration::from_millis(10);
 /// The widest window between attempts under `wait`: a waiter notices a freed lock within about
 /// this long.
 const WAIT_MAX_WINDOW: Duration = Duration::from_millis(500);
-
-/// How often every node's connection is checked: the server's `run_id` (a restart behind a
-/// proxy that kept the connection open) and whether it answers at all (a dead flow). A restart
-/// behind such a proxy may go unnoticed for this long, plus the node timeout.
-const NODE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How often `shutdown` looks whether the background releases are done.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
@@ -86,90 +62,39 @@ pub struct Runtime {
 }
 
 struct Inner {
-    nodes: Vec<Node>,
-    quorum: usize,
+    nodes: Arc<Nodes>,
     key_prefix: String,
-    holder_id: String,
-    drift_factor: f64,
-    node_timeout: Duration,
     max_ttl: Duration,
-    engine: Handle,
-    backlog: Arc<Backlog>,
-    /// The restart grace and what feeds it; `None` when off.
-    grace: Option<Arc<FleetGrace>>,
     /// The leases held now, which `shutdown` releases.
-    leases: Mutex<HashMap<u64, Weak<Held>>>,
-    next_lease: AtomicU64,
-    /// Attempts in flight and releases running in the background, which `shutdown` waits for.
-    background: Arc<AtomicUsize>,
-    shut_down: AtomicBool,
-    /// Raised with `shut_down`, for work that waits (a campaign between attempts) to end at once.
-    shutting_down: watch::Sender<bool>,
+    register: Arc<Register>,
+    /// Raised when `shutdown` begins: calls fail from then on, and work that waits (a campaign
+    /// between attempts) ends at once.
+    shut_down: watch::Sender<bool>,
     metrics_key_label: crate::KeyLabel,
 }
 
 impl Runtime {
     pub(crate) fn from_config(config: Config) -> Result<Runtime, Error> {
         telemetry::describe();
-        let engine = ENGINE
-            .as_ref()
-            .map_err(|err| Error::Internal(err.clone()))?;
-        let mut seen = HashMap::new();
-        let mut nodes = Vec::with_capacity(config.urls.len());
-        let grace = config
-            .effective_restart_grace()
-            .map(|grace| FleetGrace::new(grace, &config));
-        for (index, url) in config.urls.iter().enumerate() {
-            let position = index + 1;
-            let node = Node::new(position, url, &config, grace.clone(), engine.handle())?;
-            if let Some(identity) = Node::identity(url) {
-                if let Some(first) = seen.insert(identity, position) {
-                    return Err(Error::InvalidConfig(format!(
-                        "Redis node {} is listed twice (URLs #{first} and #{position}); \
-                         list each independent node once",
-                        node.name()
-                    )));
-                }
-            }
-            nodes.push(node);
-        }
-        if nodes.iter().any(Node::is_memory) && !nodes.iter().all(Node::is_memory) {
-            return Err(Error::InvalidConfig(
-                "`memory://` nodes cannot be mixed with Redis nodes; use `memory://` alone, in tests".into(),
-            ));
-        }
-        if nodes.len() > 1 && nodes.len().is_multiple_of(2) {
-            tracing::warn!(
-                nodes = nodes.len(),
-                "an even number of Redis nodes tolerates no more failures than one node fewer; use an odd number"
-            );
-        }
+        let nodes = Nodes::new(&config)?;
         let inner = Arc::new(Inner {
-            quorum: quorum(nodes.len()),
             nodes,
             key_prefix: config.key_prefix,
-            holder_id: config.holder_id,
-            drift_factor: config.drift_factor,
-            node_timeout: config.node_timeout,
             max_ttl: config.max_ttl,
-            engine: engine.handle().clone(),
-            backlog: Backlog::new(engine.handle().clone()),
-            grace,
-            leases: Mutex::default(),
-            next_lease: AtomicU64::new(0),
-            background: Arc::default(),
-            shut_down: AtomicBool::new(false),
-            shutting_down: watch::Sender::new(false),
+            register: Arc::default(),
+            shut_down: watch::Sender::new(false),
             metrics_key_label: config.metrics_key_label,
         });
-        if !inner.nodes.iter().all(Node::is_memory) {
-            drop(engine.spawn(check_nodes(Arc::downgrade(&inner))));
-            if let Some(clock_jumps) = inner.grace.as_ref().map(|grace| grace.clock_jumps()) {
-                drop(engine.spawn(lose_unrenewed_leases_on_clock_jumps(
-                    Arc::downgrade(&inner),
-                    clock_jumps,
-                )));
-            }
+        if let Some(clock_jumps) = inner.nodes.clock_jumps() {
+            drop(
+                inner
+                    .nodes
+                    .engine()
+                    .spawn(lose_unrenewed_leases_on_clock_jumps(
+                        Arc::downgrade(&inner),
+                        clock_jumps,
+                    )),
+            );
         }
         Ok(Runtime { inner })
     }
@@ -260,7 +185,7 @@ impl Runtime {
 
     /// Takes the lock as `options` say (checked already): one attempt, or with `wait`, attempts
     /// until one takes it or the wait is over.
-    async fn take(&self, key: &str, options: &Options) -> Result<Acquired, Error> {
+    async fn take(&self, key: &str, options: &Options) -> Result<Acquired<Lease>, Error> {
         let Some(wait) = options.wait else {
             return self.take_once(key, options).await;
         };
@@ -284,32 +209,43 @@ impl Runtime {
                 Ok(_) | Err(_) => {}
             }
             // Full jitter: a pause drawn from the whole window, so that waiters spread out.
-            let pause = crate::redlock::random_below(window)?;
+            let pause = crate::random::pause_below(window)?;
             if Instant::now() + pause >= deadline {
                 return attempt;
             }
-            crate::driver::sleep_until(self.engine(), Instant::now() + pause).await;
+            crate::driver::sleep_until(self.nodes().engine(), Instant::now() + pause).await;
             window = (window * 2).min(WAIT_MAX_WINDOW);
         }
     }
 
     /// One attempt (split votes aside) at the lock.
-    async fn take_once(&self, key: &str, options: &Options) -> Result<Acquired, Error> {
+    async fn take_once(&self, key: &str, options: &Options) -> Result<Acquired<Lease>, Error> {
         // Counted before the flag is read: a `shutdown` that begins now waits for this attempt,
-        // whose lease (if it wins) the shutdown's register then refuses.
-        let _in_flight = self.pending();
+        // whose lease (if it wins) the closed register then refuses.
+        let nodes = self.nodes();
+        let _in_flight = nodes.in_flight();
         if self.is_shut_down() {
             return Err(Error::ShutDown);
         }
         let prefix = &self.inner.key_prefix;
         let fence = options.fencing.then(|| keys::fence(prefix, key));
-        acquire(
-            self,
-            &keys::lock(prefix, key),
-            fence.as_deref(),
-            options.ttl,
+        let lock_key = keys::lock(prefix, key);
+        Ok(
+            match acquire(nodes, &lock_key, fence.as_deref(), options.ttl).await? {
+                Acquired::Taken(taken) => {
+                    let lease = Lease::new(nodes, &self.inner.register, taken);
+                    if !lease.is_registered() {
+                        // `shutdown` began while this attempt was in flight: nothing is held
+                        // after it.
+                        let _ = lease.release().await;
+                        return Err(Error::ShutDown);
+                    }
+                    Acquired::Taken(lease)
+                }
+                Acquired::Busy => Acquired::Busy,
+                Acquired::SplitVote { attempts } => Acquired::SplitVote { attempts },
+            },
         )
-        .await
     }
 
     /// Runs `body` only if this call takes the lock on `key` for `ttl`, with every other option
@@ -441,7 +377,7 @@ impl Runtime {
             .as_ref()
             .map(|period| keys::done_marker(&self.inner.key_prefix, key, period.index()));
         if let (Some(period), Some(marker)) = (&period, &marker) {
-            if slot::done(self, marker, period).await? {
+            if slot::done(self.nodes(), marker, period).await? {
                 lease.release().await?;
                 return Ok(Outcome::Skipped(Skip::AlreadyDone {
                     period_start: period.start(),
@@ -485,7 +421,8 @@ impl Runtime {
         if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
             // Written only where the lock is still ours, while renewal goes on; then the lease
             // is checked again, so that `Ran` means the period was marked under the lock.
-            let marking = slot::mark_done(self, marker, lease.key(), lease.token(), period);
+            let (lock_key, token) = lease.key_and_token();
+            let marking = slot::mark_done(self.nodes(), marker, lock_key, token, period);
             let marked = tokio::select! {
                 marked = marking => marked,
                 never = &mut keeping => match never {},
@@ -531,7 +468,7 @@ impl Runtime {
 
     /// How many nodes must grant a lock: a strict majority.
     pub fn quorum(&self) -> usize {
-        self.inner.quorum
+        self.inner.nodes.quorum()
     }
 
     /// The prefix put before every key in Redis.
@@ -547,49 +484,12 @@ impl Runtime {
     /// # Ok::<(), cluster_singleton::Error>(())
     /// ```
     pub fn holder_id(&self) -> &str {
-        &self.inner.holder_id
+        self.inner.nodes.holder_id()
     }
 
-    /// Opens a connection to every node, waiting at most the connect timeout; failures are left
-    /// for later calls to retry.
+    /// Opens a connection to every node (see `Nodes::connect`).
     pub(crate) async fn connect(&self) {
-        // Each opening runs as a task of its own: it goes on if this wait is cut short.
-        let attempts = self.inner.nodes.iter().map(|node| async move {
-            if let Err(err) = node.connect().await {
-                tracing::warn!(node = node.name(), error = %err, "cannot reach a Redis node yet; later calls retry it");
-            }
-        });
-        join_all(attempts).await;
-        if self.inner.nodes.iter().all(Node::is_memory) {
-            tracing::warn!(
-                "cluster-singleton runs on `memory://`, a store inside this process: it locks \
-                 nothing across processes or machines; give `init` the URLs of Redis nodes"
-            );
-            return;
-        }
-        // Fresh nodes (a cluster that just started) give no vote until their restart grace has
-        // passed: say when locking can begin, so that a first run is not a mystery.
-        let mut grace_ends: Vec<Instant> = self
-            .inner
-            .nodes
-            .iter()
-            .filter_map(Node::grace_ends)
-            .collect();
-        let counting = self.node_count() - grace_ends.len();
-        if counting < self.quorum() {
-            grace_ends.sort_unstable();
-            let needed = self.quorum() - counting;
-            if let Some(ends) = grace_ends.get(needed - 1) {
-                tracing::warn!(
-                    young = grace_ends.len(),
-                    nodes = self.node_count(),
-                    locking_in = ?ends.saturating_duration_since(Instant::now()),
-                    "too many Redis nodes are inside their restart grace to lock yet (they \
-                     started recently, and may have forgotten locks); calls fail with `NoQuorum` \
-                     until then (see `Config::restart_grace`)"
-                );
-            }
-        }
+        self.inner.nodes.connect().await;
     }
 
     /// The process-wide runtime's [`Runtime::shutdown`]: for the end of a program that used
@@ -625,34 +525,20 @@ impl Runtime {
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
         check_duration("timeout", timeout, true)?;
         let deadline = Instant::now() + timeout;
-        let held: Vec<Arc<Held>> = {
-            // Under the register's lock: no lease registers after the flag is up.
-            let mut register = self.lock_register();
-            self.inner.shut_down.store(true, Ordering::SeqCst);
-            self.inner.shutting_down.send_replace(true);
-            register
-                .drain()
-                .filter_map(|(_, held)| held.upgrade())
-                .collect()
-        };
+        self.inner.shut_down.send_replace(true);
+        let nodes = self.nodes();
+        let held = self.inner.register.close();
         for held in &held {
             held.lose(LostReason::Shutdown);
         }
-        let all: Vec<usize> = (0..self.node_count()).collect();
-        let releases = held.iter().map(|held| {
-            let (key, token) = (Arc::from(held.key()), Arc::from(held.token()));
-            let all = all.clone();
-            async move {
-                // No extension still on its way may put the key back after the release.
-                held.stop_renewal().await;
-                crate::redlock::release(self, &key, &token, all, Duration::ZERO, Vec::new()).await
-            }
+        let releases = held.iter().map(|held| async move {
+            // No extension still on its way may put the key back after the release.
+            held.stop_renewal().await;
+            release(nodes, held.key(), held.token(), Duration::ZERO).await
         });
-        let released = crate::driver::timeout(self.engine(), timeout, join_all(releases)).await;
-        while (self.inner.background.load(Ordering::Acquire) > 0 || !self.backlog().is_empty())
-            && Instant::now() < deadline
-        {
-            crate::driver::sleep_until(self.engine(), Instant::now() + SHUTDOWN_POLL).await;
+        let released = crate::driver::timeout(nodes.engine(), timeout, join_all(releases)).await;
+        while !nodes.is_idle() && Instant::now() < deadline {
+            crate::driver::sleep_until(nodes.engine(), Instant::now() + SHUTDOWN_POLL).await;
         }
         match released {
             Ok(results) => results
@@ -664,47 +550,6 @@ impl Runtime {
                  their ttl"
             ))),
         }
-    }
-
-    /// Puts a lease in the register that `shutdown` releases; returns its entry, or `None` once
-    /// the runtime is shut down (the lease must then be given back at once).
-    pub(crate) fn register(&self, held: &Arc<Held>) -> Option<u64> {
-        let mut register = self.lock_register();
-        if self.is_shut_down() {
-            return None;
-        }
-        let entry = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
-        register.insert(entry, Arc::downgrade(held));
-        Some(entry)
-    }
-
-    /// Takes a released (or dropped) lease out of the register.
-    pub(crate) fn unregister(&self, entry: u64) {
-        self.lock_register().remove(&entry);
-    }
-
-    fn lock_register(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<Held>>> {
-        self.inner
-            .leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Runs `work` on the crate's own runtime, counted as pending work that `shutdown` waits
-    /// for.
-    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let pending = self.pending();
-        drop(self.engine().spawn(async move {
-            let _pending = pending;
-            work.await;
-        }));
-    }
-
-    /// Counts work that `shutdown` waits for (an attempt in flight, a background release) for
-    /// as long as the returned guard lives.
-    fn pending(&self) -> Pending {
-        self.inner.background.fetch_add(1, Ordering::SeqCst);
-        Pending(self.inner.background.clone())
     }
 
     /// Checks a call's options against each other and this runtime's settings, before anything
@@ -749,44 +594,21 @@ impl Runtime {
 
     /// Whether `shutdown` has begun: a campaign and a cron schedule stop then.
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.inner.shut_down.load(Ordering::SeqCst)
+        *self.inner.shut_down.borrow()
     }
 
     /// Turns `true` when `shutdown` begins.
     pub(crate) fn shutting_down(&self) -> watch::Receiver<bool> {
-        self.inner.shutting_down.subscribe()
+        self.inner.shut_down.subscribe()
     }
 
     pub(crate) fn set_global(self) -> Result<(), Error> {
         GLOBAL.set(self).map_err(|_| Error::AlreadyInitialised)
     }
 
-    pub(crate) fn node(&self, index: usize) -> &Node {
-        &self.inner.nodes[index]
-    }
-
-    pub(crate) fn drift_factor(&self) -> f64 {
-        self.inner.drift_factor
-    }
-
-    pub(crate) fn engine(&self) -> &Handle {
-        &self.inner.engine
-    }
-
-    /// Where commands nobody waits for any more are kept until answered.
-    pub(crate) fn backlog(&self) -> &Arc<Backlog> {
-        &self.inner.backlog
-    }
-
-    /// How long a round waits for a node's answer.
-    /// Changes each time a node's clock is seen to step forward; `None` when nothing watches
-    /// the clocks (see `Config::detect_clock_jumps`).
-    pub(crate) fn clock_jumps(&self) -> Option<watch::Receiver<u64>> {
-        self.inner.grace.as_ref().map(|grace| grace.clock_jumps())
-    }
-
-    pub(crate) fn node_timeout(&self) -> Duration {
-        self.inner.node_timeout
+    /// The nodes this runtime locks on.
+    pub(crate) fn nodes(&self) -> &Arc<Nodes> {
+        &self.inner.nodes
     }
 }
 
@@ -795,18 +617,9 @@ impl fmt::Debug for Runtime {
         let nodes: Vec<&str> = self.inner.nodes.iter().map(Node::name).collect();
         f.debug_struct("Runtime")
             .field("nodes", &nodes)
-            .field("quorum", &self.inner.quorum)
+            .field("quorum", &self.quorum())
             .field("key_prefix", &self.inner.key_prefix)
             .finish()
-    }
-}
-
-/// Pending work that `shutdown` waits for, counted while this lives.
-struct Pending(Arc<AtomicUsize>);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -822,16 +635,9 @@ async fn lose_unrenewed_leases_on_clock_jumps(
         let Some(runtime) = runtime.upgrade() else {
             return;
         };
-        let leases: Vec<Arc<Held>> = runtime
-            .leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for held in leases.iter().filter(|held| !held.renews()) {
+        for held in runtime.register.held().iter().filter(|held| !held.renews()) {
             tracing::warn!(
-                key = held.key(),
+                key = &**held.key(),
                 "lease lost: a node's clock stepped forward, and nothing renews this lease to \
                  confirm it on the other nodes"
             );
@@ -859,18 +665,6 @@ fn log_outcome<T>(result: &Result<Outcome<T>, Error>) {
             tracing::error!(error = %err, "the call could not run")
         }
         Err(err) => tracing::warn!(error = %err, "the call failed"),
-    }
-}
-
-/// Checks every node once a second (see [`Node::check`]) for as long as the runtime lives.
-async fn check_nodes(runtime: Weak<Inner>) {
-    loop {
-        tokio::time::sleep(NODE_CHECK_EVERY).await;
-        let Some(runtime) = runtime.upgrade() else {
-            return;
-        };
-        join_all(runtime.nodes.iter().map(Node::check)).await;
-        telemetry::node_graces(&runtime.nodes);
     }
 }
 

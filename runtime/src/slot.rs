@@ -3,10 +3,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::sync::Arc;
 
 use crate::node::millis;
-use crate::{Error, NoQuorum, Runtime};
+use crate::nodes::Nodes;
+use crate::round::{Round, Tally, Vote};
+use crate::{Error, NoQuorum};
 
 /// How far apart the machines' clocks may be, at least, for a marker to be found by every
 /// machine that calls for its period (see `Period::marker_expiry`): periods of a second (a cron
@@ -97,37 +99,27 @@ impl Period {
 /// answers. "No marker" counts only from a node that cannot have forgotten a marker of this
 /// period (see `Node::get_marker`), and needs a quorum of them, so that the marker's quorum and
 /// these share a node that would have kept it.
-pub(crate) async fn done(runtime: &Runtime, marker: &str, period: &Period) -> Result<bool, Error> {
-    let mut answered = 0;
-    let mut failures = Vec::new();
-    let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
-        .map(|node| async move {
-            let answer = runtime.node(node).get_marker(marker, period.start).await;
-            (node, answer)
-        })
-        .collect();
-    while let Some((node, answer)) = answers.next().await {
-        match answer {
-            // Looking on every node that answers, not just a quorum, finds a marker that only
-            // some of its nodes kept through a restart; a frozen node costs its timeout, once a
-            // period.
-            Ok(Some(_token)) => return Ok(true),
-            Ok(None) => answered += 1,
-            Err(err) => failures.push(runtime.node(node).failure(&err)),
-        }
+pub(crate) async fn done(nodes: &Arc<Nodes>, marker: &str, period: &Period) -> Result<bool, Error> {
+    let (marker, start) = (Arc::<str>::from(marker), period.start);
+    let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
+        let marker = marker.clone();
+        async move { nodes.node(node).get_marker(&marker, start).await }
+    });
+    let mut tally = Tally::new(nodes);
+    let found = |_node, value: Option<String>| value.map_or(Vote::No, |_token| Vote::Yes);
+    // Looking on every node that answers, not just a quorum, finds a marker that only some of
+    // its nodes kept through a restart; a frozen node costs its timeout, once a period.
+    round
+        .count(&mut tally, found, |tally| tally.yes() > 0)
+        .await;
+    round.abandon();
+    if tally.yes() > 0 {
+        return Ok(true);
     }
-    drop(answers);
-    if answered >= runtime.quorum() {
+    if tally.answered() >= nodes.quorum() {
         return Ok(false);
     }
-    Err(NoQuorum {
-        key: marker.to_owned(),
-        nodes: runtime.node_count(),
-        answered,
-        needed: runtime.quorum(),
-        failures,
-    }
-    .into_error())
+    Err(tally.no_quorum(&marker, nodes).into_error())
 }
 
 /// Why a done marker was not written on a quorum.
@@ -142,45 +134,34 @@ pub(crate) enum NotMarked {
 /// the lock `lock_key` still holds `token`, in one step with that check, so that a holder whose
 /// lease ran out cannot mark a period it no longer owns. Fails unless a quorum stored it.
 pub(crate) async fn mark_done(
-    runtime: &Runtime,
+    nodes: &Arc<Nodes>,
     marker: &str,
-    lock_key: &str,
-    token: &str,
+    lock_key: &Arc<str>,
+    token: &Arc<str>,
     period: &Period,
 ) -> Result<(), NotMarked> {
     let expiry = period.marker_expiry();
-    let (mut stored, mut not_ours) = (0, 0);
-    let mut failures = Vec::new();
-    let mut answers: FuturesUnordered<_> = (0..runtime.node_count())
-        .map(|node| async move {
-            let marked = runtime
+    let marker = Arc::<str>::from(marker);
+    let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
+        let (lock_key, token, marker) = (lock_key.clone(), token.clone(), marker.clone());
+        async move {
+            let marking = nodes
                 .node(node)
-                .mark_done(lock_key, token, marker, expiry)
-                .await;
-            (node, marked)
-        })
-        .collect();
-    while let Some((node, answer)) = answers.next().await {
-        match answer {
-            Ok(true) => stored += 1,
-            Ok(false) => not_ours += 1,
-            Err(err) => failures.push(runtime.node(node).failure(&err)),
+                .mark_done(&lock_key, &token, &marker, expiry);
+            marking.await
         }
-    }
-    drop(answers);
-    if stored >= runtime.quorum() {
+    });
+    let mut tally = Tally::new(nodes);
+    let stored = |_node, stored| if stored { Vote::Yes } else { Vote::No };
+    // Every node that answers within the timeout has the marker before the call returns.
+    round.count(&mut tally, stored, |_| false).await;
+    if tally.agreed() {
         return Ok(());
     }
-    if not_ours > runtime.node_count() - runtime.quorum() {
+    if tally.refused() {
         return Err(NotMarked::NotOurs);
     }
-    Err(NotMarked::NoQuorum(NoQuorum {
-        key: marker.to_owned(),
-        nodes: runtime.node_count(),
-        answered: stored,
-        needed: runtime.quorum(),
-        failures,
-    }))
+    Err(NotMarked::NoQuorum(tally.no_quorum(&marker, nodes)))
 }
 
 #[cfg(test)]

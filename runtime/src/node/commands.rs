@@ -8,7 +8,7 @@ use redis::RedisError;
 
 use crate::clock::ClockReading;
 
-use super::connection::{within, Session};
+use super::connection::Session;
 use super::scripts::{
     EXPIRE_IF_OURS, EXPIRE_IF_OURS_LUA, EXTEND_OR_REPAIR, MARK_DONE_IF_OURS, RAISE_FENCE,
     SET_NX_READ_FENCE,
@@ -51,7 +51,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.set_nx(key, token, ttl));
         }
-        let session = self.voting_session().await?;
+        let session = self.voting_session()?;
         let mut cmd = redis::Cmd::with_capacity(6, 48 + key.len() + token.len());
         cmd.arg("SET")
             .arg(key)
@@ -109,7 +109,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
         }
-        let session = self.voting_session().await?;
+        let session = self.voting_session()?;
         let mut invocation = SET_NX_READ_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(millis(ttl));
         self.check_epoch_in(&session, &mut invocation);
@@ -151,7 +151,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.raise_fence(key, fence_key, token, fence));
         }
-        let session = self.voting_session().await?;
+        let session = self.voting_session()?;
         let mut invocation = RAISE_FENCE.key(key);
         invocation.key(fence_key).arg(token).arg(fence);
         let ours: i64 = self.run_script(&session, &invocation).await?;
@@ -173,7 +173,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.extend_or_repair(key, token, keep));
         }
-        let session = self.voting_session().await?;
+        let session = self.voting_session()?;
         let mut invocation = EXTEND_OR_REPAIR.key(key);
         invocation.arg(token).arg(millis(keep));
         self.check_epoch_in(&session, &mut invocation);
@@ -198,6 +198,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.expire_if_ours(key, token, keep));
         }
+        // A release may wait for a connection to open: what it deletes is already there.
         let session = self.session().await?;
         self.expire_if_ours(&session, key, token, keep).await
     }
@@ -252,34 +253,31 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.get(marker));
         }
-        within(&self.engine, self.timeout, async {
-            let session = self.voting_session().await?;
-            let mut pipeline = redis::Pipeline::with_capacity(2);
-            pipeline.cmd("GET").arg(marker);
-            let epoch_key = self.epoch_key(&session);
-            if let Some(epoch_key) = epoch_key {
-                pipeline.cmd("GET").arg(epoch_key);
-            }
-            let mut replies: Vec<Option<String>> = self
-                .query(
-                    &session,
-                    pipeline.query_async(&mut session.connection.clone()),
-                )
-                .await?;
-            if epoch_key.is_some() {
-                let epoch = replies.pop().flatten();
-                self.same_epoch(&session, epoch.as_deref().map(str::as_bytes))?;
-            }
-            let value = replies.pop().flatten();
-            let remembers_the_period = session
-                .server()
-                .is_none_or(|server| server.started_at + SLOT_CLOCK_SKEW <= period_start);
-            match value {
-                None if !remembers_the_period => Err(NodeError::StartedInPeriod),
-                value => Ok(value),
-            }
-        })
-        .await
+        let session = self.voting_session()?;
+        let mut pipeline = redis::Pipeline::with_capacity(2);
+        pipeline.cmd("GET").arg(marker);
+        let epoch_key = self.epoch_key(&session);
+        if let Some(epoch_key) = epoch_key {
+            pipeline.cmd("GET").arg(epoch_key);
+        }
+        let mut replies: Vec<Option<String>> = self
+            .query(
+                &session,
+                pipeline.query_async(&mut session.connection.clone()),
+            )
+            .await?;
+        if epoch_key.is_some() {
+            let epoch = replies.pop().flatten();
+            self.same_epoch(&session, epoch.as_deref().map(str::as_bytes))?;
+        }
+        let value = replies.pop().flatten();
+        let remembers_the_period = session
+            .server()
+            .is_none_or(|server| server.started_at + SLOT_CLOCK_SKEW <= period_start);
+        match value {
+            None if !remembers_the_period => Err(NodeError::StartedInPeriod),
+            value => Ok(value),
+        }
     }
 
     /// Writes the done marker `marker`, expiring after `expiry`, while the lock `lock_key` still
@@ -295,13 +293,10 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.mark_done_if_ours(lock_key, token, marker, expiry));
         }
-        within(&self.engine, self.timeout, async {
-            let session = self.session().await?;
-            let mut invocation = MARK_DONE_IF_OURS.key(lock_key);
-            invocation.key(marker).arg(token).arg(millis(expiry));
-            let marked: i64 = self.run_script(&session, &invocation).await?;
-            Ok(marked == 1)
-        })
-        .await
+        let session = self.connected_session()?;
+        let mut invocation = MARK_DONE_IF_OURS.key(lock_key);
+        invocation.key(marker).arg(token).arg(millis(expiry));
+        let marked: i64 = self.run_script(&session, &invocation).await?;
+        Ok(marked == 1)
     }
 }

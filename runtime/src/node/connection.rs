@@ -44,7 +44,10 @@ pub(super) enum Link {
     Up(Arc<Session>),
     /// An attempt to connect, running as a task of its own so that it goes on (up to the connect
     /// timeout) when the calls waiting for it give up at their shorter per-node deadline.
-    Connecting(Shared<BoxFuture<'static, Opened>>),
+    Connecting {
+        attempt: Shared<BoxFuture<'static, Opened>>,
+        since: Instant,
+    },
     Down {
         cause: ConnectFailure,
         retry_after: Instant,
@@ -202,6 +205,53 @@ impl Node {
             .map(drop)
     }
 
+    /// Opens the connection if it is not open (or joins the attempt under way); a failure is
+    /// for the next command to report.
+    pub(crate) async fn open(&self) {
+        if self.memory().is_none() {
+            let _ = self.session().await;
+        }
+    }
+
+    /// Whether a round should wait for this node's connection to open: it is not open, and
+    /// either no attempt to open it is under way (one starts now) or the one under way began
+    /// less than `fresh` ago. An attempt older than that (a node that accepts connections and
+    /// answers nothing) is not waited for again, and a node that failed to connect a moment ago
+    /// fails at once.
+    pub(crate) fn worth_waiting_for(&self, fresh: Duration) -> bool {
+        if self.is_connected() {
+            return false;
+        }
+        match &*self
+            .link
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            Link::Up(_) => true,
+            Link::Connecting { since, .. } => since.elapsed() < fresh,
+            Link::Down { retry_after, .. } => Instant::now() >= *retry_after,
+        }
+    }
+
+    /// The open connection, for a lock's commands, which never wait for one to open (see
+    /// [`crate::round`]): not open, the node fails at once, with why.
+    pub(super) fn connected_session(&self) -> Result<Arc<Session>, NodeError> {
+        if let Some(session) = self.open_session() {
+            return Ok(session);
+        }
+        let link = self
+            .link
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Err(NodeError::Down(match &*link {
+            Link::Down { cause, .. } => cause.clone(),
+            Link::Up(_) | Link::Connecting { .. } => ConnectFailure {
+                cause: "its connection is being opened".into(),
+                refused: false,
+            },
+        }))
+    }
+
     /// The open connection, or the one being opened, or a fresh attempt to open one.
     pub(super) async fn session(&self) -> Result<Arc<Session>, NodeError> {
         let Backend::Redis(client) = &self.backend else {
@@ -217,7 +267,7 @@ impl Node {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match &*link {
                 Link::Up(session) if session.is_usable() => return Ok(session.clone()),
-                Link::Connecting(attempt) => attempt.clone(),
+                Link::Connecting { attempt, .. } => attempt.clone(),
                 Link::Down { cause, retry_after } if Instant::now() < *retry_after => {
                     return Err(NodeError::Down(cause.clone()));
                 }
@@ -231,7 +281,10 @@ impl Node {
                     )
                     .boxed()
                     .shared();
-                    *link = Link::Connecting(attempt.clone());
+                    *link = Link::Connecting {
+                        attempt: attempt.clone(),
+                        since: Instant::now(),
+                    };
                     attempt
                 }
             }
@@ -242,7 +295,7 @@ impl Node {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Whoever sees the attempt end first records its result; later waiters find it there.
-        if matches!(&*link, Link::Connecting(current) if current.ptr_eq(&attempt)) {
+        if matches!(&*link, Link::Connecting { attempt: current, .. } if current.ptr_eq(&attempt)) {
             *link = match &opened {
                 Ok(session) => {
                     if let Some(server) = session.server() {

@@ -162,8 +162,8 @@ impl FleetGrace {
 impl Node {
     /// The session, if the server behind it has been up for the restart grace, so that its vote
     /// counts.
-    pub(super) async fn voting_session(&self) -> Result<Arc<Session>, NodeError> {
-        let session = self.session().await?;
+    pub(super) fn voting_session(&self) -> Result<Arc<Session>, NodeError> {
+        let session = self.connected_session()?;
         let Some(grace) = &self.grace else {
             return Ok(session);
         };

@@ -180,7 +180,7 @@ impl Node {
                 ping,
                 version: field("redis_version"),
                 run_id: field("run_id"),
-                no_vote: self.voting_session().await.err(),
+                no_vote: self.voting_session().err(),
             })
         })
         .await
