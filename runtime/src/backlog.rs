@@ -40,7 +40,7 @@ pub(crate) struct Backlog {
     waiting: Mutex<Waiting>,
     /// Wakes the janitor when the backlog stops being empty, and when it is dropped.
     janitor: Arc<Notify>,
-    engine: Handle,
+    crate_thread: Handle,
 }
 
 #[derive(Default)]
@@ -87,17 +87,17 @@ impl Parked {
 }
 
 impl Backlog {
-    pub(crate) fn new(engine: Handle) -> Arc<Backlog> {
+    pub(crate) fn new(crate_thread: Handle) -> Arc<Backlog> {
         let backlog = Arc::new(Backlog {
             waiting: Mutex::new(Waiting {
                 look_at: FIRST_LOOK_AT,
                 ..Waiting::default()
             }),
             janitor: Arc::new(Notify::new()),
-            engine,
+            crate_thread,
         });
         let (weak, wake) = (Arc::downgrade(&backlog), backlog.janitor.clone());
-        drop(backlog.engine.spawn(janitor(weak, wake)));
+        drop(backlog.crate_thread.spawn(janitor(weak, wake)));
         backlog
     }
 
@@ -230,10 +230,10 @@ mod tests {
 
     #[test]
     fn a_look_polls_only_what_was_woken_and_drops_what_is_past_its_time() {
-        let engine = tokio::runtime::Builder::new_current_thread()
+        let crate_thread = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let backlog = Backlog::new(engine.handle().clone());
+        let backlog = Backlog::new(crate_thread.handle().clone());
         let (waiting, expired) = (Probe::default(), Probe::default());
         backlog.park(Instant::now() + Duration::from_secs(60), waiting.clone());
         backlog.park(Instant::now(), expired.clone());

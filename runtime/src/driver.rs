@@ -1,11 +1,11 @@
-//! Which tokio runtime drives a connection, and the engine's clock.
+//! Which tokio runtime drives a connection, and the crate thread's clock.
 //!
 //! A lock costs two round trips, and on a fast network a thread hand-off costs about as much as
 //! a round trip. So a connection is driven by the caller's own runtime when that is a
 //! multi-threaded one (a program's `#[tokio::main]`): taking and releasing a lock then never
 //! leaves the caller's threads, as with a plain redis-rs client. Elsewhere (no runtime, a
 //! current-thread runtime that may stop being driven at any moment, as each `#[tokio::test]`
-//! does) the crate's own one-thread runtime, the engine, drives it.
+//! does) the crate's own one-thread runtime, the crate thread, drives it.
 //!
 //! A runtime can shut down while the process goes on (tests, programs that build runtimes of
 //! their own), taking the connection tasks it drives with it. Each runtime that drives a
@@ -24,7 +24,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 pub(crate) struct Driver {
     /// Where to spawn the connection's tasks.
     pub(crate) handle: Handle,
-    /// Cleared when that runtime shuts down; `None` for the engine, which never does.
+    /// Cleared when that runtime shuts down; `None` for the crate thread, which never does.
     pub(crate) alive: Option<Arc<AtomicBool>>,
 }
 
@@ -34,46 +34,46 @@ pub(crate) fn is_alive(alive: Option<&Arc<AtomicBool>>) -> bool {
 }
 
 /// The runtime that should drive a connection opened now: the caller's, when it is a
-/// multi-threaded runtime other than the engine; otherwise the engine.
-pub(crate) fn for_connection(engine: &Handle) -> Driver {
-    match callers_runtime(engine) {
+/// multi-threaded runtime other than the crate thread; otherwise the crate thread.
+pub(crate) fn for_connection(crate_thread: &Handle) -> Driver {
+    match callers_runtime(crate_thread) {
         Some(handle) => Driver {
             alive: Some(sentinel(&handle)),
             handle,
         },
         None => Driver {
-            handle: engine.clone(),
+            handle: crate_thread.clone(),
             alive: None,
         },
     }
 }
 
-/// A timer on the engine's clock: it works whether or not the caller's runtime has timers
+/// A timer on the crate thread's clock: it works whether or not the caller's runtime has timers
 /// enabled, and its wake-up costs the caller nothing until it fires.
-pub(crate) fn sleep_until(engine: &Handle, deadline: Instant) -> tokio::time::Sleep {
-    let _on_engine = engine.enter();
+pub(crate) fn sleep_until(crate_thread: &Handle, deadline: Instant) -> tokio::time::Sleep {
+    let _on_engine = crate_thread.enter();
     tokio::time::sleep_until(deadline.into())
 }
 
-/// Bounds `future` by `timeout`, on the engine's clock (see [`sleep_until`]).
+/// Bounds `future` by `timeout`, on the crate thread's clock (see [`sleep_until`]).
 pub(crate) async fn timeout<F: Future>(
-    engine: &Handle,
+    crate_thread: &Handle,
     timeout: Duration,
     future: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
     let bounded = {
-        let _on_engine = engine.enter();
+        let _on_engine = crate_thread.enter();
         tokio::time::timeout(timeout, future)
     };
     bounded.await
 }
 
-/// The caller's runtime, if it is multi-threaded, not the engine, and not known to lack I/O or
+/// The caller's runtime, if it is multi-threaded, not the crate thread, and not known to lack I/O or
 /// timers.
-fn callers_runtime(engine: &Handle) -> Option<Handle> {
+fn callers_runtime(crate_thread: &Handle) -> Option<Handle> {
     let current = Handle::try_current().ok()?;
     let usable = current.runtime_flavor() == RuntimeFlavor::MultiThread
-        && current.id() != engine.id()
+        && current.id() != crate_thread.id()
         && !lock(&UNABLE).contains(&current.id());
     usable.then_some(current)
 }
@@ -81,7 +81,7 @@ fn callers_runtime(engine: &Handle) -> Option<Handle> {
 /// Runtimes found unable to drive a connection (built without I/O or timers).
 static UNABLE: Mutex<Vec<tokio::runtime::Id>> = Mutex::new(Vec::new());
 
-/// Notes that `runtime` cannot drive connections: the engine drives those opened on it.
+/// Notes that `runtime` cannot drive connections: the crate thread drives those opened on it.
 pub(crate) fn cannot_drive(runtime: &Handle) {
     lock(&UNABLE).push(runtime.id());
 }

@@ -170,7 +170,7 @@ impl Runtime {
     /// # }
     /// ```
     pub async fn inspect_slot(&self, key: &str, slot: Duration) -> Result<LockState, Error> {
-        crate::config::check_millis("slot", slot)?;
+        crate::checks::check_millis("slot", slot)?;
         let period = Period::now(slot)?;
         self.read_lock(key, Some(period)).await
     }

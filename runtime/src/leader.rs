@@ -195,11 +195,11 @@ impl Runtime {
             finished: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENTS_CAPACITY),
         });
-        drop(
-            self.nodes()
-                .engine()
-                .spawn(run_campaign(self.clone(), shared.clone(), options)),
-        );
+        drop(self.nodes().crate_thread().spawn(run_campaign(
+            self.clone(),
+            shared.clone(),
+            options,
+        )));
         Ok(Leadership { shared })
     }
 }
@@ -489,7 +489,7 @@ async fn run_campaign(runtime: Runtime, shared: Arc<Shared>, options: Options) {
         // Jittered, so that candidates spread out rather than all asking at once.
         let pause = window / 2 + crate::random::pause_below(window / 2).unwrap_or_default();
         tokio::select! {
-            () = driver::sleep_until(runtime.nodes().engine(), Instant::now() + pause) => {}
+            () = driver::sleep_until(runtime.nodes().crate_thread(), Instant::now() + pause) => {}
             _ = stepping_down.wait_for(|down| *down) => return,
             _ = shutting_down.wait_for(|down| *down) => return,
         }

@@ -10,7 +10,6 @@
 //! more when the body ends.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,22 +20,14 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod info;
+mod renewal;
+
+pub use info::{lease, LeaseInfo};
+
 use crate::nodes::Nodes;
 use crate::redlock::{extend, release, release_in_background, Extension, Taken};
-use crate::{driver, Error, Options};
-
-/// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
-/// before the lease would run out.
-const RENEW_AFTER_TTL_DIVISOR: u32 = 3;
-
-/// After a renewal that could not reach a quorum, the next try comes this fraction of the ttl
-/// later, for as long as the lease is still valid.
-const RENEW_RETRY_TTL_DIVISOR: u32 = 10;
-
-tokio::task_local! {
-    /// The lease of the `#[singleton]` body running in this task.
-    static CURRENT: LeaseInfo;
-}
+use crate::{driver, Error};
 
 /// Why a lease was lost before its holder was done with it.
 #[non_exhaustive]
@@ -89,11 +80,11 @@ pub(crate) struct Held {
     validity: Mutex<Validity>,
     lost: watch::Sender<Option<LostReason>>,
     /// Where the deadline's timers run: the crate's own runtime, whatever the caller's has.
-    engine: Handle,
-    /// The renewal task, once started (see [`Lease::keep`]).
+    crate_thread: Handle,
+    /// The renewal task, once started (see [`Lease::renewal`]).
     renewal: Mutex<Option<JoinHandle<()>>>,
     /// Whether renewal keeps the lease (then a step of a node's clock renews it at once, see
-    /// [`keep`]); set when the body starts.
+    /// `renewal::renew`); set when the body starts.
     renews: AtomicBool,
 }
 
@@ -196,7 +187,7 @@ impl Held {
                 }
                 tokio::select! {
                     _ = changes.changed() => {}
-                    () = driver::sleep_until(&self.engine, until) => {}
+                    () = driver::sleep_until(&self.crate_thread, until) => {}
                 }
             }
         }
@@ -297,7 +288,7 @@ impl Register {
     }
 }
 
-/// A lock held on a quorum of Redis nodes, from [`Runtime::lock`].
+/// A lock held on a quorum of Redis nodes, from [`Runtime::lock`](crate::Runtime::lock).
 ///
 /// Release it with [`Lease::release`] when the work is done, and [`Lease::extend`] it when the
 /// work takes longer than the ttl. A lease that is dropped without a release (the task was
@@ -329,7 +320,7 @@ pub struct Lease {
     /// Cleared by `release`, so that `Drop` knows there is nothing left to do.
     holding: bool,
     /// Steps of the nodes' clocks seen since before the lock was taken, for renewal (see
-    /// [`keep`]).
+    /// `renewal::renew`).
     clock_jumps: Option<watch::Receiver<u64>>,
 }
 
@@ -349,7 +340,7 @@ impl Lease {
                 ended: false,
             }),
             lost: watch::Sender::new(None),
-            engine: nodes.engine().clone(),
+            crate_thread: nodes.crate_thread().clone(),
             renewal: Mutex::new(None),
             renews: AtomicBool::new(false),
         });
@@ -380,7 +371,7 @@ impl Lease {
         &self.held.token
     }
 
-    /// With fencing on ([`Options::fencing`]): a number larger than that of every earlier
+    /// With fencing on ([`Options::fencing`](crate::Options::fencing)): a number larger than that of every earlier
     /// holder of this key, to pass to the storage the job writes to, which can then refuse
     /// writes from a holder whose lease ran out while it was paused. `None` without fencing.
     pub fn fencing_token(&self) -> Option<u64> {
@@ -492,40 +483,6 @@ impl Lease {
             body_finished,
         }
     }
-
-    /// Keeps the lease for a body, for as long as the returned future is polled beside it:
-    /// renews it, unless `options` turn renewal off.
-    ///
-    /// Nothing happens until the first renewal is due (a third of the ttl), so a short body costs
-    /// one timer. From then on a task on the crate's own runtime does the work, so that renewal
-    /// goes on while the body is busy; dropping the future stops it, so renewal never outlives
-    /// the call. (A body that blocks its thread from before that point, never yielding, starts
-    /// no renewal: its lease runs out, and the call says so when the body ends.)
-    pub(crate) fn keep(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
-        let (nodes, held, options) = (self.nodes.clone(), self.held.clone(), *options);
-        let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
-        // Watched from before the lock was taken: a step seen before renewal begins counts too.
-        let mut clock_jumps = self.clock_jumps.clone();
-        held.renews.store(options.renew, Ordering::SeqCst);
-        async move {
-            if options.renew {
-                let jumped = tokio::select! {
-                    () = driver::sleep_until(nodes.engine(), due) => false,
-                    () = clock_jumped(&mut clock_jumps) => true,
-                };
-                let engine = nodes.engine().clone();
-                let renewal = keep(nodes, held.clone(), options, clock_jumps, jumped);
-                let task = engine.spawn(renewal);
-                *held
-                    .renewal
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
-                let _keeper = Keeper(held);
-                std::future::pending::<()>().await;
-            }
-            std::future::pending().await
-        }
-    }
 }
 
 impl Drop for Lease {
@@ -556,201 +513,4 @@ impl fmt::Debug for Lease {
             .field("lost", &self.held.check())
             .finish()
     }
-}
-
-/// Stops the renewal task when the call is done with the lease, however it ends (a release stops
-/// it first, and waits for it: see [`Held::stop_renewal`]).
-struct Keeper(Arc<Held>);
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.0.abort_renewal();
-    }
-}
-
-/// Renews `held` every third of its ttl while the body runs, until it is lost: renewal finds the
-/// key taken over, or cannot reach a quorum before the deadline, or `max_hold` is reached. The
-/// deadline itself is kept by [`Held`], not here: a renewal still waiting for answers cannot
-/// make the loss late.
-///
-/// When a node's clock steps forward, our key may have expired early there, so the lease's
-/// validity no longer stands on its own: it is renewed at once (`jumped` when a step was seen
-/// before this began), on the other nodes (the stepped one is young now), and lost if they do
-/// not confirm it.
-async fn keep(
-    nodes: Arc<Nodes>,
-    held: Arc<Held>,
-    options: Options,
-    mut clock_jumps: Option<watch::Receiver<u64>>,
-    jumped: bool,
-) {
-    let renew_after = held.ttl / RENEW_AFTER_TTL_DIVISOR;
-    let retry_after = held.ttl / RENEW_RETRY_TTL_DIVISOR;
-    // Checked against overflow when the call started.
-    let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
-    let mut next = held.acquired_at + renew_after;
-    let mut woken_by_a_clock_jump = jumped;
-    loop {
-        if !woken_by_a_clock_jump {
-            woken_by_a_clock_jump = tokio::select! {
-                () = tokio::time::sleep_until(next.into()) => false,
-                () = clock_jumped(&mut clock_jumps) => true,
-            };
-        }
-        let after_a_clock_jump = std::mem::take(&mut woken_by_a_clock_jump);
-        if held.check().is_some() || held.is_ended() {
-            return;
-        }
-        // How long the extension may keep the key: a ttl, cut short by `max_hold`.
-        let keep = match hold_until {
-            Some(until) => until
-                .saturating_duration_since(Instant::now())
-                .min(held.ttl),
-            None => held.ttl,
-        };
-        // Cut short by `max_hold`: the last extension, after which the lease runs out for it.
-        let last = keep < held.ttl;
-        if keep.is_zero() {
-            held.if_it_runs_out(LostReason::MaxHold);
-            return;
-        }
-        // If the deadline passes while this round waits, renewal could not reach a quorum (or,
-        // for the last one, `max_hold` is what ends the lease).
-        held.if_it_runs_out(if last {
-            LostReason::MaxHold
-        } else {
-            LostReason::NoQuorum
-        });
-        let started = Instant::now();
-        match extend(&nodes, &held.key, &held.token, keep).await {
-            Extension::Extended { valid_until } => {
-                if !held.extend_to(valid_until) {
-                    return;
-                }
-                if last {
-                    held.if_it_runs_out(LostReason::MaxHold);
-                    return;
-                }
-                next = started + renew_after;
-            }
-            Extension::Gone => {
-                tracing::warn!(
-                    key = &*held.key,
-                    "lease lost: a majority of nodes no longer holds our token"
-                );
-                held.lose(LostReason::TakenOver);
-                return;
-            }
-            Extension::Undecided(no_quorum) if after_a_clock_jump => {
-                tracing::warn!(key = &*held.key, error = %no_quorum, "lease lost: a node's clock stepped forward, and the other nodes did not confirm the lease");
-                held.lose(LostReason::ClockJumped);
-                return;
-            }
-            Extension::Undecided(no_quorum) => {
-                tracing::debug!(key = &*held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
-                next = Instant::now() + retry_after;
-            }
-        }
-    }
-}
-
-/// Resolves when a node's clock is next seen to step forward; never when nothing watches the
-/// clocks.
-async fn clock_jumped(clock_jumps: &mut Option<watch::Receiver<u64>>) {
-    if let Some(jumps) = clock_jumps {
-        if jumps.changed().await.is_ok() {
-            return;
-        }
-    }
-    std::future::pending().await
-}
-
-/// What a `#[singleton]` body sees of the lease it runs under; from [`lease()`].
-///
-/// ```no_run
-/// use cluster_singleton::lease;
-///
-/// async fn charge_invoices() {
-///     let lease = lease().expect("called inside a #[singleton] body");
-///     println!("idempotency key for this run: {}", lease.token());
-///     if !lease.is_held() {
-///         return; // stop: another machine may be running this job now
-///     }
-/// }
-/// ```
-#[derive(Clone)]
-pub struct LeaseInfo {
-    held: Arc<Held>,
-}
-
-impl LeaseInfo {
-    /// The Redis key, with the runtime's prefix.
-    pub fn key(&self) -> &str {
-        &self.held.key
-    }
-
-    /// This acquisition's token (see [`Lease::token`]): 32 random hex digits, a space and the
-    /// holder id; unique to this run, usable as an idempotency key downstream.
-    pub fn token(&self) -> &str {
-        &self.held.token
-    }
-
-    /// With `fencing = true`: a number larger than that of every earlier holder of this key
-    /// (see [`Lease::fencing_token`]); `None` without fencing.
-    pub fn fencing_token(&self) -> Option<u64> {
-        self.held.fencing_token
-    }
-
-    /// How much longer the lock is safe to rely on, renewals included; zero once lost or
-    /// released.
-    pub fn validity(&self) -> Duration {
-        self.held.remaining()
-    }
-
-    /// Whether the lease is still held: not lost, not released, and still valid.
-    pub fn is_held(&self) -> bool {
-        !self.held.remaining().is_zero()
-    }
-
-    /// Why the lease was lost, if it was (its validity running out counts).
-    pub fn lost_reason(&self) -> Option<LostReason> {
-        self.held.check()
-    }
-
-    /// Resolves when the lease is lost, with the reason, at the end of its validity at the
-    /// latest (whatever renewal is doing, and even with renewal off); never, if the call ends
-    /// with the lease kept.
-    pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
-        self.held.clone().lost()
-    }
-
-    /// Runs `future` with this lease as the task's current one.
-    pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        CURRENT.scope(self, future)
-    }
-}
-
-impl fmt::Debug for LeaseInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LeaseInfo")
-            .field("key", &self.held.key)
-            .field("token", &self.held.token)
-            .field("validity", &self.validity())
-            .field("lost", &self.held.check())
-            .finish()
-    }
-}
-
-/// The lease of the `#[singleton]` body running in this task (or of
-/// [`Runtime::run_with`](crate::Runtime::run_with)'s body); `None` elsewhere.
-///
-/// ```no_run
-/// # async fn body() {
-/// if let Some(lease) = cluster_singleton::lease() {
-///     println!("running under {} until at least {:?} from now", lease.key(), lease.validity());
-/// }
-/// # }
-/// ```
-pub fn lease() -> Option<LeaseInfo> {
-    CURRENT.try_with(LeaseInfo::clone).ok()
 }

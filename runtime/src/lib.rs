@@ -8,6 +8,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backlog;
+mod checks;
 mod clock;
 mod config;
 #[cfg(feature = "cron")]
@@ -27,6 +28,7 @@ mod outcome;
 mod random;
 mod redlock;
 mod round;
+mod run;
 mod runtime;
 mod slot;
 mod telemetry;

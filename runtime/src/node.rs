@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
+use crate::checks::redact;
 use crate::clock::ClockWatch;
-use crate::config::redact;
 use crate::{memory, telemetry};
 use crate::{Config, Error, NodeFailure};
 
@@ -59,7 +59,7 @@ pub(crate) struct Node {
     /// The server last seen behind this node, to tell a restart from a reconnect.
     seen: Mutex<Seen>,
     /// The crate's own runtime, which drives connections opened outside a multi-threaded one.
-    engine: Handle,
+    crate_thread: Handle,
 }
 
 /// Where a node's commands go.
@@ -78,7 +78,7 @@ impl Node {
         url: &str,
         config: &Config,
         grace: Option<Arc<FleetGrace>>,
-        engine: &Handle,
+        crate_thread: &Handle,
     ) -> Result<Node, Error> {
         let name = redact(url);
         let backend = if url.starts_with(memory::SCHEME) {
@@ -109,7 +109,7 @@ impl Node {
                 compared: false,
                 jump: None,
             }),
-            engine: engine.clone(),
+            crate_thread: crate_thread.clone(),
         })
     }
 

@@ -47,7 +47,7 @@ pub(crate) struct Nodes {
     timeout: Duration,
     drift_factor: f64,
     holder_id: String,
-    engine: Handle,
+    crate_thread: Handle,
     /// Where commands nobody waits for any more are kept until answered.
     backlog: Arc<Backlog>,
     /// The restart grace and what feeds it; `None` when off.
@@ -60,7 +60,7 @@ impl Nodes {
     /// The nodes of `config`, checked (URLs, no node listed twice, `memory://` alone), not
     /// connected yet; their once-a-second check starts on the crate's thread.
     pub(crate) fn new(config: &Config) -> Result<Arc<Nodes>, Error> {
-        let engine = CRATE_THREAD
+        let crate_thread = CRATE_THREAD
             .as_ref()
             .map_err(|err| Error::Internal(err.clone()))?
             .handle();
@@ -71,7 +71,7 @@ impl Nodes {
         let mut list = Vec::with_capacity(config.urls.len());
         for (index, url) in config.urls.iter().enumerate() {
             let position = index + 1;
-            let node = Node::new(position, url, config, grace.clone(), engine)?;
+            let node = Node::new(position, url, config, grace.clone(), crate_thread)?;
             if let Some(first) = Node::identity(url).and_then(|id| seen.insert(id, position)) {
                 return Err(Error::InvalidConfig(format!(
                     "Redis node {} is listed twice (URLs #{first} and #{position}); list each \
@@ -98,13 +98,13 @@ impl Nodes {
             timeout: config.node_timeout,
             drift_factor: config.drift_factor,
             holder_id: config.holder_id.clone(),
-            engine: engine.clone(),
-            backlog: Backlog::new(engine.clone()),
+            crate_thread: crate_thread.clone(),
+            backlog: Backlog::new(crate_thread.clone()),
             grace,
             in_flight: Arc::default(),
         });
         if !nodes.is_memory() {
-            drop(engine.spawn(check_every_second(Arc::downgrade(&nodes))));
+            drop(crate_thread.spawn(check_every_second(Arc::downgrade(&nodes))));
         }
         Ok(nodes)
     }
@@ -141,8 +141,8 @@ impl Nodes {
     }
 
     /// The crate's own runtime, whose clock every deadline uses.
-    pub(crate) fn engine(&self) -> &Handle {
-        &self.engine
+    pub(crate) fn crate_thread(&self) -> &Handle {
+        &self.crate_thread
     }
 
     pub(crate) fn backlog(&self) -> &Arc<Backlog> {
@@ -217,14 +217,14 @@ impl Nodes {
             return;
         }
         // An attempt cut short here goes on as a task of its own (see `Node::open`).
-        let _ = driver::timeout(&self.engine, self.timeout, join_all(opening)).await;
+        let _ = driver::timeout(&self.crate_thread, self.timeout, join_all(opening)).await;
     }
 
     /// Runs `work` on the crate's own runtime, counted as work in flight that `shutdown` waits
     /// for.
     pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
         let in_flight = self.in_flight();
-        drop(self.engine.spawn(async move {
+        drop(self.crate_thread.spawn(async move {
             let _in_flight = in_flight;
             work.await;
         }));

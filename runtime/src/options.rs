@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use crate::checks::{check_duration, check_millis};
+use crate::Error;
+
 /// How a call takes and keeps its lock; `#[singleton(...)]` builds one from its arguments, and
 /// [`Runtime::run_with`](crate::Runtime::run_with) takes one directly.
 ///
@@ -243,5 +246,47 @@ impl Options {
     pub const fn key_template(mut self, template: &'static str) -> Self {
         self.key_template = Some(template);
         self
+    }
+}
+
+impl Options {
+    /// Checks the options against each other and against `max_ttl` (`Config::max_ttl`), before
+    /// anything is sent: each mistake is an [`Error::InvalidConfig`] that names the option.
+    pub(crate) fn check(&self, max_ttl: Duration) -> Result<(), Error> {
+        if self.ttl > max_ttl {
+            return Err(Error::InvalidConfig(format!(
+                "the ttl ({:?}) is longer than `Config::max_ttl` ({:?}), the longest ttl the \
+                 restart grace covers; raise `max_ttl` on every machine of the fleet, or keep \
+                 the ttl short and let renewal extend the lease",
+                self.ttl, max_ttl
+            )));
+        }
+        check_millis("ttl", self.ttl)?;
+        if let Some(wait) = self.wait {
+            check_duration("wait", wait, true)?;
+        }
+        if let Some(period) = self.slot {
+            check_millis("slot", period)?;
+        }
+        if let Some(min_hold) = self.min_hold {
+            check_millis("min_hold", min_hold)?;
+            if min_hold > self.ttl {
+                return Err(Error::InvalidConfig(format!(
+                    "`min_hold` ({min_hold:?}) must not exceed the ttl ({:?}): the key lives \
+                     for one ttl after the last renewal",
+                    self.ttl
+                )));
+            }
+        }
+        if let Some(max_hold) = self.max_hold {
+            check_duration("max_hold", max_hold, false)?;
+            if max_hold < self.ttl {
+                return Err(Error::InvalidConfig(format!(
+                    "`max_hold` ({max_hold:?}) must be at least the ttl ({:?})",
+                    self.ttl
+                )));
+            }
+        }
+        Ok(())
     }
 }

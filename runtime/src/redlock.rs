@@ -157,7 +157,7 @@ pub(crate) async fn acquire(
         }
         window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
         let pause = random::pause_below(window)?;
-        driver::sleep_until(nodes.engine(), Instant::now() + pause).await;
+        driver::sleep_until(nodes.crate_thread(), Instant::now() + pause).await;
         window *= 2;
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.

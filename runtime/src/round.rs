@@ -283,10 +283,10 @@ impl<T: Send + 'static> Round<T> {
                 }
             }
             if self.ready.is_empty() {
-                let (engine, deadline) = (self.nodes.engine(), self.deadline);
+                let (crate_thread, deadline) = (self.nodes.crate_thread(), self.deadline);
                 let timer = self
                     .timer
-                    .get_or_insert_with(|| Box::pin(driver::sleep_until(engine, deadline)));
+                    .get_or_insert_with(|| Box::pin(driver::sleep_until(crate_thread, deadline)));
                 if timer.as_mut().poll(cx).is_ready() {
                     let timeout = self.wait;
                     self.ready.extend(

@@ -114,7 +114,7 @@ impl Node {
         };
         let mut connection = session.connection.clone();
         let within = self.timeout.max(CHECK_ANSWER_WITHIN);
-        let read = driver::timeout(&self.engine, within, async {
+        let read = driver::timeout(&self.crate_thread, within, async {
             match &self.grace {
                 Some(grace) => {
                     grace.announce(&mut connection).await?;
@@ -151,7 +151,7 @@ impl Node {
             redis::Client::clone(client),
             self.connect_timeout,
             self.grace.clone(),
-            self.engine.clone(),
+            self.crate_thread.clone(),
         )
         .await;
         let Ok(fresh) = opened else {
@@ -200,7 +200,7 @@ impl Node {
         if self.memory().is_some() {
             return Ok(());
         }
-        within(&self.engine, self.connect_timeout, self.session())
+        within(&self.crate_thread, self.connect_timeout, self.session())
             .await
             .map(drop)
     }
@@ -277,7 +277,7 @@ impl Node {
                         redis::Client::clone(client),
                         self.connect_timeout,
                         self.grace.clone(),
-                        self.engine.clone(),
+                        self.crate_thread.clone(),
                     )
                     .boxed()
                     .shared();
@@ -419,9 +419,9 @@ async fn connect_on_a_driver(
     client: redis::Client,
     connect_timeout: Duration,
     grace: Option<Arc<FleetGrace>>,
-    engine: Handle,
+    crate_thread: Handle,
 ) -> Opened {
-    let on = driver::for_connection(&engine);
+    let on = driver::for_connection(&crate_thread);
     let callers = on.alive.is_some();
     let joined = on
         .handle
@@ -436,7 +436,7 @@ async fn connect_on_a_driver(
         Err(err) if callers && err.is_panic() => {
             driver::cannot_drive(&on.handle);
             tracing::warn!(error = %err, "the caller's tokio runtime cannot drive Redis connections (is it built without `enable_all()`?); the crate's own thread drives them instead");
-            engine
+            crate_thread
                 .spawn(open(client, connect_timeout, grace, None))
                 .await
         }
@@ -499,11 +499,11 @@ async fn open(
 /// Bounds one call by a deadline, whatever the connection is doing (connecting, waiting on a
 /// frozen server).
 pub(super) async fn within<T>(
-    engine: &Handle,
+    crate_thread: &Handle,
     timeout: Duration,
     call: impl std::future::Future<Output = Result<T, NodeError>>,
 ) -> Result<T, NodeError> {
-    driver::timeout(engine, timeout, call)
+    driver::timeout(crate_thread, timeout, call)
         .await
         .unwrap_or(Err(NodeError::Timeout(timeout)))
 }

@@ -55,7 +55,7 @@ impl Node {
                 marker: marker.and_then(|marker| store.get(marker)),
             });
         }
-        within(&self.engine, self.timeout, async {
+        within(&self.crate_thread, self.timeout, async {
             let session = self.session().await?;
             let mut pipeline = redis::Pipeline::with_capacity(4);
             pipeline.cmd("GET").arg(lock_key);
@@ -90,7 +90,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.keys_matching(pattern));
         }
-        let session = within(&self.engine, self.timeout, self.session()).await?;
+        let session = within(&self.crate_thread, self.timeout, self.session()).await?;
         let mut keys = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -102,7 +102,7 @@ impl Node {
                 .arg(SCAN_COUNT)
                 .to_owned();
             let (next, found): (u64, Vec<String>) = within(
-                &self.engine,
+                &self.crate_thread,
                 self.timeout,
                 self.query(&session, step.query_async(&mut session.connection.clone())),
             )
@@ -121,7 +121,7 @@ impl Node {
         if let Some(store) = self.memory() {
             return Ok(store.delete(key));
         }
-        within(&self.engine, self.timeout, async {
+        within(&self.crate_thread, self.timeout, async {
             let session = self.session().await?;
             let mut pipeline = redis::Pipeline::with_capacity(2);
             pipeline.cmd("GET").arg(key).cmd("DEL").arg(key).ignore();
@@ -157,7 +157,7 @@ impl Node {
                 no_vote: None,
             });
         }
-        within(&self.engine, self.timeout, async {
+        within(&self.crate_thread, self.timeout, async {
             let session = self.session().await?;
             let sent = Instant::now();
             let () = self

@@ -1,0 +1,243 @@
+//! Running a body under the lock: [`Runtime::run`] and [`Runtime::run_with`], what
+//! `#[singleton]` functions call.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::redlock::Acquired;
+use crate::slot::{self, Period};
+use crate::{keys, telemetry};
+use crate::{Error, LostReason, OnLost, Options, Outcome, Runtime, Skip};
+
+impl Runtime {
+    /// Runs `body` only if this call takes the lock on `key` for `ttl`, with every other option
+    /// at its default (see [`Options::new`]); [`Runtime::run_with`] takes options.
+    ///
+    /// ```no_run
+    /// # use std::time::{Duration, Instant};
+    /// # use cluster_singleton::Outcome;
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
+    /// let outcome = runtime.run("cache-warmup", Duration::from_secs(300), async { 7 }).await?;
+    /// if let Outcome::Ran(warmed) = outcome {
+    ///     println!("warmed {warmed} entries");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run<F: Future>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        body: F,
+    ) -> Result<Outcome<F::Output>, Error> {
+        self.run_with(key, Options::new(ttl), body, |_| true).await
+    }
+
+    /// Runs `body` only if this call takes the lock on `key`, as `options` say; what
+    /// `#[singleton]` functions do.
+    ///
+    /// While the body runs, the lease is renewed (unless `options` turn that off) and the body
+    /// sees it through [`lease()`](crate::lease). When the body is done, the lock is released, or
+    /// kept until `min_hold` when `succeeded` says the body's output is a success
+    /// (`Result::is_ok` for a `Result`, `|_| true` for anything else). If the body panics or the
+    /// returned future is dropped, the lock is released in the background at once.
+    ///
+    /// Returns `Ok(Outcome::Ran(..))` when the body ran under the lock to its end,
+    /// `Ok(Outcome::Skipped(..))` when another holder has it (after `wait`, if set), and
+    /// [`Error::LeaseLost`] when the lease was lost while the body ran.
+    ///
+    /// ```no_run
+    /// # use std::time::{Duration, Instant};
+    /// # use cluster_singleton::runtime::Options;
+    /// # use cluster_singleton::Outcome;
+    /// # async fn invoice() -> Result<u32, std::io::Error> { Ok(3) }
+    /// # async fn demo(runtime: cluster_singleton::runtime::Runtime) -> Result<(), cluster_singleton::Error> {
+    /// let options = Options::new(Duration::from_secs(60)).min_hold(Duration::from_secs(50));
+    /// match runtime.run_with("invoices", options, invoice(), Result::is_ok).await? {
+    ///     Outcome::Ran(result) => println!("ran: {result:?}"),
+    ///     Outcome::Skipped(why) => println!("skipped: {why}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_with<F, S>(
+        &self,
+        key: &str,
+        options: Options,
+        body: F,
+        succeeded: S,
+    ) -> Result<Outcome<F::Output>, Error>
+    where
+        F: Future,
+        S: FnOnce(&F::Output) -> bool,
+    {
+        // One span per call; the votes and the validity are recorded on it by the attempt, and
+        // the body's own spans and events nest under it.
+        let span = tracing::info_span!(
+            "singleton",
+            key,
+            nodes = self.node_count(),
+            granted = tracing::field::Empty,
+            busy = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            validity_ms = tracing::field::Empty,
+            held_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let label = telemetry::key_label(self.metrics_key_label(), key, &options);
+        let call = self.run_traced(key, label, options, body, succeeded);
+        // Entering a span on every poll costs even when nothing listens: only when something does.
+        let result = if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span.clone()).await
+        };
+        let outcome = telemetry::outcome_name(&result);
+        span.record("outcome", outcome);
+        span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+        telemetry::finished(label, outcome);
+        span.in_scope(|| log_outcome(&result));
+        result
+    }
+
+    /// `run_with` without its span and log event; `label` is the key as the metrics name it.
+    async fn run_traced<F, S>(
+        &self,
+        key: &str,
+        label: &str,
+        options: Options,
+        body: F,
+        succeeded: S,
+    ) -> Result<Outcome<F::Output>, Error>
+    where
+        F: Future,
+        S: FnOnce(&F::Output) -> bool,
+    {
+        self.check_options(&options)?;
+        let attempt_started = Instant::now();
+        let acquired = self.take(key, &options).await;
+        telemetry::attempted(
+            label,
+            attempt_started.elapsed(),
+            matches!(acquired, Ok(Acquired::Taken(_))),
+        );
+        let lease = match acquired? {
+            Acquired::Taken(lease) => lease,
+            Acquired::Busy => return Ok(Outcome::Skipped(Skip::Busy)),
+            Acquired::SplitVote { attempts } => {
+                return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
+            }
+        };
+        let period = match options.slot {
+            Some(length) => Some(Period::now(length)?),
+            // A call that a cron schedule made for one of its ticks runs once per tick.
+            None => slot::current_tick(),
+        };
+        let marker = period
+            .as_ref()
+            .map(|period| keys::done_marker(self.key_prefix(), key, period.index()));
+        if let (Some(period), Some(marker)) = (&period, &marker) {
+            if slot::done(self.nodes(), marker, period).await? {
+                lease.release().await?;
+                return Ok(Outcome::Skipped(Skip::AlreadyDone {
+                    period_start: period.start(),
+                }));
+            }
+        }
+        // Looking for the marker waits for every node (a frozen one for its whole timeout),
+        // with nothing renewing yet: a lease that ran out meanwhile must not start the body.
+        if let Some(reason) = lease.lost() {
+            return Err(lease.give_up(reason, false));
+        }
+        // Renewal runs beside the body, and beside the done marker's write after it; it stops
+        // before the release, so that it cannot extend a key we are deleting.
+        let mut renewal = std::pin::pin!(lease.renewal(&options));
+        let body = lease.info().scope(body);
+        let value = match options.on_lost {
+            OnLost::Cancel => {
+                let lost = lease.info().lost();
+                tokio::select! {
+                    biased;
+                    value = body => Some(value),
+                    _ = lost => None,
+                    never = &mut renewal => match never {},
+                }
+            }
+            OnLost::Continue => tokio::select! {
+                biased;
+                value = body => Some(value),
+                never = &mut renewal => match never {},
+            },
+        };
+        // `Ran` only if the lease is still valid now that the body has ended: a body that
+        // outlived it (blocked its thread, or was paused, past the deadline) may have run beside
+        // another holder.
+        let value = match (value, lease.lost()) {
+            (Some(value), None) => value,
+            (value, Some(reason)) => return Err(lease.give_up(reason, value.is_some())),
+            (None, None) => unreachable!("the body is only cut short by a lost lease"),
+        };
+        let succeeded = succeeded(&value);
+        if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
+            // Written only where the lock is still ours, while renewal goes on; then the lease
+            // is checked again, so that `Ran` means the period was marked under the lock.
+            let (lock_key, token) = lease.key_and_token();
+            let marking = slot::mark_done(self.nodes(), marker, lock_key, token, period);
+            let marked = tokio::select! {
+                marked = marking => marked,
+                never = &mut renewal => match never {},
+            };
+            match marked {
+                Ok(()) => {}
+                Err(slot::NotMarked::NotOurs) => lease.lose(LostReason::TakenOver),
+                Err(slot::NotMarked::NoQuorum(err)) => tracing::warn!(
+                    error = %err,
+                    "the done marker reached too few nodes; this period may run again"
+                ),
+            }
+            if let Some(reason) = lease.lost() {
+                return Err(lease.give_up(reason, true));
+            }
+        }
+        let keep = match options.min_hold {
+            Some(min_hold) if succeeded => min_hold.saturating_sub(lease.held_for()),
+            _ => Duration::ZERO,
+        };
+        let held = lease.held_for();
+        tracing::Span::current().record("held_ms", held.as_millis() as u64);
+        let released = lease.release_keeping(keep).await;
+        telemetry::released(label, held, released.is_ok());
+        if let Err(err) = released {
+            // The body ran; a release that could not reach a quorum leaves copies that expire
+            // with the ttl, which is worth a warning but is not an error of the call.
+            tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
+        }
+        Ok(Outcome::Ran(value))
+    }
+}
+
+/// The one event of a call, at the level that says whether someone should look: `INFO` when the
+/// body ran, `DEBUG` when another holder had the key (contention is the normal case, never
+/// worth a page), `WARN` when the nodes could not decide or the lease was lost, `ERROR` when the
+/// program itself is wrong (a bad setting, no `init`). A call cut short by `shutdown` is `INFO`.
+fn log_outcome<T>(result: &Result<Outcome<T>, Error>) {
+    match result {
+        Ok(Outcome::Ran(_)) => tracing::info!("the body ran under the lock"),
+        Ok(Outcome::Skipped(why)) => tracing::debug!("skipped: {why}"),
+        Err(
+            err @ (Error::ShutDown
+            | Error::LeaseLost {
+                reason: LostReason::Shutdown,
+                ..
+            }),
+        ) => tracing::info!(error = %err, "the call ended with the shutdown"),
+        Err(err @ (Error::InvalidConfig(_) | Error::NotInitialised | Error::Internal(_))) => {
+            tracing::error!(error = %err, "the call could not run")
+        }
+        Err(err) => tracing::warn!(error = %err, "the call failed"),
+    }
+}
