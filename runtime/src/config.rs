@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::checks::{check_duration, check_millis, redact};
-use crate::{Error, KeyLabel, Runtime};
+use crate::{Error, KeyLabel};
 
 /// The key prefix used unless [`Config::key_prefix`] sets another: the Redis key of the lock of
 /// `key = "daily-email"` is `singleton:lock:daily-email`.
@@ -30,7 +30,7 @@ const MAX_CLOCK_DRIFT_FACTOR: f64 = 0.5;
 /// default restart grace: ten minutes, the ttl of the examples' daily jobs (longer jobs renew).
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(10 * 60);
 
-/// The settings of a [`Runtime`]: which Redis nodes, and how to talk to them.
+/// The settings of a [`Runtime`](crate::Runtime): which Redis nodes, and how to talk to them.
 ///
 /// `runtime::init(urls)` is `Config::new(urls).init()`; build a `Config` yourself to change a
 /// default. Nothing is checked or connected until [`Config::build`] or [`Config::init`].
@@ -270,7 +270,7 @@ impl Config {
     }
 
     /// How this process names itself in the locks it holds (default: the host name and the
-    /// process id, `web-3:4242`), so that [`Runtime::inspect`], `cluster-singleton inspect` and
+    /// process id, `web-3:4242`), so that [`Runtime::inspect`](crate::Runtime::inspect), `cluster-singleton inspect` and
     /// a plain `GET` on a node tell who holds a key.
     ///
     /// A lock's value on the nodes is its random token, a space, then this id, so every node
@@ -303,7 +303,7 @@ impl Config {
     /// customer for `key = "invoice:{customer_id}"`, which a metrics backend pays for in memory
     /// and a dashboard in noise. The template makes it one series, at the price of not telling
     /// the values apart (the `tracing` span still names the key). Keys without placeholders are
-    /// the same either way, and so are calls of [`Runtime::run_with`] that give no
+    /// the same either way, and so are calls of [`Runtime::run_with`](crate::Runtime::run_with) that give no
     /// [`Options::key_template`](crate::Options::key_template). Only matters with the `metrics`
     /// feature.
     ///
@@ -404,47 +404,8 @@ impl Config {
         self
     }
 
-    /// Checks the settings and builds a [`Runtime`] that uses them, without connecting: nodes
-    /// connect on first use, and a node that is down is retried on later calls.
-    ///
-    /// Fails with [`Error::InvalidConfig`] on no URLs, an invalid URL, the same node listed twice,
-    /// a zero timeout or a drift factor out of range, and (`tls` feature) TLS certificates that
-    /// cannot be used.
-    ///
-    /// ```
-    /// use cluster_singleton::runtime::Config;
-    /// use cluster_singleton::Error;
-    ///
-    /// let err = Config::new(["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/"]).build().unwrap_err();
-    /// assert!(matches!(err, Error::InvalidConfig(_)));
-    /// assert!(err.to_string().contains("listed twice"));
-    /// ```
-    pub fn build(self) -> Result<Runtime, Error> {
-        self.check_settings()?;
-        Runtime::from_config(self)
-    }
-
-    /// Builds the runtime and makes it the process-wide one that `#[singleton]` functions use,
-    /// then opens a connection to each node (waiting at most the connect timeout; a node that is
-    /// down is retried on later calls and does not fail `init`).
-    ///
-    /// Fails with [`Error::AlreadyInitialised`] when a global runtime is already set, and as
-    /// [`Config::build`] does.
-    ///
-    /// ```no_run
-    /// # async fn start() -> Result<(), cluster_singleton::Error> {
-    /// cluster_singleton::runtime::Config::new(["redis://127.0.0.1:6379"]).init().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn init(self) -> Result<(), Error> {
-        let runtime = self.build()?;
-        runtime.clone().set_global()?;
-        runtime.connect().await;
-        Ok(())
-    }
-
-    fn check_settings(&self) -> Result<(), Error> {
+    /// Checks the settings against each other (`Config::build` does, before anything else).
+    pub(crate) fn check_settings(&self) -> Result<(), Error> {
         if self.urls.is_empty() {
             return Err(Error::InvalidConfig(
                 "no Redis URLs given; pass at least one, like `redis://127.0.0.1:6379`".into(),
@@ -470,7 +431,8 @@ impl Config {
             || self.holder_id.chars().any(char::is_control)
         {
             return Err(Error::InvalidConfig(format!(
-                "`holder_id` must be 1 to {MAX_HOLDER_ID_BYTES} bytes without control                  characters, got {:?}; name the process, like `web-3:4242`",
+                "`holder_id` must be 1 to {MAX_HOLDER_ID_BYTES} bytes without control \
+                 characters, got {:?}; name the process, like `web-3:4242`",
                 self.holder_id.chars().take(40).collect::<String>()
             )));
         }

@@ -27,48 +27,7 @@ pub use info::{lease, LeaseInfo};
 
 use crate::nodes::Nodes;
 use crate::redlock::{extend, release, release_in_background, Extension, Taken};
-use crate::{driver, Error};
-
-/// Why a lease was lost before its holder was done with it.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LostReason {
-    /// Renewal could not reach a quorum of nodes before the lease ran out.
-    NoQuorum,
-    /// A majority of nodes no longer holds our token: the key expired there, or another holder
-    /// has it now.
-    TakenOver,
-    /// The body ran longer than `max_hold`.
-    MaxHold,
-    /// The lease's validity ran out before an extension moved it: renewal is off, or came too
-    /// late (a body that blocked the thread before renewal began, a paused process).
-    Expired,
-    /// The runtime was shut down ([`Runtime::shutdown`](crate::Runtime::shutdown)), which
-    /// released the lock.
-    Shutdown,
-    /// A Redis node's clock stepped forward, so our key may have expired early there, and
-    /// renewal, run at once, could not confirm the lease on a quorum of the other nodes, or
-    /// nothing renews the lease to confirm it (see `Config::detect_clock_jumps`).
-    ClockJumped,
-}
-
-impl fmt::Display for LostReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LostReason::NoQuorum => "renewing it could not reach a quorum of Redis nodes",
-            LostReason::TakenOver => "a majority of Redis nodes no longer holds it",
-            LostReason::MaxHold => "the body ran longer than `max_hold`",
-            LostReason::Expired => {
-                "its validity ran out before it was extended (renewal off, or too late)"
-            }
-            LostReason::Shutdown => "the runtime was shut down",
-            LostReason::ClockJumped => {
-                "a Redis node's clock stepped forward, and a quorum of the other nodes did not \
-                 confirm it (or nothing renews it to ask them)"
-            }
-        })
-    }
-}
+use crate::{driver, Error, LostReason};
 
 /// What the holder of a lease and the body running under it share.
 pub(crate) struct Held {

@@ -20,7 +20,6 @@ mod inspect;
 mod keys;
 mod leader;
 mod lease;
-mod memory;
 mod node;
 mod nodes;
 mod options;
@@ -42,10 +41,10 @@ pub use config::{
     Config, DEFAULT_CLOCK_DRIFT_FACTOR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_TTL, DEFAULT_NODE_TIMEOUT,
 };
-pub use error::{Error, FailureKind, NoQuorum, NodeFailure};
+pub use error::{Error, FailureKind, LostReason, NoQuorum, NodeFailure};
 pub use inspect::{LockCopy, LockState, NodeHealth};
 pub use leader::{campaign, LeaderEvent, Leadership};
-pub use lease::{lease, Lease, LeaseInfo, LostReason};
+pub use lease::{lease, Lease, LeaseInfo};
 pub use options::{OnLost, Options};
 pub use outcome::{Outcome, Skip};
 pub use runtime::{init, lock, shutdown, Runtime};

@@ -23,13 +23,14 @@ use tokio::runtime::Handle;
 
 use crate::checks::redact;
 use crate::clock::ClockWatch;
-use crate::{memory, telemetry};
+use crate::telemetry;
 use crate::{Config, Error, NodeFailure};
 
 mod commands;
 mod connection;
 mod error;
 mod grace;
+mod memory;
 mod operator;
 mod scripts;
 mod server;
@@ -131,7 +132,7 @@ impl Node {
     /// What a caller is told of this node's `err`; each call counts it in the node's metrics, so
     /// call it once per failure.
     pub(crate) fn failure(&self, err: &NodeError) -> NodeFailure {
-        telemetry::node_failed(&self.name, err);
+        telemetry::node_failed(&self.name, err.counted_as());
         NodeFailure {
             node: self.name.clone(),
             cause: err.to_string(),

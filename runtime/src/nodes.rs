@@ -260,6 +260,11 @@ async fn check_every_second(nodes: Weak<Nodes>) {
             return;
         };
         join_all(nodes.list.iter().map(Node::check)).await;
-        telemetry::node_graces(&nodes.list);
+        for node in &nodes.list {
+            let left = node.grace_ends().map_or(Duration::ZERO, |ends| {
+                ends.saturating_duration_since(Instant::now())
+            });
+            telemetry::node_grace(node.name(), left);
+        }
     }
 }

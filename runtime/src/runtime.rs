@@ -73,7 +73,7 @@ struct Inner {
 }
 
 impl Runtime {
-    pub(crate) fn from_config(config: Config) -> Result<Runtime, Error> {
+    fn from_config(config: Config) -> Result<Runtime, Error> {
         telemetry::describe();
         let nodes = Nodes::new(&config)?;
         let inner = Arc::new(Inner {
@@ -377,6 +377,48 @@ impl Runtime {
     /// The nodes this runtime locks on.
     pub(crate) fn nodes(&self) -> &Arc<Nodes> {
         &self.inner.nodes
+    }
+}
+
+impl Config {
+    /// Checks the settings and builds a [`Runtime`] that uses them, without connecting: nodes
+    /// connect on first use, and a node that is down is retried on later calls.
+    ///
+    /// Fails with [`Error::InvalidConfig`] on no URLs, an invalid URL, the same node listed twice,
+    /// a zero timeout or a drift factor out of range, and (`tls` feature) TLS certificates that
+    /// cannot be used.
+    ///
+    /// ```
+    /// use cluster_singleton::runtime::Config;
+    /// use cluster_singleton::Error;
+    ///
+    /// let err = Config::new(["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/"]).build().unwrap_err();
+    /// assert!(matches!(err, Error::InvalidConfig(_)));
+    /// assert!(err.to_string().contains("listed twice"));
+    /// ```
+    pub fn build(self) -> Result<Runtime, Error> {
+        self.check_settings()?;
+        Runtime::from_config(self)
+    }
+
+    /// Builds the runtime and makes it the process-wide one that `#[singleton]` functions use,
+    /// then opens a connection to each node (waiting at most the connect timeout; a node that is
+    /// down is retried on later calls and does not fail `init`).
+    ///
+    /// Fails with [`Error::AlreadyInitialised`] when a global runtime is already set, and as
+    /// [`Config::build`] does.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cluster_singleton::Error> {
+    /// cluster_singleton::runtime::Config::new(["redis://127.0.0.1:6379"]).init().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn init(self) -> Result<(), Error> {
+        let runtime = self.build()?;
+        runtime.clone().set_global()?;
+        runtime.connect().await;
+        Ok(())
     }
 }
 

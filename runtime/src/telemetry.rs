@@ -10,10 +10,6 @@
 
 use std::time::Duration;
 
-#[cfg(feature = "metrics")]
-use std::time::Instant;
-
-use crate::node::{Node, NodeError};
 use crate::{Error, Options, Outcome, Skip};
 
 /// What the `key` label of the metrics holds: the key itself, or its template (see
@@ -236,35 +232,24 @@ pub(crate) fn clock_jumped(node: &str, direction: &'static str) {
     let _ = (node, direction);
 }
 
-/// A node gave no usable answer: `err`, as reported to the caller.
-pub(crate) fn node_failed(node: &str, err: &NodeError) {
+/// A node gave no usable answer, counted as `counted` says (see `NodeError::counted_as`):
+/// `Some("timeout")` in the node's timeouts, another reason in its refused votes, `None` not at
+/// all.
+pub(crate) fn node_failed(node: &str, counted: Option<&'static str>) {
     #[cfg(feature = "metrics")]
-    {
-        let reason = match err {
-            NodeError::Timeout(_) => {
-                metrics::counter!("cluster_singleton_node_timeouts_total", "node" => node.to_owned())
-                    .increment(1);
-                return;
-            }
-            // Not the node's failure: the call was decided without waiting for it.
-            NodeError::Unanswered => return,
-            NodeError::Restarted { .. } => "young",
-            NodeError::LostData => "lost_data",
-            NodeError::ClockJumped { .. } => "clock_jumped",
-            NodeError::ClockNotCompared | NodeError::ClockUncertain { .. } => "clock_unverified",
-            NodeError::StartedInPeriod => "started_in_period",
-            NodeError::Down(_) | NodeError::Redis(_)
-                if err.kind() == crate::FailureKind::Refused =>
-            {
-                "refused"
-            }
-            NodeError::Down(_) | NodeError::Redis(_) => "unreachable",
-        };
-        metrics::counter!("cluster_singleton_node_votes_refused_total", "node" => node.to_owned(), "reason" => reason)
-            .increment(1);
+    match counted {
+        Some("timeout") => {
+            metrics::counter!("cluster_singleton_node_timeouts_total", "node" => node.to_owned())
+                .increment(1);
+        }
+        Some(reason) => {
+            metrics::counter!("cluster_singleton_node_votes_refused_total", "node" => node.to_owned(), "reason" => reason)
+                .increment(1);
+        }
+        None => {}
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (node, err);
+    let _ = (node, counted);
 }
 
 /// A node's connection is given up for a new one: it broke, or it went silent while a new one
@@ -278,21 +263,17 @@ pub(crate) fn node_reconnecting(node: &str) {
     let _ = node;
 }
 
-/// Sets every node's grace gauges: whether its vote waits for its restart grace, and how long
-/// still. A node without an open connection is not in grace as far as these say (its votes are
-/// missing for another reason, which `node_votes_refused_total` counts).
-pub(crate) fn node_graces(nodes: &[Node]) {
+/// Sets a node's grace gauges: whether its vote waits for its restart grace, and how long
+/// still (`left`). A node without an open connection is not in grace as far as these say (its
+/// votes are missing for another reason, which `node_votes_refused_total` counts).
+pub(crate) fn node_grace(node: &str, left: Duration) {
     #[cfg(feature = "metrics")]
-    for node in nodes {
-        let left = node.grace_ends().map_or(Duration::ZERO, |ends| {
-            ends.saturating_duration_since(Instant::now())
-        });
-        let name = node.name().to_owned();
-        metrics::gauge!("cluster_singleton_node_in_grace", "node" => name.clone())
+    {
+        metrics::gauge!("cluster_singleton_node_in_grace", "node" => node.to_owned())
             .set(if left.is_zero() { 0.0 } else { 1.0 });
-        metrics::gauge!("cluster_singleton_node_grace_remaining_seconds", "node" => name)
+        metrics::gauge!("cluster_singleton_node_grace_remaining_seconds", "node" => node.to_owned())
             .set(left.as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = nodes;
+    let _ = (node, left);
 }

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::AlertDescription;
 
-use crate::{Config, Error};
+use crate::Error;
 
 /// Added to a refused server certificate: the usual causes, and where each is fixed.
 const SERVER_CERTIFICATE_ADVICE: &str =
@@ -59,11 +59,12 @@ pub(crate) fn client(
     position: usize,
     name: &str,
     url: &str,
-    config: &Config,
+    root_certificate: Option<&Vec<u8>>,
+    client_certificate: Option<&ClientCertificate>,
 ) -> Result<redis::Client, Error> {
     // Checked for `redis://` nodes too: a CA given for nothing is likely a URL that lacks
     // its `s`.
-    if let Some(pem) = &config.tls_root_certificate {
+    if let Some(pem) = root_certificate {
         check_root_certificate(pem)?;
     }
     let ConnectionAddr::TcpTls { insecure, .. } = client.get_connection_info().addr() else {
@@ -77,18 +78,15 @@ pub(crate) fn client(
         )));
     }
     install_crypto_provider();
-    if config.tls_root_certificate.is_none() && config.tls_client_certificate.is_none() {
+    if root_certificate.is_none() && client_certificate.is_none() {
         return Ok(client);
     }
     let certificates = TlsCertificates {
-        client_tls: config
-            .tls_client_certificate
-            .as_ref()
-            .map(|certificate| ClientTlsConfig {
-                client_cert: certificate.chain_pem.clone(),
-                client_key: certificate.key_pem.clone(),
-            }),
-        root_cert: config.tls_root_certificate.clone(),
+        client_tls: client_certificate.map(|certificate| ClientTlsConfig {
+            client_cert: certificate.chain_pem.clone(),
+            client_key: certificate.key_pem.clone(),
+        }),
+        root_cert: root_certificate.cloned(),
     };
     // Both were checked already (the root certificate above, the client certificate by
     // `Config::build`); redis-rs's own words on them are kept out of the message all the same,

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Held, LostReason};
+use super::Held;
+use crate::LostReason;
 
 tokio::task_local! {
     /// The lease of the `#[singleton]` body running in this task.

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::{Held, Lease, LostReason};
+use super::{Held, Lease};
 use crate::nodes::Nodes;
 use crate::redlock::{extend, Extension};
+use crate::LostReason;
 use crate::{driver, Options};
 
 /// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in

@@ -376,7 +376,14 @@ pub(super) fn client(
         ))
     })?;
     #[cfg(feature = "tls")]
-    let client = crate::tls::client(client, position, name, url, config)?;
+    let client = crate::tls::client(
+        client,
+        position,
+        name,
+        url,
+        config.tls_root_certificate.as_ref(),
+        config.tls_client_certificate.as_ref(),
+    )?;
     with_tcp_settings(client)
 }
 

@@ -53,6 +53,24 @@ pub(crate) enum NodeError {
 }
 
 impl NodeError {
+    /// How the node's metrics count this failure: `"timeout"`, a reason its vote was refused, or
+    /// `None` when it is not the node's failure (the call was decided without waiting for it).
+    pub(crate) fn counted_as(&self) -> Option<&'static str> {
+        Some(match self {
+            NodeError::Timeout(_) => "timeout",
+            NodeError::Unanswered => return None,
+            NodeError::Restarted { .. } => "young",
+            NodeError::LostData => "lost_data",
+            NodeError::ClockJumped { .. } => "clock_jumped",
+            NodeError::ClockNotCompared | NodeError::ClockUncertain { .. } => "clock_unverified",
+            NodeError::StartedInPeriod => "started_in_period",
+            NodeError::Down(_) | NodeError::Redis(_) if self.kind() == FailureKind::Refused => {
+                "refused"
+            }
+            NodeError::Down(_) | NodeError::Redis(_) => "unreachable",
+        })
+    }
+
     /// The kind of failure, as [`NodeFailure`] reports it.
     pub(crate) fn kind(&self) -> FailureKind {
         match self {

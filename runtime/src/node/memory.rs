@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::node::Renewed;
+use super::Renewed;
 
 /// The URL scheme that selects this backend.
 pub(crate) const SCHEME: &str = "memory://";
