@@ -18,15 +18,16 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 mod info;
 mod renewal;
 
+pub(crate) use renewal::Renewer;
+
 pub use info::{lease, LeaseInfo};
 
 use crate::nodes::Nodes;
-use crate::redlock::{extend, release, release_in_background, Extension, Taken};
+use crate::redlock::{release_in_background, start_release, Extension, Taken};
 use crate::{driver, Error, LostReason};
 
 /// What the holder of a lease and the body running under it share.
@@ -40,8 +41,11 @@ pub(crate) struct Held {
     lost: watch::Sender<Option<LostReason>>,
     /// Where the deadline's timers run: the crate's own runtime, whatever the caller's has.
     crate_thread: Handle,
-    /// The renewal task, once started (see [`Lease::renewal`]).
-    renewal: Mutex<Option<JoinHandle<()>>>,
+    /// The runtime's renewal, which queues the lease while a body runs (see [`Lease::renewal`]).
+    renewer: Arc<Renewer>,
+    /// Set when the lease's release begins: no extension of it is sent after that (see
+    /// [`Held::stop_renewal`]).
+    stopped: AtomicBool,
     /// Whether renewal keeps the lease (then a step of a node's clock renews it at once, see
     /// `renewal::renew`); set when the body starts.
     renews: AtomicBool,
@@ -152,24 +156,11 @@ impl Held {
         }
     }
 
-    /// Stops renewal, and waits until it has stopped: every extension it sent is then queued on
-    /// its connections ahead of what the caller sends next (a release), so that none can put a
-    /// released key back.
-    pub(crate) async fn stop_renewal(&self) {
-        if let Some(renewal) = self.abort_renewal() {
-            let _ = renewal.await;
-        }
-    }
-
-    /// Asks the renewal task, if it was started, to stop; the handle to wait for it.
-    fn abort_renewal(&self) -> Option<JoinHandle<()>> {
-        let renewal = self
-            .renewal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()?;
-        renewal.abort();
-        Some(renewal)
+    /// Stops renewal, and every other extension of the lease: every extension sent is then
+    /// queued on its connections ahead of what the caller sends next (a release), so that none
+    /// can put a released key back.
+    pub(crate) fn stop_renewal(&self) {
+        self.renewer.stop(self);
     }
 
     fn is_ended(&self) -> bool {
@@ -286,7 +277,12 @@ pub struct Lease {
 impl Lease {
     /// The lease of a lock just taken. Taken after `shutdown` began, it is not registered: the
     /// caller gives it back at once (see [`Lease::is_registered`]).
-    pub(crate) fn new(nodes: &Arc<Nodes>, register: &Arc<Register>, taken: Taken) -> Self {
+    pub(crate) fn new(
+        nodes: &Arc<Nodes>,
+        register: &Arc<Register>,
+        renewer: &Arc<Renewer>,
+        taken: Taken,
+    ) -> Self {
         let held = Arc::new(Held {
             key: taken.key,
             token: taken.token,
@@ -300,8 +296,9 @@ impl Lease {
             }),
             lost: watch::Sender::new(None),
             crate_thread: nodes.crate_thread().clone(),
-            renewal: Mutex::new(None),
+            renewer: renewer.clone(),
             renews: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         Lease {
             registered: register.add(&held),
@@ -356,10 +353,19 @@ impl Lease {
     /// stands until [`Lease::validity`] runs out; try again).
     pub async fn extend(&mut self) -> Result<(), Error> {
         let held = &self.held;
+        let _turn = self.nodes.turn().await;
+        self.nodes.open_connections().await;
+        // Looked at only after those waits: a lease lost meanwhile (`shutdown` released it) is not
+        // put back.
         if let Some(reason) = held.check() {
             return Err(self.lost_error(reason, false));
         }
-        match extend(&self.nodes, &held.key, &held.token, held.ttl).await {
+        let Some(extending) = held.renewer.extend_now(&self.nodes, held) else {
+            let reason = held.check().unwrap_or(LostReason::Shutdown);
+            return Err(self.lost_error(reason, false));
+        };
+        let mut extensions = extending.finish().await;
+        match extensions.pop().expect("one extension per lease") {
             Extension::Extended { valid_until } if held.extend_to(valid_until) => Ok(()),
             Extension::Extended { .. } => {
                 let reason = held.check().unwrap_or(LostReason::Expired);
@@ -389,14 +395,18 @@ impl Lease {
     /// Like [`Lease::release`], but a non-zero `keep` leaves the key to expire that long from
     /// now instead of deleting it (`min_hold`).
     pub(crate) async fn release_keeping(mut self, keep: Duration) -> Result<(), Error> {
-        // From here on, a cancelled release is finished by its round (see `round::Round`).
-        self.holding = false;
         self.held.end();
-        self.held.stop_renewal().await;
-        if let Some(entry) = self.registered {
+        self.held.stop_renewal();
+        if let Some(entry) = self.registered.take() {
             self.register.remove(entry);
         }
-        release(&self.nodes, &self.held.key, &self.held.token, keep)
+        // Cancelled while this waits for its turn, the lease is still held, and `Drop` gives it
+        // back in the background.
+        let releasing = start_release(&self.nodes, &self.held.key, &self.held.token, keep).await;
+        // From here on, a cancelled release is finished by its round (see `round::Round`).
+        self.holding = false;
+        releasing
+            .finish()
             .await
             .map_err(|no_quorum| no_quorum.into_error())
     }
@@ -458,7 +468,7 @@ impl Drop for Lease {
         let held = self.held.clone();
         let (key, token) = (held.key.clone(), held.token.clone());
         release_in_background(&self.nodes, key, token, async move {
-            held.stop_renewal().await;
+            held.stop_renewal();
         });
     }
 }

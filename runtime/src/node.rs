@@ -35,7 +35,7 @@ mod operator;
 mod scripts;
 mod server;
 
-pub(crate) use commands::Renewed;
+pub(crate) use commands::{LeaseToExtend, Renewed};
 pub(crate) use error::NodeError;
 pub(crate) use grace::FleetGrace;
 pub(crate) use operator::Checkup;

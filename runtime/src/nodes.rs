@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::backlog::Backlog;
 use crate::node::{FleetGrace, Node};
@@ -34,6 +34,14 @@ static CRATE_THREAD: LazyLock<Result<tokio::runtime::Runtime, String>> = LazyLoc
 /// behind such a proxy may go unnoticed for this long, plus the node timeout.
 const NODE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Rounds of commands that may be in flight at once (a lock attempt, a release, a batch of
+/// extensions). A burst of calls beyond it waits for its turn before its clock starts, rather
+/// than queueing so many commands on the connections that the later ones miss their node
+/// timeout, which would report an overload as an outage. A round takes two round trips or so on
+/// healthy nodes: this many keep a node busy without queueing for long (a thousand `SET`s take a
+/// local node about a millisecond).
+const ROUNDS_IN_FLIGHT: usize = 1_024;
+
 /// How many votes decide: a strict majority of the nodes.
 pub(crate) fn quorum(nodes: usize) -> usize {
     nodes / 2 + 1
@@ -54,6 +62,8 @@ pub(crate) struct Nodes {
     grace: Option<Arc<FleetGrace>>,
     /// Attempts in flight and releases running in the background, which `shutdown` waits for.
     in_flight: Arc<AtomicUsize>,
+    /// Turns for rounds: [`ROUNDS_IN_FLIGHT`] at a time.
+    turns: Arc<Semaphore>,
 }
 
 impl Nodes {
@@ -102,6 +112,7 @@ impl Nodes {
             backlog: Backlog::new(crate_thread.clone()),
             grace,
             in_flight: Arc::default(),
+            turns: Arc::new(Semaphore::new(ROUNDS_IN_FLIGHT)),
         });
         if !nodes.is_memory() {
             drop(crate_thread.spawn(check_every_second(Arc::downgrade(&nodes))));
@@ -218,6 +229,17 @@ impl Nodes {
         }
         // An attempt cut short here goes on as a task of its own (see `Node::open`).
         let _ = driver::timeout(&self.crate_thread, self.timeout, join_all(opening)).await;
+    }
+
+    /// Waits for a turn to start a round (see [`ROUNDS_IN_FLIGHT`]); the turn ends when the
+    /// returned permit is dropped. A caller whose clock (a lock's validity, a round's deadline)
+    /// starts only after this returns does not count the wait against it.
+    pub(crate) async fn turn(&self) -> OwnedSemaphorePermit {
+        self.turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore of turns is never closed")
     }
 
     /// Runs `work` on the crate's own runtime, counted as work in flight that `shutdown` waits

@@ -20,13 +20,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::clock::drift_allowance;
-use crate::node::{NodeError, Renewed};
+use crate::node::{LeaseToExtend, NodeError, Renewed};
 use crate::nodes::Nodes;
 use crate::round::{Round, Tally, Vote};
 use crate::{driver, random, Error, NoQuorum, NodeFailure};
+
+mod attempt;
+
+use attempt::Attempt;
 
 /// How many attempts a caller caught in a split vote makes before it skips.
 const SPLIT_VOTE_ATTEMPTS: usize = 4;
@@ -96,6 +100,8 @@ pub(crate) async fn acquire(
     let first_started = Instant::now();
     for attempt_number in 1..=SPLIT_VOTE_ATTEMPTS {
         let token = random::token(nodes.holder_id())?;
+        // Before the clock starts: a burst of calls waits here, not on the nodes.
+        let turn = nodes.turn().await;
         nodes.open_connections().await;
         let started = Instant::now();
         let clock_jumps = nodes.clock_jumps();
@@ -155,6 +161,7 @@ pub(crate) async fn acquire(
                 attempts: attempt_number,
             });
         }
+        drop(turn);
         window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
         let pause = random::pause_below(window)?;
         driver::sleep_until(nodes.crate_thread(), Instant::now() + pause).await;
@@ -257,41 +264,94 @@ pub(crate) enum Extension {
     Undecided(NoQuorum),
 }
 
-/// Extends our lock on `key` to expire `keep` from now on every node where it is still ours,
-/// puts our token back (with that expiry) on nodes where the key is absent, and says whether a
-/// quorum confirmed it in time to count. The validity counts from the start of this round;
-/// whether it still counts when the answers arrive is the lease's to say (see `lease::Held`).
-pub(crate) async fn extend(
-    nodes: &Arc<Nodes>,
-    key: &Arc<str>,
-    token: &Arc<str>,
-    keep: Duration,
-) -> Extension {
-    nodes.open_connections().await;
+/// Extends each of `leases` to expire its `keep` from now on every node where its key still
+/// holds its token, and puts the token back (with that expiry) on nodes where the key is absent,
+/// in one round (one script call per node; see [`Extending::finish`] for what it found). The
+/// round's commands are queued before this returns (see [`Round::send`]): a release sent after
+/// this reaches each node after the extension, which could otherwise put a released key back.
+pub(crate) fn start_extending(nodes: &Arc<Nodes>, leases: Arc<[LeaseToExtend]>) -> Extending {
     let started = Instant::now();
-    let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
-        let (key, token) = (key.clone(), token.clone());
-        async move { nodes.node(node).extend(&key, &token, keep).await }
+    let sent = leases.clone();
+    let mut round = Round::start(nodes, 0..nodes.len(), move |nodes, node| {
+        let leases = sent.clone();
+        async move { nodes.node(node).extend_each(&leases).await }
     });
-    let mut tally = Tally::new(nodes);
-    let ours = |_node, renewed| match renewed {
+    round.send();
+    Extending {
+        nodes: nodes.clone(),
+        round,
+        leases,
+        started,
+    }
+}
+
+/// Extensions sent (see [`start_extending`]), their answers still to count.
+pub(crate) struct Extending {
+    nodes: Arc<Nodes>,
+    round: Round<Vec<Renewed>>,
+    leases: Arc<[LeaseToExtend]>,
+    started: Instant,
+}
+
+impl Extending {
+    /// When the round began: each extension's validity counts from then.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// What each lease's extension found, in the leases' order, once each is decided (a quorum
+    /// holds it, or so many nodes hold another token that a quorum can no longer be ours) or no
+    /// more answers can come. Each validity counts from the start of the round; whether it still
+    /// counts when the answers arrive is the lease's to say (see `lease::Held`).
+    pub(crate) async fn finish(mut self) -> Vec<Extension> {
+        let nodes = self.nodes.clone();
+        let mut tallies: Vec<Tally> = self.leases.iter().map(|_| Tally::new(&nodes)).collect();
+        let decided = |tally: &Tally| tally.agreed() || tally.refused();
+        while !tallies.iter().all(decided) {
+            let Some((node, answer)) = self.round.next().await else {
+                break;
+            };
+            match answer {
+                Ok(renewed) => {
+                    for (tally, renewed) in tallies.iter_mut().zip(renewed) {
+                        tally.record(node, ours(renewed));
+                    }
+                }
+                Err(err) => {
+                    let failure = nodes.node(node).failure(&err);
+                    for tally in &mut tallies {
+                        tally.failed(node, failure.clone());
+                    }
+                }
+            }
+        }
+        // The slower nodes get the extension too, so that the keys live as long on all of them.
+        self.round.detach();
+        let took = self.started.elapsed();
+        let leases = self.leases.iter();
+        tallies
+            .into_iter()
+            .zip(leases)
+            .map(|(tally, lease)| {
+                if tally.refused() {
+                    return Extension::Gone;
+                }
+                match validity(lease.keep, took, nodes.drift_factor()) {
+                    Some(left) if tally.agreed() => Extension::Extended {
+                        valid_until: self.started + took + left,
+                    },
+                    _ => Extension::Undecided(tally.no_quorum(&lease.key, &nodes)),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A node's answer to an extension as a vote: the key holds our token there now.
+fn ours(renewed: Renewed) -> Vote {
+    match renewed {
         Renewed::Kept | Renewed::Repaired => Vote::Yes,
         Renewed::NotOurs => Vote::No,
-    };
-    round
-        .count(&mut tally, ours, |tally| tally.agreed() || tally.refused())
-        .await;
-    // The slower nodes get the extension too, so that the key lives as long on all of them.
-    round.detach();
-    if tally.refused() {
-        return Extension::Gone;
-    }
-    let took = started.elapsed();
-    match validity(keep, took, nodes.drift_factor()) {
-        Some(left) if tally.agreed() => Extension::Extended {
-            valid_until: started + took + left,
-        },
-        _ => Extension::Undecided(tally.no_quorum(key, nodes)),
     }
 }
 
@@ -305,19 +365,54 @@ pub(crate) async fn release(
     token: &Arc<str>,
     keep: Duration,
 ) -> Result<(), NoQuorum> {
+    start_release(nodes, key, token, keep).await.finish().await
+}
+
+/// The first half of [`release`]: waits for a turn (see `Nodes::turn`), then queues the release
+/// on every node's connection before it returns, so that a caller cancelled after this still
+/// releases (the round finishes in the background).
+pub(crate) async fn start_release(
+    nodes: &Arc<Nodes>,
+    key: &Arc<str>,
+    token: &Arc<str>,
+    keep: Duration,
+) -> Releasing {
+    let turn = nodes.turn().await;
     let mut round = release_round(nodes, key, token, 0..nodes.len(), keep);
-    let mut tally = Tally::new(nodes);
-    round
-        .count(&mut tally, yes_if_answered, Tally::decided)
-        .await;
-    for failure in tally.failures() {
-        release_failed(key, failure);
+    round.send();
+    Releasing {
+        nodes: nodes.clone(),
+        key: key.clone(),
+        round,
+        _turn: turn,
     }
-    detach_release(round, nodes, key);
-    if tally.agreed() {
-        return Ok(());
+}
+
+/// A release sent (see [`start_release`]), its answers still to count.
+pub(crate) struct Releasing {
+    nodes: Arc<Nodes>,
+    key: Arc<str>,
+    round: Round<bool>,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Releasing {
+    /// Waits until a quorum answered (the lock is free), or no more answers can come.
+    pub(crate) async fn finish(mut self) -> Result<(), NoQuorum> {
+        let (nodes, key) = (&self.nodes, &self.key);
+        let mut tally = Tally::new(nodes);
+        self.round
+            .count(&mut tally, yes_if_answered, Tally::decided)
+            .await;
+        for failure in tally.failures() {
+            release_failed(key, failure);
+        }
+        detach_release(self.round, nodes, key);
+        if tally.agreed() {
+            return Ok(());
+        }
+        Err(tally.no_quorum(key, nodes))
     }
-    Err(tally.no_quorum(key, nodes))
 }
 
 /// [`release`] for a lock given up without waiting (a dropped lease, a cancelled attempt): on
@@ -410,109 +505,6 @@ fn yes_if(_node: usize, done: bool) -> Vote {
 /// no longer holds our token there).
 fn yes_if_answered<T>(_node: usize, _answer: T) -> Vote {
     Vote::Yes
-}
-
-/// One attempt's SETs: dropped before it kept its lock or gave it back (the caller gave up
-/// mid-attempt), it gives back whatever the attempt may hold, in the background, since a lock
-/// it took must not wait for its ttl.
-struct Attempt {
-    nodes: Arc<Nodes>,
-    key: Arc<str>,
-    token: Arc<str>,
-    round: Option<Round<Option<u64>>>,
-}
-
-impl Attempt {
-    /// `SET key token NX PX ttl` on every node (with fencing, the script that also reads the
-    /// fencing counter).
-    fn start(
-        nodes: &Arc<Nodes>,
-        key: &Arc<str>,
-        fence_key: Option<&Arc<str>>,
-        token: &Arc<str>,
-        ttl: Duration,
-    ) -> Attempt {
-        let round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
-            let (key, token, fence_key) = (key.clone(), token.clone(), fence_key.cloned());
-            async move {
-                let node = nodes.node(node);
-                match fence_key {
-                    None => node
-                        .set_nx(&key, &token, ttl)
-                        .await
-                        .map(|granted| granted.then_some(0)),
-                    Some(fence_key) => {
-                        node.set_nx_reading_fence(&key, &fence_key, &token, ttl)
-                            .await
-                    }
-                }
-            }
-        });
-        Attempt {
-            nodes: nodes.clone(),
-            key: key.clone(),
-            token: token.clone(),
-            round: Some(round),
-        }
-    }
-
-    /// Counts the answers until the result is decided, and the highest fencing counter among the
-    /// nodes that granted.
-    async fn vote(&mut self) -> (Tally, u64) {
-        let mut tally = Tally::new(&self.nodes);
-        let mut highest = 0;
-        if let Some(round) = self.round.as_mut() {
-            let granted = |_node, fence: Option<u64>| match fence {
-                Some(fence) => {
-                    highest = highest.max(fence);
-                    Vote::Yes
-                }
-                None => Vote::No,
-            };
-            round.count(&mut tally, granted, Tally::decided).await;
-        }
-        (tally, highest)
-    }
-
-    /// For an attempt that won: the SETs still out go on in the background, so that the lock
-    /// reaches the slower nodes too (every one was queued on its connection at its first poll,
-    /// ahead of the release that will follow it); dropping the attempt does nothing any more.
-    fn keep(mut self) {
-        if let Some(round) = self.round.take() {
-            round.detach();
-        }
-    }
-
-    /// For an attempt that did not win: records the answers still to come in `tally`, until the
-    /// round's deadline (a node that gives none by then counts as failed: ours may have landed
-    /// there).
-    async fn finish(&mut self, tally: &mut Tally) {
-        if let Some(round) = self.round.as_mut() {
-            let granted = |_node, fence: Option<u64>| fence.map_or(Vote::No, |_| Vote::Yes);
-            round.count(tally, granted, |_| false).await;
-        }
-    }
-
-    /// For an attempt that did not win: drops the SETs still out (see [`Round::abandon`]), then
-    /// gives back whatever of ours may have landed (see [`give_back`]).
-    async fn give_back(mut self, tally: &Tally) {
-        if let Some(round) = self.round.take() {
-            round.abandon();
-        }
-        give_back(&self.nodes, &self.key, &self.token, tally).await;
-    }
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        let Some(round) = self.round.take() else {
-            return;
-        };
-        round.abandon();
-        // Every node: which SETs landed is unknown.
-        let (key, token) = (self.key.clone(), self.token.clone());
-        release_in_background(&self.nodes, key, token, async {});
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::driver;
@@ -63,13 +63,20 @@ impl Tally {
         }
     }
 
-    fn record(&mut self, node: usize, vote: Vote) {
+    /// Records `node`'s vote (a failure without its cause: see [`Tally::failed`]).
+    pub(crate) fn record(&mut self, node: usize, vote: Vote) {
         match vote {
             Vote::Yes => self.yes += 1,
             Vote::No => self.no += 1,
             Vote::Failed => {}
         }
         self.votes[node] = Some(vote);
+    }
+
+    /// Records that `node` failed, and why.
+    pub(crate) fn failed(&mut self, node: usize, failure: NodeFailure) {
+        self.failures.push(failure);
+        self.record(node, Vote::Failed);
     }
 
     pub(crate) fn yes(&self) -> usize {
@@ -254,17 +261,23 @@ impl<T: Send + 'static> Round<T> {
         node: usize,
         answer: Result<T, NodeError>,
     ) {
-        let counted = match answer {
-            Ok(answer) => vote(node, answer),
-            Err(err) => {
-                tally.failures.push(self.node(node).failure(&err));
-                Vote::Failed
-            }
-        };
-        tally.record(node, counted);
+        match answer {
+            Ok(answer) => tally.record(node, vote(node, answer)),
+            Err(err) => tally.failed(node, self.node(node).failure(&err)),
+        }
     }
 
-    fn node(&self, index: usize) -> &Node {
+    /// Queues every command on its connection now, rather than at the round's first wait: what
+    /// is sent to a node after this returns reaches it after them. (The answers are awaited
+    /// later; an answer already in is kept for [`Round::next`].)
+    pub(crate) fn send(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Some(answer)) = self.poll_next(&mut cx) {
+            self.ready.push(answer);
+        }
+    }
+
+    pub(crate) fn node(&self, index: usize) -> &Node {
         self.nodes.node(index)
     }
 

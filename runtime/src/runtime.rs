@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use crate::checks::check_duration;
-use crate::lease::Register;
+use crate::lease::{Register, Renewer};
 use crate::node::Node;
 use crate::nodes::Nodes;
 use crate::redlock::{acquire, release, Acquired};
@@ -66,6 +66,8 @@ struct Inner {
     max_ttl: Duration,
     /// The leases held now, which `shutdown` releases.
     register: Arc<Register>,
+    /// Renews the leases of bodies that run.
+    renewer: Arc<Renewer>,
     /// Raised when `shutdown` begins: calls fail from then on, and work that waits (a campaign
     /// between attempts) ends at once.
     shut_down: watch::Sender<bool>,
@@ -81,6 +83,7 @@ impl Runtime {
             key_prefix: config.key_prefix,
             max_ttl: config.max_ttl,
             register: Arc::default(),
+            renewer: Arc::default(),
             shut_down: watch::Sender::new(false),
             metrics_key_label: config.metrics_key_label,
         });
@@ -236,7 +239,7 @@ impl Runtime {
         Ok(
             match acquire(nodes, &lock_key, fence.as_deref(), options.ttl).await? {
                 Acquired::Taken(taken) => {
-                    let lease = Lease::new(nodes, &self.inner.register, taken);
+                    let lease = Lease::new(nodes, &self.inner.register, &self.inner.renewer, taken);
                     if !lease.is_registered() {
                         // `shutdown` began while this attempt was in flight: nothing is held
                         // after it.
@@ -329,7 +332,7 @@ impl Runtime {
         }
         let releases = held.iter().map(|held| async move {
             // No extension still on its way may put the key back after the release.
-            held.stop_renewal().await;
+            held.stop_renewal();
             release(nodes, held.key(), held.token(), Duration::ZERO).await
         });
         let released =

@@ -101,6 +101,7 @@ impl Period {
 /// these share a node that would have kept it.
 pub(crate) async fn done(nodes: &Arc<Nodes>, marker: &str, period: &Period) -> Result<bool, Error> {
     let (marker, start) = (Arc::<str>::from(marker), period.start);
+    nodes.open_connections().await;
     let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
         let marker = marker.clone();
         async move { nodes.node(node).get_marker(&marker, start).await }
@@ -142,6 +143,7 @@ pub(crate) async fn mark_done(
 ) -> Result<(), NotMarked> {
     let expiry = period.marker_expiry();
     let marker = Arc::<str>::from(marker);
+    nodes.open_connections().await;
     let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
         let (lock_key, token, marker) = (lock_key.clone(), token.clone(), marker.clone());
         async move {

@@ -1,19 +1,29 @@
-//! Renewal: while a body runs, its lease is extended every third of the ttl, by a task on the
-//! crate's own thread.
+//! Renewal: while a body runs, its lease is extended every third of the ttl, together with every
+//! other lease of the runtime that is due within a short window: one script call per node extends
+//! them all (see `redlock::start_extending`), owner-checked key by key, each lease's answers
+//! counted on their own. A thousand leases then cost a node one command per window rather than a
+//! thousand, and the process no timer per lease.
+//!
+//! The leases wait in one queue, by when each is due, which a task on the crate's own thread
+//! works off. That task takes the leases due, builds their round and queues its commands on the
+//! connections while it holds the queue's lock; stopping a lease's renewal takes the same lock.
+//! So a release sent once renewal has stopped always follows, on every connection, any extension
+//! of that lease (which could otherwise put the released key back).
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{Held, Lease};
+use crate::node::LeaseToExtend;
 use crate::nodes::Nodes;
-use crate::redlock::{extend, Extension};
-use crate::LostReason;
-use crate::{driver, Options};
+use crate::redlock::{start_extending, Extending, Extension};
+use crate::{driver, LostReason, Options};
 
 /// Renewal extends the lease after this fraction of the ttl: at a third, two more tries fit in
 /// before the lease would run out.
@@ -23,35 +33,196 @@ const RENEW_AFTER_TTL_DIVISOR: u32 = 3;
 /// later, for as long as the lease is still valid.
 const RENEW_RETRY_TTL_DIVISOR: u32 = 10;
 
+/// Leases due within this long of the first one due are extended with it, a little early.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// The most leases one script call extends: a script blocks its node while it runs (about a
+/// millisecond for this many keys).
+const MOST_PER_BATCH: usize = 1_000;
+
+/// The leases that renewal keeps, by when each is due, and the task that extends them.
+#[derive(Default)]
+pub(crate) struct Renewer {
+    queue: Mutex<Queue>,
+    /// Wakes the task when a lease is added that may be due before the ones it waits for, and
+    /// when the renewer is dropped (the task then ends).
+    added: Arc<Notify>,
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.added.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    /// By when each lease is due, then in the order they were added.
+    due: BTreeMap<(Instant, u64), Renewing>,
+    /// Where each queued lease is in `due`, by the address of its `Held`.
+    places: HashMap<usize, (Instant, u64)>,
+    added: u64,
+    /// Whether the task runs.
+    working: bool,
+}
+
+/// A lease in the queue.
+struct Renewing {
+    held: Arc<Held>,
+    /// When `max_hold` ends it, if set.
+    hold_until: Option<Instant>,
+    /// Whether a node's clock stepped forward since its last extension: unconfirmed, it is lost.
+    after_a_clock_jump: bool,
+    /// Whether its extension in flight is its last, cut short by `max_hold`.
+    last: bool,
+}
+
+/// A lease's place in [`Queue::places`]: the address of its `Held`, which does not move while
+/// the lease is queued (the queue holds it).
+fn place_of(held: &Held) -> usize {
+    std::ptr::from_ref(held) as usize
+}
+
+impl Renewer {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `held` for renewal at `due`, and starts the task if it does not run.
+    fn add(
+        self: &Arc<Self>,
+        nodes: &Arc<Nodes>,
+        held: Arc<Held>,
+        options: &Options,
+        due: Instant,
+        jumped: bool,
+    ) {
+        let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
+        let start = {
+            let mut queue = self.queue();
+            queue.insert(
+                due,
+                Renewing {
+                    held,
+                    hold_until,
+                    after_a_clock_jump: jumped,
+                    last: false,
+                },
+            );
+            !std::mem::replace(&mut queue.working, true)
+        };
+        if start {
+            let work = work(
+                Arc::downgrade(self),
+                Arc::downgrade(nodes),
+                nodes.clock_jumps(),
+            );
+            drop(nodes.crate_thread().spawn(work));
+        }
+        self.added.notify_one();
+    }
+
+    /// Takes `held` out of the queue, for good: once this returns, no extension of it is sent
+    /// any more, and every one sent before is queued on its connections.
+    pub(super) fn stop(&self, held: &Held) {
+        let mut queue = self.queue();
+        held.stopped.store(true, Ordering::SeqCst);
+        held.renews.store(false, Ordering::SeqCst);
+        if let Some(place) = queue.places.remove(&place_of(held)) {
+            queue.due.remove(&place);
+        }
+    }
+}
+
+impl Renewer {
+    /// Sends one extension of `held` by a ttl now ([`Lease::extend`]), unless its release has
+    /// begun: under the queue's lock, as renewal sends its own (see the module's docs).
+    pub(super) fn extend_now(&self, nodes: &Arc<Nodes>, held: &Held) -> Option<Extending> {
+        let _queue = self.queue();
+        if held.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        let lease = LeaseToExtend {
+            key: held.key.clone(),
+            token: held.token.clone(),
+            keep: held.ttl,
+        };
+        Some(start_extending(nodes, Arc::new([lease])))
+    }
+}
+
+impl Queue {
+    fn insert(&mut self, due: Instant, renewing: Renewing) {
+        if !renewing.held.renews() || renewing.held.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        self.added += 1;
+        let place = (due, self.added);
+        if let Some(old) = self.places.insert(place_of(&renewing.held), place) {
+            self.due.remove(&old);
+        }
+        self.due.insert(place, renewing);
+    }
+
+    /// Takes the leases due by `by`, at most [`MOST_PER_BATCH`].
+    fn take_due(&mut self, by: Instant) -> Vec<Renewing> {
+        let mut taken = Vec::new();
+        while taken.len() < MOST_PER_BATCH {
+            let Some(entry) = self.due.first_entry() else {
+                break;
+            };
+            if entry.key().0 > by {
+                break;
+            }
+            let renewing = entry.remove();
+            self.places.remove(&place_of(&renewing.held));
+            taken.push(renewing);
+        }
+        taken
+    }
+
+    /// Makes every queued lease due now, to be confirmed after a node's clock stepped forward.
+    fn all_due_after_a_clock_jump(&mut self, now: Instant) {
+        let queued = std::mem::take(&mut self.due);
+        self.places.clear();
+        for (_, mut renewing) in queued {
+            renewing.after_a_clock_jump = true;
+            self.insert(now, renewing);
+        }
+    }
+}
+
 impl Lease {
     /// Keeps the lease for a body, for as long as the returned future is polled beside it:
-    /// renews it, unless `options` turn renewal off.
+    /// queues it for renewal, unless `options` turn renewal off.
     ///
-    /// Nothing happens until the first renewal is due (a third of the ttl), so a short body costs
-    /// one timer. From then on a task on the crate's own runtime does the work, so that renewal
-    /// goes on while the body is busy; dropping the future stops it, so renewal never outlives
-    /// the call. (A body that blocks its thread from before that point, never yielding, starts
-    /// no renewal: its lease runs out, and the call says so when the body ends.)
+    /// Nothing is sent until the first renewal is due (a third of the ttl), so a short body costs
+    /// a place in the queue. Renewal goes on while the body is busy, on the crate's own thread;
+    /// dropping the future stops it, so renewal never outlives the call. (A body that blocks its
+    /// thread from before it is first polled starts no renewal: its lease runs out, and the call
+    /// says so when the body ends.)
     pub(crate) fn renewal(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
-        let (nodes, held, options) = (self.nodes.clone(), self.held.clone(), *options);
-        let due = held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR;
+        let (nodes, renewer, held, options) = (
+            self.nodes.clone(),
+            self.held.renewer.clone(),
+            self.held.clone(),
+            *options,
+        );
         // Watched from before the lock was taken: a step seen before renewal begins counts too.
-        let mut clock_jumps = self.clock_jumps.clone();
+        let clock_jumps = self.clock_jumps.clone();
         held.renews.store(options.renew, Ordering::SeqCst);
         async move {
             if options.renew {
-                let jumped = tokio::select! {
-                    () = driver::sleep_until(nodes.crate_thread(), due) => false,
-                    () = clock_jumped(&mut clock_jumps) => true,
+                let jumped = clock_jumps.is_some_and(|jumps| jumps.has_changed().unwrap_or(false));
+                let due = if jumped {
+                    Instant::now()
+                } else {
+                    held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR
                 };
-                let crate_thread = nodes.crate_thread().clone();
-                let renewal = renew(nodes, held.clone(), options, clock_jumps, jumped);
-                let task = crate_thread.spawn(renewal);
-                *held
-                    .renewal
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
-                let _stop = StopRenewalOnDrop(held);
+                renewer.add(&nodes, held.clone(), &options, due, jumped);
+                let _stop = StopRenewalOnDrop(renewer, held);
                 std::future::pending::<()>().await;
             }
             std::future::pending().await
@@ -59,80 +230,138 @@ impl Lease {
     }
 }
 
-/// Stops the renewal task when the call is done with the lease, however it ends (a release stops
-/// it first, and waits for it: see [`Held::stop_renewal`]).
-struct StopRenewalOnDrop(Arc<Held>);
+/// Stops renewal when the call is done with the lease, however it ends (a release stops it
+/// first: see [`Held::stop_renewal`]).
+struct StopRenewalOnDrop(Arc<Renewer>, Arc<Held>);
 
 impl Drop for StopRenewalOnDrop {
     fn drop(&mut self) {
-        self.0.abort_renewal();
+        self.0.stop(&self.1);
     }
 }
 
-/// Renews `held` every third of its ttl while the body runs, until it is lost: renewal finds the
-/// key taken over, or cannot reach a quorum before the deadline, or `max_hold` is reached. The
-/// deadline itself is kept by [`Held`], not here: a renewal still waiting for answers cannot
-/// make the loss late.
-///
-/// When a node's clock steps forward, our key may have expired early there, so the lease's
-/// validity no longer stands on its own: it is renewed at once (`jumped` when a step was seen
-/// before this began), on the other nodes (the stepped one is young now), and lost if they do
-/// not confirm it.
-async fn renew(
-    nodes: Arc<Nodes>,
-    held: Arc<Held>,
-    options: Options,
+/// Works off the queue while the runtime lives: waits until the first lease is due (or a node's
+/// clock steps, which makes every lease due), extends every lease due within
+/// [`BATCH_WINDOW`] in one round, and hands the answers to a task of their own, so that a slow
+/// node delays no other batch.
+async fn work(
+    renewer_of_runtime: Weak<Renewer>,
+    nodes_of_runtime: Weak<Nodes>,
     mut clock_jumps: Option<watch::Receiver<u64>>,
-    jumped: bool,
 ) {
-    let renew_after = held.ttl / RENEW_AFTER_TTL_DIVISOR;
-    let retry_after = held.ttl / RENEW_RETRY_TTL_DIVISOR;
-    // Checked against overflow when the call started.
-    let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
-    let mut next = held.acquired_at + renew_after;
-    let mut woken_by_a_clock_jump = jumped;
     loop {
-        if !woken_by_a_clock_jump {
-            woken_by_a_clock_jump = tokio::select! {
-                () = tokio::time::sleep_until(next.into()) => false,
-                () = clock_jumped(&mut clock_jumps) => true,
-            };
-        }
-        let after_a_clock_jump = std::mem::take(&mut woken_by_a_clock_jump);
-        if held.check().is_some() || held.is_ended() {
+        let (Some(renewer), Some(nodes)) =
+            (renewer_of_runtime.upgrade(), nodes_of_runtime.upgrade())
+        else {
             return;
-        }
-        // How long the extension may keep the key: a ttl, cut short by `max_hold`.
-        let keep = match hold_until {
-            Some(until) => until
-                .saturating_duration_since(Instant::now())
-                .min(held.ttl),
-            None => held.ttl,
         };
-        // Cut short by `max_hold`: the last extension, after which the lease runs out for it.
-        let last = keep < held.ttl;
-        if keep.is_zero() {
-            held.if_it_runs_out(LostReason::MaxHold);
-            return;
+        let added = renewer.added.clone();
+        let first_due = renewer
+            .queue()
+            .due
+            .first_key_value()
+            .map(|(place, _)| place.0);
+        let now = Instant::now();
+        match first_due {
+            Some(due) if due <= now => {}
+            first_due => {
+                let until = first_due.unwrap_or(now + Duration::from_secs(3600));
+                let crate_thread = nodes.crate_thread().clone();
+                drop((renewer, nodes));
+                tokio::select! {
+                    () = driver::sleep_until(&crate_thread, until) => {}
+                    () = added.notified() => {}
+                    () = clock_jumped(&mut clock_jumps) => {
+                        if let Some(renewer) = renewer_of_runtime.upgrade() {
+                            renewer.queue().all_due_after_a_clock_jump(Instant::now());
+                        }
+                    }
+                }
+                continue;
+            }
         }
-        // If the deadline passes while this round waits, renewal could not reach a quorum (or,
-        // for the last one, `max_hold` is what ends the lease).
-        held.if_it_runs_out(if last {
-            LostReason::MaxHold
-        } else {
-            LostReason::NoQuorum
-        });
-        let started = Instant::now();
-        match extend(&nodes, &held.key, &held.token, keep).await {
+        let turn = nodes.turn().await;
+        // Opened first, outside the lock: the round's commands never wait for a connection.
+        nodes.open_connections().await;
+        let (batch, extending) = {
+            let mut queue = renewer.queue();
+            let now = Instant::now();
+            let mut batch = Vec::new();
+            let mut leases = Vec::new();
+            for mut renewing in queue.take_due(now + BATCH_WINDOW) {
+                if let Some(lease) = to_extend(&renewing, now) {
+                    renewing.last = lease.keep < renewing.held.ttl;
+                    leases.push(lease);
+                    batch.push(renewing);
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            // Queued on the connections before the lock is let go (see the module's docs).
+            let extending = start_extending(&nodes, leases.into());
+            (batch, extending)
+        };
+        let started = extending.started();
+        let weak = Arc::downgrade(&renewer);
+        drop(nodes.crate_thread().spawn(async move {
+            let extensions = extending.finish().await;
+            drop(turn);
+            if let Some(renewer) = weak.upgrade() {
+                settle(&renewer, batch, extensions, started);
+            }
+        }));
+    }
+}
+
+/// What to extend `renewing` by, now: a ttl, cut short by `max_hold`; `None` when the lease is
+/// over, lost, or at its `max_hold` (it then runs out for it).
+fn to_extend(renewing: &Renewing, now: Instant) -> Option<LeaseToExtend> {
+    let held = &renewing.held;
+    if held.check().is_some() || held.is_ended() {
+        return None;
+    }
+    let keep = match renewing.hold_until {
+        Some(until) => until.saturating_duration_since(now).min(held.ttl),
+        None => held.ttl,
+    };
+    if keep.is_zero() {
+        held.if_it_runs_out(LostReason::MaxHold);
+        return None;
+    }
+    // If the deadline passes while this round waits, renewal could not reach a quorum (or, for
+    // the last one, `max_hold` is what ends the lease).
+    held.if_it_runs_out(if keep < held.ttl {
+        LostReason::MaxHold
+    } else {
+        LostReason::NoQuorum
+    });
+    Some(LeaseToExtend {
+        key: held.key.clone(),
+        token: held.token.clone(),
+        keep,
+    })
+}
+
+/// Applies each lease's extension, and queues those that go on: a third of the ttl after the
+/// round began, or, when too few nodes answered, a tenth of the ttl from now. The deadline itself
+/// is kept by [`Held`], not here: an extension still waiting for answers cannot make the loss
+/// late.
+fn settle(renewer: &Renewer, batch: Vec<Renewing>, extensions: Vec<Extension>, started: Instant) {
+    let mut again = Vec::new();
+    for (mut renewing, extension) in batch.into_iter().zip(extensions) {
+        let (held, last) = (&renewing.held, renewing.last);
+        match extension {
             Extension::Extended { valid_until } => {
                 if !held.extend_to(valid_until) {
-                    return;
+                    continue;
                 }
                 if last {
                     held.if_it_runs_out(LostReason::MaxHold);
-                    return;
+                    continue;
                 }
-                next = started + renew_after;
+                renewing.after_a_clock_jump = false;
+                again.push((started + held.ttl / RENEW_AFTER_TTL_DIVISOR, renewing));
             }
             Extension::Gone => {
                 tracing::warn!(
@@ -140,19 +369,30 @@ async fn renew(
                     "lease lost: a majority of nodes no longer holds our token"
                 );
                 held.lose(LostReason::TakenOver);
-                return;
             }
-            Extension::Undecided(no_quorum) if after_a_clock_jump => {
+            Extension::Undecided(no_quorum) if renewing.after_a_clock_jump => {
                 tracing::warn!(key = &*held.key, error = %no_quorum, "lease lost: a node's clock stepped forward, and the other nodes did not confirm the lease");
                 held.lose(LostReason::ClockJumped);
-                return;
             }
             Extension::Undecided(no_quorum) => {
                 tracing::debug!(key = &*held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
-                next = Instant::now() + retry_after;
+                again.push((
+                    Instant::now() + held.ttl / RENEW_RETRY_TTL_DIVISOR,
+                    renewing,
+                ));
             }
         }
     }
+    if again.is_empty() {
+        return;
+    }
+    let mut queue = renewer.queue();
+    for (due, renewing) in again {
+        // A lease whose renewal stopped meanwhile is not queued again (see `Queue::insert`).
+        queue.insert(due, renewing);
+    }
+    drop(queue);
+    renewer.added.notify_one();
 }
 
 /// Resolves when a node's clock is next seen to step forward; never when nothing watches the

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::RedisError;
+use redis::{RedisError, Script};
 
 use crate::clock::ClockReading;
 
 use super::connection::Session;
+use super::error::is_no_script;
 use super::scripts::{
-    EXPIRE_IF_OURS, EXPIRE_IF_OURS_LUA, EXTEND_OR_REPAIR, MARK_DONE_IF_OURS, RAISE_FENCE,
+    EXPIRE_IF_OURS, EXPIRE_IF_OURS_LUA, EXTEND_OR_REPAIR_EACH, MARK_DONE_IF_OURS, RAISE_FENCE,
     SET_NX_READ_FENCE,
 };
 use super::{millis, Node, NodeError};
@@ -22,6 +23,13 @@ const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
 
 /// The shortest expiry an extension sets: `PEXPIRE key 0` would delete the key.
 const MILLISECOND: Duration = Duration::from_millis(1);
+
+/// One lease in a renewal: its key and token, and how long from now its key should live.
+pub(crate) struct LeaseToExtend {
+    pub(crate) key: Arc<str>,
+    pub(crate) token: Arc<str>,
+    pub(crate) keep: Duration,
+}
 
 /// What renewing a lease did on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,12 +118,13 @@ impl Node {
             return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
         }
         let session = self.voting_session()?;
-        let mut invocation = SET_NX_READ_FENCE.key(key);
-        invocation.key(fence_key).arg(token).arg(millis(ttl));
-        self.check_epoch_in(&session, &mut invocation);
+        let call = self.script_call(&session, &SET_NX_READ_FENCE, &[key, fence_key], |call| {
+            call.arg(token).arg(millis(ttl));
+        });
         let sent = Instant::now();
-        let (epoch_held, counter, seconds, micros): (bool, Option<String>, u64, u64) =
-            self.run_script(&session, &invocation).await?;
+        let (epoch_held, counter, seconds, micros): (bool, Option<String>, u64, u64) = self
+            .run_script_once(&session, &SET_NX_READ_FENCE, &call)
+            .await?;
         if !epoch_held {
             return Err(self.lost_data(&session));
         }
@@ -158,32 +167,80 @@ impl Node {
         Ok(ours == 1)
     }
 
-    /// Extends our lock on `key` to expire `keep` from now where the key still holds our token,
-    /// and puts our token back (with that expiry) where the key is absent: see
-    /// [`EXTEND_OR_REPAIR`]. Like a vote, it counts only from a node up for longer than the
-    /// restart grace, which is not asked at all: a restarted node has forgotten our token, and
-    /// may have forgotten another's, which a repair would then overwrite in its eyes.
-    pub(crate) async fn extend(
+    /// `EVALSHA` of `script` with `keys`, then the arguments `args` adds, and the epoch check
+    /// (the epoch key last among the keys, the epoch last among the arguments) when the node has
+    /// one: built whole, to be sent once (see [`Node::run_script_once`]).
+    fn script_call(
         &self,
-        key: &str,
-        token: &str,
-        keep: Duration,
-    ) -> Result<Renewed, NodeError> {
-        let keep = keep.max(MILLISECOND);
+        session: &Session,
+        script: &Script,
+        keys: &[&str],
+        args: impl FnOnce(&mut redis::Cmd),
+    ) -> redis::Cmd {
+        let epoch = self.epoch_check(session);
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(script.get_hash())
+            .arg(keys.len() + usize::from(epoch.is_some()));
+        for key in keys {
+            call.arg(*key);
+        }
+        if let Some((epoch_key, _)) = &epoch {
+            call.arg(*epoch_key);
+        }
+        args(&mut call);
+        if let Some((_, epoch)) = epoch {
+            call.arg(epoch);
+        }
+        call
+    }
+
+    /// Extends each of `leases` to expire its `keep` from now where its key still holds its
+    /// token, and puts the token back (with that expiry) where the key is absent, in one script
+    /// call: see [`EXTEND_OR_REPAIR_EACH`]. Like a vote, it counts only from a node up for longer
+    /// than the restart grace, which is not asked at all: a restarted node has forgotten our
+    /// tokens, and may have forgotten others', which a repair would then overwrite in its eyes.
+    pub(crate) async fn extend_each(
+        &self,
+        leases: &[LeaseToExtend],
+    ) -> Result<Vec<Renewed>, NodeError> {
         if let Some(store) = self.memory() {
-            return Ok(store.extend_or_repair(key, token, keep));
+            let renew = |lease: &LeaseToExtend| {
+                store.extend_or_repair(&lease.key, &lease.token, lease.keep.max(MILLISECOND))
+            };
+            return Ok(leases.iter().map(renew).collect());
         }
         let session = self.voting_session()?;
-        let mut invocation = EXTEND_OR_REPAIR.key(key);
-        invocation.arg(token).arg(millis(keep));
-        self.check_epoch_in(&session, &mut invocation);
-        let renewed: i64 = self.run_script(&session, &invocation).await?;
-        Ok(match renewed {
-            1 => Renewed::Kept,
-            2 => Renewed::Repaired,
-            -1 => return Err(self.lost_data(&session)),
-            _ => Renewed::NotOurs,
-        })
+        let keys: Vec<&str> = leases.iter().map(|lease| &*lease.key).collect();
+        let call = self.script_call(&session, &EXTEND_OR_REPAIR_EACH, &keys, |call| {
+            for lease in leases {
+                call.arg(&*lease.token);
+            }
+            for lease in leases {
+                call.arg(millis(lease.keep.max(MILLISECOND)));
+            }
+        });
+        let reply: redis::Value = self
+            .run_script_once(&session, &EXTEND_OR_REPAIR_EACH, &call)
+            .await?;
+        let renewed = match reply {
+            redis::Value::Array(each) if each.len() == leases.len() => each,
+            redis::Value::Int(-1) => return Err(self.lost_data(&session)),
+            other => {
+                return Err(NodeError::Redis(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "the renewal script answered something else than one number per lease",
+                    format!("{other:?}"),
+                ))))
+            }
+        };
+        Ok(renewed
+            .into_iter()
+            .map(|each| match each {
+                redis::Value::Int(1) => Renewed::Kept,
+                redis::Value::Int(2) => Renewed::Repaired,
+                _ => Renewed::NotOurs,
+            })
+            .collect())
     }
 
     /// Gives back our lock on `key`: deletes it, or with a non-zero `keep` lets it expire that
@@ -224,9 +281,7 @@ impl Node {
             .query(session, eval.query_async(&mut session.connection.clone()))
             .await;
         let ours: i64 = match sent {
-            Err(NodeError::Redis(err))
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+            Err(NodeError::Redis(err)) if is_no_script(&err) => {
                 let load = redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(EXPIRE_IF_OURS_LUA)

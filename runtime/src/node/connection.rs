@@ -12,8 +12,9 @@ use tokio::runtime::Handle;
 
 use crate::{driver, telemetry, Config, Error};
 
-use super::error::{is_refusal, ConnectFailure};
+use super::error::{is_no_script, is_refusal, ConnectFailure};
 use super::grace::FleetGrace;
+use super::scripts::ONCE_ONLY_SCRIPTS;
 use super::server::Server;
 use super::{Backend, Node, NodeError};
 
@@ -245,8 +246,12 @@ impl Node {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Err(NodeError::Down(match &*link {
             Link::Down { cause, .. } => cause.clone(),
-            Link::Up(_) | Link::Connecting { .. } => ConnectFailure {
-                cause: "its connection is being opened".into(),
+            Link::Connecting { since, .. } => ConnectFailure {
+                cause: format!("no connection within {:?} (still trying)", since.elapsed()),
+                refused: false,
+            },
+            Link::Up(_) => ConnectFailure {
+                cause: "its connection is being opened again".into(),
                 refused: false,
             },
         }))
@@ -323,6 +328,32 @@ impl Node {
             invocation.invoke_async(&mut session.connection.clone()),
         )
         .await
+    }
+
+    /// Runs `call`, an `EVALSHA` of `script` (see `Node::script_call`), and never sends it
+    /// again: a node that lacks the script (it flushed its scripts, or restarted behind a proxy
+    /// that kept the connection) fails this call, and gets the script for the next one. Sent
+    /// again, the call would be queued behind whatever went to the node meanwhile: a release,
+    /// after which a `SET` or an extension would put a released key back. (Scripts are loaded
+    /// when a connection opens, so this is rare.)
+    pub(super) async fn run_script_once<T: redis::FromRedisValue>(
+        &self,
+        session: &Arc<Session>,
+        script: &redis::Script,
+        call: &redis::Cmd,
+    ) -> Result<T, NodeError> {
+        let answer = self
+            .query(session, call.query_async(&mut session.connection.clone()))
+            .await;
+        match answer {
+            Err(NodeError::Redis(err)) if is_no_script(&err) => {
+                let mut connection = session.connection.clone();
+                self.query::<String>(session, script.load_async(&mut connection))
+                    .await?;
+                Err(NodeError::Redis(err))
+            }
+            answer => answer,
+        }
     }
 
     /// Awaits a command on `session`; a broken connection is dropped, so that the next call
@@ -484,6 +515,12 @@ async fn open(
             }
             None => None,
         };
+        // Before the connection counts as open: the scripts that must be sent only once (see
+        // `Node::run_script_once`) are then there. A user whose ACL forbids loading them finds
+        // out from the first lock, which says so.
+        for script in ONCE_ONLY_SCRIPTS {
+            let _ = script.load_async(&mut connection).await;
+        }
         Ok::<_, RedisError>(Arc::new(Session {
             connection,
             server: Mutex::new(server),

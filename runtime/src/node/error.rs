@@ -91,6 +91,11 @@ impl NodeError {
     }
 }
 
+/// Whether `err` says the node lacks the script that was called (`NOSCRIPT`).
+pub(super) fn is_no_script(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 /// Whether the server answered `err` (it is up, and refused the command), rather than the
 /// connection failing or the server being busy loading its data or failing over.
 pub(super) fn is_refusal(err: &RedisError) -> bool {

@@ -414,22 +414,17 @@ impl Node {
             .then_some(grace.epoch_key.as_str())
     }
 
-    /// Adds the epoch check to a script that takes it as its last key and argument.
-    pub(super) fn check_epoch_in(
-        &self,
-        session: &Session,
-        invocation: &mut redis::ScriptInvocation<'_>,
-    ) {
-        let Some(epoch_key) = self.epoch_key(session) else {
-            return;
-        };
+    /// The epoch key and the epoch the node should still have, for a script's check; `None`
+    /// when the restart grace is off.
+    pub(super) fn epoch_check(&self, session: &Session) -> Option<(&str, String)> {
+        let epoch_key = self.epoch_key(session)?;
         let epoch = session.with_server(|server| {
             server
                 .as_ref()
                 .and_then(|server| server.epoch.clone())
                 .unwrap_or_default()
         });
-        invocation.key(epoch_key).arg(epoch);
+        Some((epoch_key, epoch))
     }
 
     /// The node lost its data: see [`Node::same_epoch`].

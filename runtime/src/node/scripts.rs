@@ -64,29 +64,40 @@ return largest"#,
     )
 });
 
-/// Renewal: while the key holds our token, sets it to expire in `ARGV[2]` milliseconds and
-/// returns 1; where the key is absent (a node that missed our SET, or lost it), puts our token
-/// back with that expiry and returns 2, so that a lease taken on a bare quorum regains its fault
-/// tolerance; where another token holds it, returns 0 and touches nothing. With an epoch key
-/// (`KEYS[2]`), returns -1 and touches nothing when the node no longer has the epoch `ARGV[3]`
-/// (see [`FleetGrace`]).
-pub(super) static EXTEND_OR_REPAIR: LazyLock<Script> = LazyLock::new(|| {
+/// Renewal of several leases at once: for each lock key `KEYS[i]` (i from 1 to n, with
+/// `n = #ARGV // 2`), while it holds the token `ARGV[i]`, sets it to expire in `ARGV[n + i]`
+/// milliseconds (1); where it is absent (a node that missed our SET, or lost it), puts the token
+/// back with that expiry (2), so that a lease taken on a bare quorum regains its fault tolerance;
+/// where another token holds it, touches nothing (0). Returns those numbers in the keys' order.
+/// With an epoch key (`KEYS[n + 1]`), returns -1 and touches nothing when the node no longer has
+/// the epoch `ARGV[2n + 1]` (see [`FleetGrace`]).
+pub(super) static EXTEND_OR_REPAIR_EACH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"if KEYS[2] and redis.call("GET", KEYS[2]) ~= ARGV[3] then
+        r#"local n = math.floor(#ARGV / 2)
+if #KEYS > n and redis.call("GET", KEYS[n + 1]) ~= ARGV[2 * n + 1] then
     return -1
 end
-local value = redis.call("GET", KEYS[1])
-if value == ARGV[1] then
-    redis.call("PEXPIRE", KEYS[1], ARGV[2])
-    return 1
+local renewed = {}
+for i = 1, n do
+    local value = redis.call("GET", KEYS[i])
+    if value == ARGV[i] then
+        redis.call("PEXPIRE", KEYS[i], ARGV[n + i])
+        renewed[i] = 1
+    elseif not value then
+        redis.call("SET", KEYS[i], ARGV[i], "PX", ARGV[n + i])
+        renewed[i] = 2
+    else
+        renewed[i] = 0
+    end
 end
-if not value then
-    redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
-    return 2
-end
-return 0"#,
+return renewed"#,
     )
 });
+
+/// The scripts that can put a key back (a fenced `SET`, renewal's repair), which are sent only
+/// once (see `Node::run_script_once`), and so are loaded on every connection when it opens.
+pub(super) static ONCE_ONLY_SCRIPTS: [&LazyLock<Script>; 2] =
+    [&SET_NX_READ_FENCE, &EXTEND_OR_REPAIR_EACH];
 
 /// `SET key token NX PX ttl` that also reads the key's fencing counter when it grants: the
 /// counter read and the grant are one atomic step, which the fencing argument relies on. Returns
