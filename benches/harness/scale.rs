@@ -197,7 +197,7 @@ async fn take_in_waves(
         for attempt in 1..=HOLD_ATTEMPTS {
             let started: Vec<Holder> = wave
                 .drain(..)
-                .map(|index| start_holder(runtime, shared, index))
+                .map(|index| start_holder(runtime, shared, index, attempt))
                 .collect();
             for holder in started {
                 if holder.entered.await.is_ok() {
@@ -222,12 +222,19 @@ async fn take_in_waves(
     (holding, gave_up, retried)
 }
 
-/// Starts the call that holds `hold:{index}` until the window ends.
-fn start_holder(runtime: &Runtime, shared: &Window, index: usize) -> Holder {
+/// Starts the call that holds `hold:{index}` (`hold:{index}:try{attempt}` after the first try)
+/// until the window ends.
+///
+/// A try again goes to a key of its own: a failed try's `SET`s may still land on the nodes
+/// after it gave up, and hold its key for a ttl, so that a try on the same key would be skipped.
+fn start_holder(runtime: &Runtime, shared: &Window, index: usize, attempt: usize) -> Holder {
     let (entered_tx, entered) = oneshot::channel();
     let (runtime, shared) = (runtime.clone(), shared.clone());
     let call = tokio::spawn(async move {
-        let key = format!("hold:{index}");
+        let key = match attempt {
+            1 => format!("hold:{index}"),
+            _ => format!("hold:{index}:try{attempt}"),
+        };
         let mut end = shared.end.clone();
         let entered = AtomicBool::new(false);
         let result = runtime
