@@ -20,10 +20,13 @@
 //!
 //! Rows: each task locking its own key (1, 16 and 64 tasks); 16 tasks trying one key that
 //! another machine holds (busy attempts; the floor is then a raw `SET NX` loop); five nodes with
-//! one frozen by SIGSTOP; renewal on against off for an empty body; and, behind `--memory`, the
-//! resident size over a million cycles. Every repetition measures every row, the contenders of
-//! a row taking turns (in an order that rotates from one repetition to the next); the tables
-//! show medians over repetitions, and ratios are medians of each repetition's own ratio.
+//! one frozen by SIGSTOP; renewal on against off for an empty body; behind `--memory`, the
+//! resident size over a million cycles; and behind `--rows hold` and `--rows burst`, the rows of
+//! issue 12: up to a hundred thousand leases held at once in this process while renewal keeps
+//! them, and tens of thousands of acquisitions started at once (`harness/scale.rs`). Every
+//! repetition measures every row, the contenders of a row taking turns (in an order that rotates
+//! from one repetition to the next); the tables show medians over repetitions, and ratios are
+//! medians of each repetition's own ratio.
 
 mod harness;
 
@@ -43,6 +46,7 @@ use harness::model::{Contender, Figures, Results, Row, Shape};
 use harness::nodes::{self, Admin};
 use harness::report::{self, Memory};
 use harness::rslock::Rslock;
+use harness::scale::{self, BURST_TTL, HOLD_ATTEMPTS, HOLD_TTL, HOLD_WAVE};
 use harness::settings::{Pick, RowKind, Settings, USAGE};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -60,6 +64,9 @@ const FROZEN_ROW_NODES: usize = 5;
 /// Where the renewal comparison runs: the smallest cluster that tolerates a failure.
 const RENEWAL_NODES: usize = 3;
 const RENEWAL_TASKS: [usize; 2] = [1, 64];
+
+/// Where the rows of issue 12 (hold, burst) run: the smallest cluster that tolerates a failure.
+const SCALE_NODES: usize = 3;
 
 /// The memory row: the `#[singleton]` path (the runtime API's and then some) under load.
 const MEMORY_NODES: usize = 3;
@@ -233,7 +240,9 @@ fn run(settings: &Settings) -> Result<()> {
         }
     }
 
-    for repetition in 0..settings.repetitions {
+    // The tables' rows only: the other rows are measured once each, below.
+    let repetitions = if table_rows { settings.repetitions } else { 0 };
+    for repetition in 0..repetitions {
         eprintln!("repetition {}/{}", repetition + 1, settings.repetitions);
         for site in &mut sites {
             let (healthy, frozen) = rows_for(settings, site.nodes());
@@ -253,23 +262,22 @@ fn run(settings: &Settings) -> Result<()> {
     }
 
     let memory = if settings.wants(RowKind::Memory) {
-        let site = match sites.iter().position(|site| site.nodes() == MEMORY_NODES) {
-            Some(index) => sites.swap_remove(index),
-            None => {
-                eprintln!("starting {MEMORY_NODES} redis-server nodes for the memory row");
-                let site = Site::start(
-                    sites.len(),
-                    MEMORY_NODES,
-                    settings.restart_grace,
-                    &bench.tokio,
-                )?;
-                if settings.restart_grace {
-                    site.wait_until_voting(&bench.tokio)?;
-                }
-                site
-            }
-        };
-        Some(memory_row(&bench.tokio, &site, settings.memory_cycles)?)
+        let site = site_with(&mut sites, MEMORY_NODES, settings, &bench.tokio)?;
+        Some(memory_row(&bench.tokio, site, settings.memory_cycles)?)
+    } else {
+        None
+    };
+
+    let mut held = Vec::new();
+    if settings.wants(RowKind::Hold) {
+        let site = site_with(&mut sites, SCALE_NODES, settings, &bench.tokio)?;
+        for &leases in &settings.leases {
+            held.push(hold_row(&bench.tokio, site, leases, settings.hold_window)?);
+        }
+    }
+    let burst = if settings.wants(RowKind::Burst) {
+        let site = site_with(&mut sites, SCALE_NODES, settings, &bench.tokio)?;
+        Some(burst_row(&bench.tokio, site, settings.burst)?)
     } else {
         None
     };
@@ -286,12 +294,42 @@ fn run(settings: &Settings) -> Result<()> {
     if let Some(memory) = &memory {
         println!("Memory:\n\n{}", report::memory(memory));
     }
-    println!(
-        "Targets (issue 6):\n\n{}",
-        report::targets(&bench.results, memory.as_ref())
-    );
+    if table_rows || memory.is_some() {
+        println!(
+            "Targets (issue 6):\n\n{}",
+            report::targets(&bench.results, memory.as_ref())
+        );
+    }
+    if !held.is_empty() {
+        println!(
+            "Leases held (issue 12): {SCALE_NODES} nodes, ttl {} s with renewal on (`Options::new(ttl)`), \
+             each lease a `run_with` call of its own task whose body waits for the end of a {} ms \
+             window; taken in waves of {HOLD_WAVE} acquisitions, each awaited before the next, a failed \
+             acquisition tried again (up to {HOLD_ATTEMPTS} tries).\n\n{}",
+            HOLD_TTL.as_secs(),
+            settings.hold_window.as_millis(),
+            report::held(&held)
+        );
+        println!("{HOLD_LEGEND}");
+    }
+    if let Some(burst) = &burst {
+        println!(
+            "Burst (issue 12): {SCALE_NODES} healthy nodes, every call started at once, each on a \
+             key of its own with ttl {} s and an empty body.\n\n{}",
+            BURST_TTL.as_secs(),
+            report::burst(burst)
+        );
+    }
     Ok(())
 }
+
+const HOLD_LEGEND: &str = "CPU % of one core: CPU time of the whole process over the window, \
+per second of it (100 %: one core saturated); memory per lease: resident size once every lease \
+was held and renewed once, minus before the first was taken, per lease (the harness's own task \
+per lease included); node commands per lease per second: lock commands the nodes ran over the \
+window (`INFO commandstats`, summed over nodes, commands inside scripts included), per lease and \
+second; lost: leases lost before the window ended (the call returned early, or its body saw the \
+lease lost); errors: calls that did not return `Ok(Ran)` once the window ended.\n";
 
 const LEGEND: &str = "ops/s: lock+release cycles per second (busy attempts per second in the \
 \"held elsewhere\" rows); ×floor: the contender's figure over the floor's, same row and \
@@ -495,6 +533,90 @@ impl Bench<'_> {
         );
         Ok(Figures::new(&row, &sample, connections, Some(commands)))
     }
+}
+
+/// The site of `nodes` nodes in `sites`, started (and waited for until past its restart grace)
+/// if there is none yet.
+fn site_with<'a>(
+    sites: &'a mut Vec<Site>,
+    nodes: usize,
+    settings: &Settings,
+    tokio: &tokio::runtime::Runtime,
+) -> Result<&'a mut Site> {
+    let index = match sites.iter().position(|site| site.nodes() == nodes) {
+        Some(index) => index,
+        None => {
+            eprintln!("starting {nodes} redis-server nodes");
+            let site = Site::start(sites.len(), nodes, settings.restart_grace, tokio)?;
+            if settings.restart_grace {
+                eprintln!(
+                    "waiting until the fresh nodes have been up for the restart grace ({TTL:?})"
+                );
+                site.wait_until_voting(tokio)?;
+            }
+            sites.push(site);
+            sites.len() - 1
+        }
+    };
+    Ok(&mut sites[index])
+}
+
+/// The hold row for one number of leases.
+fn hold_row(
+    tokio: &tokio::runtime::Runtime,
+    site: &mut Site,
+    leases: usize,
+    window: Duration,
+) -> Result<scale::Held> {
+    eprintln!(
+        "hold row: {leases} leases on {} nodes, a {window:?} window",
+        site.nodes()
+    );
+    let askable = site.askable();
+    let held = scale::hold(
+        tokio,
+        &site.runtime,
+        &mut site.admin,
+        &askable,
+        leases,
+        window,
+    )?;
+    eprintln!(
+        "  {} of {leases} leases held after {:?} ({} acquisitions tried again)",
+        held.holding, held.acquiring, held.retried
+    );
+    eprintln!(
+        "  {:.1} s of CPU over {:?} ({:.1} s of it the runtime's own thread), {} lock commands, {} lost ({} before the window), {} errors{}",
+        held.cpu.as_secs_f64(),
+        held.window,
+        held.engine_cpu.as_secs_f64(),
+        held.commands,
+        held.lost,
+        held.lost_before_window,
+        held.errors,
+        held.first_error
+            .as_ref()
+            .map_or_else(String::new, |message| format!(", for example: {message}")),
+    );
+    Ok(held)
+}
+
+/// The burst row.
+fn burst_row(
+    tokio: &tokio::runtime::Runtime,
+    site: &mut Site,
+    calls: usize,
+) -> Result<scale::Burst> {
+    eprintln!("burst row: {calls} calls at once on {} nodes", site.nodes());
+    let askable = site.askable();
+    let burst = scale::burst(tokio, &site.runtime, &mut site.admin, &askable, calls)?;
+    for message in [&burst.first_no_quorum, &burst.first_failure]
+        .into_iter()
+        .flatten()
+    {
+        eprintln!("  for example: {message}");
+    }
+    Ok(burst)
 }
 
 /// Resident size over `cycles` `#[singleton]` calls, after a warm-up.

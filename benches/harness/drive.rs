@@ -216,14 +216,18 @@ where
 }
 
 /// The process's resource usage so far, from `getrusage`, and its engine thread's.
-struct Usage {
-    cpu: Duration,
-    context_switches: u64,
-    engine_cpu: Duration,
+pub struct Usage {
+    /// User and system CPU time of every thread of the process.
+    pub cpu: Duration,
+    /// Voluntary and involuntary context switches of every thread of the process.
+    pub context_switches: u64,
+    /// CPU time of the cluster-singleton runtime's own thread (zero in a process without it).
+    pub engine_cpu: Duration,
 }
 
 impl Usage {
-    fn now() -> Usage {
+    /// The usage so far.
+    pub fn now() -> Usage {
         // SAFETY: an all-zero `rusage` is a valid value of this plain C struct, and getrusage
         // only writes into the one we pass.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -240,7 +244,8 @@ impl Usage {
         }
     }
 
-    fn since(&self, earlier: &Usage) -> Usage {
+    /// What was used between `earlier` and this reading.
+    pub fn since(&self, earlier: &Usage) -> Usage {
         Usage {
             cpu: self.cpu.saturating_sub(earlier.cpu),
             context_switches: self

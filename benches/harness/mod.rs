@@ -6,4 +6,5 @@ pub mod model;
 pub mod nodes;
 pub mod report;
 pub mod rslock;
+pub mod scale;
 pub mod settings;

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::model::{p50, p99, rate, Contender, Figures, Results, Row, Shape};
+use super::scale::{Burst, Held};
 
 /// The concurrency of the latency targets: one task, so that latency is not queueing.
 const LATENCY_TASKS: usize = 1;
@@ -161,6 +162,74 @@ pub fn memory(memory: &Memory) -> String {
             "| {cycles} | {:.1} | {:+.1} % |",
             *bytes as f64 / BYTES_PER_MIB,
             (*bytes as f64 / memory.warm as f64 - 1.0) * 100.0
+        );
+    }
+    out
+}
+
+/// The hold row: one line per number of leases held at once.
+pub fn held(held: &[Held]) -> String {
+    let mut out = String::new();
+    out.push_str("| leases | CPU % of one core | memory per lease | node commands per lease per second | lost | errors |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for row in held {
+        let leases = row.leases as f64;
+        let seconds = row.window.as_secs_f64();
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} % | {} | {:.2} | {} | {} |",
+            per_second(Some(leases)),
+            row.cpu.as_secs_f64() / seconds * 100.0,
+            bytes(row.resident_growth as f64 / leases),
+            row.commands as f64 / leases / seconds,
+            row.lost,
+            row.errors,
+        );
+    }
+    // A row whose leases were not all held through the window measured fewer than it says.
+    for row in held {
+        let alive = row.holding as u64 - row.lost_before_window.min(row.holding as u64);
+        if alive < row.leases as u64 {
+            let _ = writeln!(
+                out,
+                "\n{}: {} of the leases held when the window began ({} never taken, {} lost \
+                 before the window), {} lost during it.",
+                per_second(Some(row.leases as f64)),
+                per_second(Some(alive as f64)),
+                row.leases - row.holding,
+                row.lost_before_window,
+                row.lost - row.lost_before_window,
+            );
+        }
+    }
+    out
+}
+
+/// The burst row's one line.
+pub fn burst(burst: &Burst) -> String {
+    let mut out = String::new();
+    out.push_str("| calls at once | ran | skipped | no quorum | failed otherwise | elapsed |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {:.2} s |",
+        per_second(Some(burst.calls as f64)),
+        burst.ran,
+        burst.skipped,
+        burst.no_quorum,
+        burst.failed,
+        burst.elapsed.as_secs_f64(),
+    );
+    if !burst.node_failures.is_empty() {
+        let kinds: Vec<String> = burst
+            .node_failures
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nWhy nodes gave no vote, over every no-quorum call (node failures by `FailureKind`): {}.",
+            kinds.join(", ")
         );
     }
     out
@@ -389,6 +458,15 @@ fn micros(seconds: Option<f64>) -> String {
 
 fn percent(share: Option<f64>) -> String {
     share.map_or_else(|| "—".to_owned(), |share| format!("{:.0} %", share * 100.0))
+}
+
+/// A size in bytes, in KiB from 10 KiB on.
+fn bytes(value: f64) -> String {
+    if value.abs() < 10.0 * 1024.0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{:.1} KiB", value / 1024.0)
+    }
 }
 
 fn decimal(value: Option<f64>) -> String {
