@@ -201,6 +201,9 @@ pub fn held(held: &[Held]) -> String {
                 row.lost - row.lost_before_window,
             );
         }
+        if let Some(error) = &row.first_error {
+            let _ = writeln!(out, "The first call that failed: {error}");
+        }
     }
     out
 }

@@ -353,7 +353,6 @@ impl Lease {
     /// stands until [`Lease::validity`] runs out; try again).
     pub async fn extend(&mut self) -> Result<(), Error> {
         let held = &self.held;
-        let _turn = self.nodes.turn().await;
         self.nodes.open_connections().await;
         // Looked at only after those waits: a lease lost meanwhile (`shutdown` released it) is not
         // put back.

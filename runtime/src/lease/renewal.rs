@@ -280,7 +280,6 @@ async fn work(
                 continue;
             }
         }
-        let turn = nodes.turn().await;
         // Opened first, outside the lock: the round's commands never wait for a connection.
         nodes.open_connections().await;
         let (batch, extending) = {
@@ -306,7 +305,6 @@ async fn work(
         let weak = Arc::downgrade(&renewer);
         drop(nodes.crate_thread().spawn(async move {
             let extensions = extending.finish().await;
-            drop(turn);
             if let Some(renewer) = weak.upgrade() {
                 settle(&renewer, batch, extensions, started);
             }
