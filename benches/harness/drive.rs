@@ -215,7 +215,7 @@ where
     tallies
 }
 
-/// The process's resource usage so far, from `getrusage`, and its engine thread's.
+/// The process's resource usage so far, from `getrusage`, and the crate's own thread's.
 pub struct Usage {
     /// User and system CPU time of every thread of the process.
     pub cpu: Duration,

@@ -58,7 +58,7 @@ const PAUSE: (Duration, Duration) = (Duration::from_millis(5), Duration::from_mi
 /// How often a worker writes its counts, so that a killed worker's are nearly complete.
 const COUNTS_EVERY: Duration = Duration::from_millis(250);
 
-/// Tokio threads per worker: the lock's own engine thread does the Redis I/O.
+/// Tokio threads per worker: the crate's own thread does the Redis I/O.
 const TOKIO_THREADS: usize = 2;
 
 /// At most this many unexpected errors are written down per worker: the first say enough.
