@@ -34,7 +34,7 @@ pub struct Options {
 /// What happens to a body whose lease is lost while it runs: renewal could not keep a quorum (a
 /// majority of nodes down or unreachable), the key was taken over, or `max_hold` ran out.
 ///
-/// Either way the call returns [`Error::LeaseLost`](crate::Error::LeaseLost), never `Ran`: the
+/// Either way the call returns [`Error::LeaseLost`], never `Ran`: the
 /// body did not run (entirely) under the lock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OnLost {
@@ -44,7 +44,7 @@ pub enum OnLost {
     #[default]
     Cancel,
     /// Let the body run to its end (for work that must not stop half-way); it learns of the loss
-    /// through [`lease()`](crate::lease), and the caller through the error.
+    /// through [`lease()`](crate::lease()), and the caller through the error.
     Continue,
 }
 

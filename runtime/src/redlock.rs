@@ -7,8 +7,8 @@
 //! 3. on failure, [`give_back`] on every node where our token may have landed (a node that
 //!    answered "taken" holds someone else's), before returning, then tell contention (a quorum
 //!    answered) from outage (it did not);
-//! 4. [`extend`] while the holder works: owner-checked, on a quorum, with validity left; nodes
-//!    that lack the key get our token back (repair);
+//! 4. [`start_extending`] while the holder works, many leases in one round: owner-checked, on a
+//!    quorum, with validity left; nodes that lack a key get its token back (repair);
 //! 5. [`release`] when the holder is done: compare-and-delete (or, for `min_hold`,
 //!    compare-and-expire), so it never touches a key whose value is not ours;
 //!    [`release_in_background`] for a lock given up without waiting.

@@ -39,7 +39,7 @@ impl Runtime {
     /// `#[singleton]` functions do.
     ///
     /// While the body runs, the lease is renewed (unless `options` turn that off) and the body
-    /// sees it through [`lease()`](crate::lease). When the body is done, the lock is released, or
+    /// sees it through [`lease()`](crate::lease()). When the body is done, the lock is released, or
     /// kept until `min_hold` when `succeeded` says the body's output is a success
     /// (`Result::is_ok` for a `Result`, `|_| true` for anything else). If the body panics or the
     /// returned future is dropped, the lock is released in the background at once.

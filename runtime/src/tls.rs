@@ -1,6 +1,6 @@
 //! `rediss://`: rustls, with the system's roots or the CA given to
-//! [`Config::tls_root_certificate`], and the client certificate given to
-//! [`Config::tls_client_certificate`], if any.
+//! [`Config::tls_root_certificate`](crate::Config::tls_root_certificate), and the client certificate given to
+//! [`Config::tls_client_certificate`](crate::Config::tls_client_certificate), if any.
 
 use std::fmt;
 use std::sync::Arc;
