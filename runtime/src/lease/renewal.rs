@@ -155,7 +155,8 @@ impl Renewer {
 
 impl Queue {
     fn insert(&mut self, due: Instant, renewing: Renewing) {
-        if !renewing.held.renews() || renewing.held.stopped.load(Ordering::SeqCst) {
+        // Stopping a lease's renewal clears `renews` too (see `Renewer::stop`).
+        if !renewing.held.renews() {
             return;
         }
         self.added += 1;

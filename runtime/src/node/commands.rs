@@ -11,8 +11,7 @@ use crate::clock::ClockReading;
 use super::connection::Session;
 use super::error::is_no_script;
 use super::scripts::{
-    EXPIRE_IF_OURS, EXPIRE_IF_OURS_LUA, EXTEND_OR_REPAIR_EACH, MARK_DONE_IF_OURS, RAISE_FENCE,
-    SET_NX_READ_FENCE,
+    EXPIRE_IF_OURS, EXTEND_OR_REPAIR_EACH, MARK_DONE_IF_OURS, RAISE_FENCE, SET_NX_READ_FENCE,
 };
 use super::{millis, Node, NodeError};
 
@@ -282,12 +281,7 @@ impl Node {
             .await;
         let ours: i64 = match sent {
             Err(NodeError::Redis(err)) if is_no_script(&err) => {
-                let load = redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(EXPIRE_IF_OURS_LUA)
-                    .to_owned();
-                self.query::<String>(session, load.query_async(&mut session.connection.clone()))
-                    .await?;
+                self.load_script(session, &EXPIRE_IF_OURS).await?;
                 self.query(session, eval.query_async(&mut session.connection.clone()))
                     .await?
             }

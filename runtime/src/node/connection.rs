@@ -347,13 +347,23 @@ impl Node {
             .await;
         match answer {
             Err(NodeError::Redis(err)) if is_no_script(&err) => {
-                let mut connection = session.connection.clone();
-                self.query::<String>(session, script.load_async(&mut connection))
-                    .await?;
+                self.load_script(session, script).await?;
                 Err(NodeError::Redis(err))
             }
             answer => answer,
         }
+    }
+
+    /// Loads `script` on `session`'s node, which answered `NOSCRIPT`.
+    pub(super) async fn load_script(
+        &self,
+        session: &Arc<Session>,
+        script: &redis::Script,
+    ) -> Result<(), NodeError> {
+        let mut connection = session.connection.clone();
+        self.query::<String>(session, script.load_async(&mut connection))
+            .await
+            .map(drop)
     }
 
     /// Awaits a command on `session`; a broken connection is dropped, so that the next call

@@ -12,17 +12,17 @@ use super::FleetGrace;
 /// sets it to expire in `ARGV[2]` milliseconds; returns 1 when the key was ours. Release, renewal
 /// and `min_hold` are all this one script, so none of them ever touches a lock that someone else
 /// took after ours ran out.
-pub(super) static EXPIRE_IF_OURS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(EXPIRE_IF_OURS_LUA));
-
-/// The text of [`EXPIRE_IF_OURS`], for `SCRIPT LOAD`.
-pub(super) const EXPIRE_IF_OURS_LUA: &str = r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+pub(super) static EXPIRE_IF_OURS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
 if ARGV[2] == "0" then
     return redis.call("DEL", KEYS[1])
 end
-return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#;
+return redis.call("PEXPIRE", KEYS[1], ARGV[2])"#,
+    )
+});
 
 /// The done marker of a period (`slot`): only while the lock `KEYS[1]` still holds our token,
 /// sets the marker `KEYS[2]` to it, expiring in `ARGV[2]` milliseconds; returns 1 when it did.
