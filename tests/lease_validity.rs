@@ -181,3 +181,110 @@ async fn a_body_that_ends_in_time_ran() {
         .unwrap();
     assert_eq!(outcome, Outcome::Ran(7));
 }
+
+/// One timer serves the deadlines of every lease being waited on: a lease whose deadline comes
+/// first, though it was taken after a lease with a far later one, is still lost at its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_deadline_waited_on_first_does_not_delay_an_earlier_one() {
+    let nodes = Nodes::start(1);
+    let (release_long, long_may_end) = tokio::sync::oneshot::channel::<()>();
+    let (long_waiting, long_is_waiting) = tokio::sync::oneshot::channel();
+    let runtime = nodes.runtime.clone();
+    let long = tokio::spawn(async move {
+        runtime
+            .run_with(
+                "long-deadline",
+                Options::new(Duration::from_secs(30)).renew(false),
+                async move {
+                    // The call's cancellation waits on this lease's deadline, 30 s away.
+                    let _ = long_waiting.send(());
+                    let _ = long_may_end.await;
+                },
+                |_| true,
+            )
+            .await
+    });
+    long_is_waiting.await.unwrap();
+
+    let ttl = Duration::from_millis(300);
+    let seen: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let seen_in_body = seen.clone();
+    let result = nodes
+        .runtime
+        .run_with(
+            "short-deadline",
+            Options::new(ttl).renew(false),
+            async move {
+                *seen_in_body.lock().unwrap() = Some(Instant::now() + lease().unwrap().validity());
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            },
+            |_| true,
+        )
+        .await;
+    let cancelled_at = Instant::now();
+    let valid_until = seen.lock().unwrap().expect("the body ran");
+    assert_eq!(lease_lost(result), (LostReason::Expired, false));
+    assert!(
+        cancelled_at <= valid_until + SIGNAL_SLACK,
+        "cancelled {:?} after the end of the validity",
+        cancelled_at - valid_until
+    );
+
+    release_long.send(()).unwrap();
+    assert_eq!(long.await.unwrap().unwrap(), Outcome::Ran(()));
+}
+
+/// Renewal moves the deadline that the loss waits for: a lease renewed a few times is not lost
+/// at its first deadline, and once a majority is cut off, it is lost at the last deadline that
+/// a quorum confirmed, not later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lost_signal_follows_the_deadline_that_renewal_moved() {
+    let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    let ttl = Duration::from_millis(600);
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let seen: Arc<Mutex<Option<(Instant, Instant, Instant)>>> = Arc::default();
+    let seen_in_body = seen.clone();
+    let proxies = [cluster.proxy(1), cluster.proxy(2)];
+    let result = runtime
+        .run_with(
+            "renewed-then-partitioned",
+            Options::new(ttl),
+            async {
+                let lease = lease().unwrap();
+                let first_deadline = Instant::now() + lease.validity();
+                // Past the first deadline, renewed all along.
+                tokio::time::sleep(ttl * 2).await;
+                assert!(
+                    lease.is_held(),
+                    "renewal kept the lease past its first deadline"
+                );
+                let valid_until = Instant::now() + lease.validity();
+                for proxy in proxies {
+                    proxy.partition();
+                }
+                let lost = lease.lost().await;
+                *seen_in_body.lock().unwrap() = Some((first_deadline, valid_until, Instant::now()));
+                lost
+            },
+            |_| true,
+        )
+        .await;
+    for proxy in proxies {
+        proxy.heal();
+    }
+    let (first_deadline, valid_until, lost_at) =
+        seen.lock().unwrap().expect("the body saw the loss");
+    assert!(
+        valid_until > first_deadline + ttl,
+        "renewal moved the deadline"
+    );
+    assert!(
+        lost_at <= valid_until + SIGNAL_SLACK,
+        "the lost signal came {:?} after the last deadline",
+        lost_at - valid_until
+    );
+    assert_eq!(lease_lost(result).0, LostReason::NoQuorum);
+}

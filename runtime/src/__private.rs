@@ -9,19 +9,23 @@ pub use crate::{OnLost, Options};
 /// Runs `body` under the lock on `key`, as `options` say, with the runtime in scope for this
 /// task, else the global one. `succeeded` judges the body's output: only a success keeps the key
 /// for `min_hold` or writes the done marker of a `slot` period or a cron tick.
-pub async fn run_with<F, S>(
-    key: &str,
+pub fn run_with<'a, F, S>(
+    key: &'a str,
     options: Options,
     body: F,
     succeeded: S,
-) -> Result<Outcome<F::Output>, Error>
+) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
 where
-    F: Future,
-    S: FnOnce(&F::Output) -> bool,
+    F: Future + 'a,
+    S: FnOnce(&F::Output) -> bool + 'a,
 {
-    crate::Runtime::current()?
-        .run_with(key, options, body, succeeded)
-        .await
+    // Boxed before any future holds it (see `Runtime::run_with`).
+    let body = Box::pin(body);
+    async move {
+        crate::Runtime::current()?
+            .run_boxed(key, options, body, succeeded)
+            .await
+    }
 }
 
 /// Tells a successful output from a failed one at the generated code's concrete type: a `Result`

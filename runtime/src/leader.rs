@@ -1,11 +1,11 @@
 //! Leader election: one process of a fleet leads for as long as it lives, on a lock it keeps.
 //!
 //! A campaign is a loop on the crate's own runtime of `run_with(key, ttl, fencing)` calls whose
-//! body is the leadership itself: it publishes `Elected` and waits until the lease is lost (the
-//! lease's own deadline timer, so never later than the end of its validity) or the process steps
-//! down. Renewal, repair, the owner-checked release and `shutdown` are the lock's; nothing here
-//! keeps a state of its own that could outlive the lease: whether this process leads is asked
-//! of the lease each time.
+//! body is the leadership itself: it publishes `Elected` and waits until the lease is lost (marked
+//! at the lease's deadline by the runtime's deadline timer, so never later than the end of its
+//! validity) or the process steps down. Renewal, repair, the owner-checked release and `shutdown`
+//! are the lock's; nothing here keeps a state of its own that could outlive the lease: whether
+//! this process leads is asked of the lease each time.
 
 use std::fmt;
 use std::future::Future;
@@ -293,8 +293,8 @@ impl Leadership {
     /// `RecvError::Lagged` and then the newer ones; `RecvError::Closed` once the campaign has
     /// ended and the `Leadership` is gone.
     ///
-    /// `Revoked` is sent no later than the end of the lease's validity (a timer at the deadline,
-    /// not the next renewal).
+    /// `Revoked` is sent no later than the end of the lease's validity (the runtime's deadline
+    /// timer marks the lease lost then, not the next renewal).
     ///
     /// ```no_run
     /// # use std::time::Duration;

@@ -5,30 +5,31 @@
 //! after taking it, or after the last extension that a quorum confirmed, less the drift
 //! allowance. The deadline only moves when an extension's answers arrive before it; once it has
 //! passed, the lease is lost for good, whatever an extension still on its way says later. So
-//! "lost" is never later than the end of the validity: every wait for it (the body's
-//! cancellation, [`LeaseInfo::lost`]) has a timer at the deadline, and the call checks it once
-//! more when the body ends.
+//! "lost" is never later than the end of the validity: while something waits for it (the body's
+//! cancellation, [`LeaseInfo::lost`]), the runtime's one deadline timer marks the lease lost at
+//! its deadline, which wakes the waiters (see `deadlines`), and the call checks it once more when
+//! the body ends.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
+mod deadlines;
 mod info;
 mod renewal;
 
+pub(crate) use deadlines::Deadlines;
 pub(crate) use renewal::Renewer;
 
 pub use info::{lease, LeaseInfo};
 
 use crate::nodes::Nodes;
 use crate::redlock::{release_in_background, start_release, Extension, Taken};
-use crate::{driver, Error, LostReason};
+use crate::{Error, LostReason};
 
 /// What the holder of a lease and the body running under it share.
 pub(crate) struct Held {
@@ -37,10 +38,11 @@ pub(crate) struct Held {
     ttl: Duration,
     acquired_at: Instant,
     fencing_token: Option<u64>,
-    validity: Mutex<Validity>,
-    lost: watch::Sender<Option<LostReason>>,
-    /// Where the deadline's timers run: the crate's own runtime, whatever the caller's has.
-    crate_thread: Handle,
+    state: Mutex<State>,
+    /// Wakes whatever waits in [`Held::lost`] when the lease is lost.
+    lost_now: Notify,
+    /// The runtime's one timer for the deadlines of leases being waited on.
+    deadlines: Arc<Deadlines>,
     /// The runtime's renewal, which queues the lease while a body runs (see [`Lease::renewal`]).
     renewer: Arc<Renewer>,
     /// Set when the lease's release begins: no extension of it is sent after that (see
@@ -51,109 +53,199 @@ pub(crate) struct Held {
     renews: AtomicBool,
 }
 
-/// Until when a lease is valid, and why it is lost if that passes.
-struct Validity {
+/// Until when a lease is valid, whether it was lost, and where the runtime's queues keep it.
+struct State {
     until: Instant,
     /// The reason given when `until` passes: what kept the lease from being extended.
     if_it_runs_out: LostReason,
+    /// Why it was lost; set once, for good.
+    lost: Option<LostReason>,
     /// Released, or its call is over: it can no longer be lost.
     ended: bool,
+    /// Its entry in the deadlines' queue, while something waits in [`Held::lost`].
+    watched: Option<deadlines::Entry>,
+    /// Its place in the renewal queue, while it is queued there.
+    queued: Option<renewal::Place>,
+}
+
+/// The lease ended: released, or its call is over.
+struct Ended;
+
+impl State {
+    /// Why the lease is lost as of `now`, marking it lost for good if its deadline has passed;
+    /// `None` once it ended. Returns, too, whether this marked it lost.
+    fn lost_at(&mut self, now: Instant) -> (Option<LostReason>, bool) {
+        if self.ended {
+            return (None, false);
+        }
+        if self.lost.is_none() && now >= self.until {
+            self.lost = Some(self.if_it_runs_out);
+            return (self.lost, true);
+        }
+        (self.lost, false)
+    }
 }
 
 impl Held {
-    fn validity(&self) -> std::sync::MutexGuard<'_, Validity> {
-        self.validity
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Wakes the waiters of a lease that `state` has just marked lost, and takes it out of the
+    /// deadlines' queue.
+    fn lost_just_now(&self, mut state: MutexGuard<'_, State>) {
+        if let Some(entry) = state.watched.take() {
+            self.deadlines.leave(entry);
+        }
+        drop(state);
+        self.lost_now.notify_waiters();
+    }
+
     /// Marks the lease lost for `reason`, unless it was lost (or ended) already.
     pub(crate) fn lose(&self, reason: LostReason) {
-        if self.validity().ended {
+        let mut state = self.state();
+        if state.ended || state.lost.is_some() {
             return;
         }
-        self.lost.send_if_modified(|lost| {
-            let first = lost.is_none();
-            if first {
-                *lost = Some(reason);
-            }
-            first
-        });
+        state.lost = Some(reason);
+        self.lost_just_now(state);
     }
 
     /// Why the lease is lost, if it is: it was marked lost, or its deadline has passed (which
     /// marks it lost now, for good). `None` once it ended.
     pub(crate) fn check(&self) -> Option<LostReason> {
-        let validity = self.validity();
-        if validity.ended {
-            return None;
+        let mut state = self.state();
+        let (lost, just_now) = state.lost_at(Instant::now());
+        if just_now {
+            self.lost_just_now(state);
         }
-        if let Some(reason) = *self.lost.borrow() {
-            return Some(reason);
+        lost
+    }
+
+    /// The deadlines' task found `entry` due: marks the lease lost if it still is its entry
+    /// (an extension moves the entry; see [`Held::extend_to`]).
+    fn deadline_passed(self: &Arc<Self>, entry: deadlines::Entry) {
+        let mut state = self.state();
+        if state.watched != Some(entry) {
+            return;
         }
-        if Instant::now() < validity.until {
-            return None;
+        state.watched = None;
+        let (lost, just_now) = state.lost_at(Instant::now());
+        if just_now {
+            self.lost_just_now(state);
+        } else if lost.is_none() && !state.ended {
+            // Early by the timer's rounding: queued again.
+            let until = state.until;
+            state.watched = Some(self.deadlines.enter(self, until, None));
         }
-        let reason = validity.if_it_runs_out;
-        self.lost.send_replace(Some(reason));
-        Some(reason)
     }
 
     /// Moves the deadline to `until`, if the lease is still valid now: an extension whose
     /// quorum answered only after the deadline does not bring a lost lease back. Returns
     /// whether it did.
-    fn extend_to(&self, until: Instant) -> bool {
-        if self.check().is_some() {
+    fn extend_to(self: &Arc<Self>, until: Instant) -> bool {
+        let mut state = self.state();
+        let (lost, just_now) = state.lost_at(Instant::now());
+        if just_now {
+            self.lost_just_now(state);
             return false;
         }
-        let mut validity = self.validity();
-        validity.until = until;
-        validity.if_it_runs_out = LostReason::Expired;
+        if lost.is_some() || state.ended {
+            return false;
+        }
+        state.until = until;
+        state.if_it_runs_out = LostReason::Expired;
+        if let Some(entry) = state.watched {
+            state.watched = Some(self.deadlines.enter(self, until, Some(entry)));
+        }
         true
     }
 
     /// What to call the loss if the deadline passes from now on.
     fn if_it_runs_out(&self, reason: LostReason) {
-        self.validity().if_it_runs_out = reason;
+        self.state().if_it_runs_out = reason;
+    }
+
+    /// What renewal extends the lease by `now`: a ttl, cut short at `hold_until` (`max_hold`);
+    /// `None` when it is lost or over, or at its `max_hold` (it then runs out for it).
+    fn extension_due(&self, hold_until: Option<Instant>, now: Instant) -> Option<Duration> {
+        let mut state = self.state();
+        let (lost, just_now) = state.lost_at(Instant::now());
+        if just_now {
+            self.lost_just_now(state);
+            return None;
+        }
+        if lost.is_some() || state.ended {
+            return None;
+        }
+        let keep = match hold_until {
+            Some(until) => until.saturating_duration_since(now).min(self.ttl),
+            None => self.ttl,
+        };
+        // If the deadline passes while this extension waits, renewal could not reach a quorum
+        // (or, for the last one, `max_hold` is what ends the lease).
+        state.if_it_runs_out = if keep < self.ttl {
+            LostReason::MaxHold
+        } else {
+            LostReason::NoQuorum
+        };
+        (!keep.is_zero()).then_some(keep)
     }
 
     /// The lease is released, or its call is over: nothing can lose it any more.
     fn end(&self) {
-        self.validity().ended = true;
+        let mut state = self.state();
+        state.ended = true;
+        if let Some(entry) = state.watched.take() {
+            self.deadlines.leave(entry);
+        }
     }
 
     fn remaining(&self) -> Duration {
-        if self.check().is_some() {
+        let mut state = self.state();
+        let now = Instant::now();
+        let (lost, just_now) = state.lost_at(now);
+        if just_now {
+            self.lost_just_now(state);
             return Duration::ZERO;
         }
-        let validity = self.validity();
-        if validity.ended {
+        if lost.is_some() || state.ended {
             return Duration::ZERO;
         }
-        validity.until.saturating_duration_since(Instant::now())
+        state.until.saturating_duration_since(now)
     }
 
     /// Resolves when the lease is lost, at its deadline at the latest; never once it ended.
-    fn lost(self: Arc<Self>) -> impl Future<Output = LostReason> + Send + 'static {
-        let mut changes = self.lost.subscribe();
-        async move {
-            loop {
-                if let Some(reason) = self.check() {
-                    return reason;
-                }
-                let (until, ended) = {
-                    let validity = self.validity();
-                    (validity.until, validity.ended)
-                };
-                if ended {
-                    return std::future::pending().await;
-                }
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    () = driver::sleep_until(&self.crate_thread, until) => {}
-                }
+    async fn lost(self: Arc<Self>) -> LostReason {
+        loop {
+            let lost_now = self.lost_now.notified();
+            let mut lost_now = std::pin::pin!(lost_now);
+            // Enabled before the state is read: a loss marked after this wakes it.
+            lost_now.as_mut().enable();
+            match self.lost_or_watched() {
+                Ok(Some(reason)) => return reason,
+                Ok(None) => lost_now.await,
+                Err(Ended) => return std::future::pending().await,
             }
         }
+    }
+
+    /// For [`Held::lost`]: why the lease is lost, or `None` when it is still valid (and then in
+    /// the deadlines' queue, whose task marks it lost at its deadline).
+    fn lost_or_watched(self: &Arc<Self>) -> Result<Option<LostReason>, Ended> {
+        let mut state = self.state();
+        let (lost, just_now) = state.lost_at(Instant::now());
+        if just_now {
+            self.lost_just_now(state);
+        } else if state.ended {
+            return Err(Ended);
+        } else if lost.is_none() && state.watched.is_none() {
+            let until = state.until;
+            state.watched = Some(self.deadlines.enter(self, until, None));
+        }
+        Ok(lost)
     }
 
     /// Stops renewal, and every other extension of the lease: every extension sent is then
@@ -161,10 +253,6 @@ impl Held {
     /// can put a released key back.
     pub(crate) fn stop_renewal(&self) {
         self.renewer.stop(self);
-    }
-
-    fn is_ended(&self) -> bool {
-        self.validity().ended
     }
 
     /// Whether renewal keeps the lease.
@@ -281,6 +369,7 @@ impl Lease {
         nodes: &Arc<Nodes>,
         register: &Arc<Register>,
         renewer: &Arc<Renewer>,
+        deadlines: &Arc<Deadlines>,
         taken: Taken,
     ) -> Self {
         let held = Arc::new(Held {
@@ -289,13 +378,16 @@ impl Lease {
             ttl: taken.ttl,
             acquired_at: taken.acquired_at,
             fencing_token: taken.fencing_token,
-            validity: Mutex::new(Validity {
+            state: Mutex::new(State {
                 until: taken.valid_until,
                 if_it_runs_out: LostReason::Expired,
+                lost: None,
                 ended: false,
+                watched: None,
+                queued: None,
             }),
-            lost: watch::Sender::new(None),
-            crate_thread: nodes.crate_thread().clone(),
+            lost_now: Notify::new(),
+            deadlines: deadlines.clone(),
             renewer: renewer.clone(),
             renews: AtomicBool::new(false),
             stopped: AtomicBool::new(false),

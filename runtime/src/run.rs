@@ -2,6 +2,7 @@
 //! `#[singleton]` functions call.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -26,13 +27,13 @@ impl Runtime {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn run<F: Future>(
-        &self,
-        key: &str,
+    pub fn run<'a, F: Future + 'a>(
+        &'a self,
+        key: &'a str,
         ttl: Duration,
         body: F,
-    ) -> Result<Outcome<F::Output>, Error> {
-        self.run_with(key, Options::new(ttl), body, |_| true).await
+    ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a {
+        self.run_with(key, Options::new(ttl), body, |_| true)
     }
 
     /// Runs `body` only if this call takes the lock on `key`, as `options` say; what
@@ -62,161 +63,206 @@ impl Runtime {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn run_with<F, S>(
-        &self,
-        key: &str,
+    pub fn run_with<'a, F, S>(
+        &'a self,
+        key: &'a str,
         options: Options,
         body: F,
         succeeded: S,
-    ) -> Result<Outcome<F::Output>, Error>
+    ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
     where
-        F: Future,
-        S: FnOnce(&F::Output) -> bool,
+        F: Future + 'a,
+        S: FnOnce(&F::Output) -> bool + 'a,
     {
-        // One span per call; the votes and the validity are recorded on it by the attempt, and
-        // the body's own spans and events nest under it.
-        let span = tracing::info_span!(
-            "singleton",
-            key,
-            nodes = self.node_count(),
-            granted = tracing::field::Empty,
-            busy = tracing::field::Empty,
-            failed = tracing::field::Empty,
-            validity_ms = tracing::field::Empty,
-            held_ms = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-        );
-        let started = Instant::now();
-        let label = telemetry::key_label(self.metrics_key_label(), key, &options);
-        let call = self.run_traced(key, label, options, body, succeeded);
-        // Entering a span on every poll costs even when nothing listens: only when something does.
-        let result = if span.is_disabled() {
-            call.await
-        } else {
-            call.instrument(span.clone()).await
-        };
-        let outcome = telemetry::outcome_name(&result);
-        span.record("outcome", outcome);
-        span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-        telemetry::finished(label, outcome);
-        span.in_scope(|| log_outcome(&result));
-        result
+        // Boxed before any future holds it: each future that holds a value keeps bytes of its
+        // own for it for as long as it lives, and the call's futures live as long as the body
+        // runs (for a lease held for hours, and for each of thousands held at once).
+        self.run_boxed(key, options, Box::pin(body), succeeded)
     }
 
-    /// `run_with` without its span and log event; `label` is the key as the metrics name it.
-    async fn run_traced<F, S>(
-        &self,
-        key: &str,
-        label: &str,
+    /// [`Runtime::run_with`], with the body already boxed.
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` keeps each argument twice in its
+    /// future (as given, and as its own variable), and this future lives as long as the body runs.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    pub(crate) fn run_boxed<'a, F, S>(
+        &'a self,
+        key: &'a str,
         options: Options,
-        body: F,
+        body: Pin<Box<F>>,
         succeeded: S,
-    ) -> Result<Outcome<F::Output>, Error>
+    ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
     where
-        F: Future,
-        S: FnOnce(&F::Output) -> bool,
+        F: Future + 'a,
+        S: FnOnce(&F::Output) -> bool + 'a,
     {
-        self.check_options(&options)?;
-        let attempt_started = Instant::now();
-        let acquired = self.take(key, &options).await;
-        telemetry::attempted(
-            label,
-            attempt_started.elapsed(),
-            matches!(acquired, Ok(Acquired::Taken(_))),
-        );
-        let lease = match acquired? {
-            Acquired::Taken(lease) => lease,
-            Acquired::Busy => return Ok(Outcome::Skipped(Skip::Busy)),
-            Acquired::SplitVote { attempts } => {
-                return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
-            }
-        };
-        let period = match options.slot {
-            Some(length) => Some(Period::now(length)?),
-            // A call that a cron schedule made for one of its ticks runs once per tick.
-            None => slot::current_tick(),
-        };
-        let marker = period
-            .as_ref()
-            .map(|period| keys::done_marker(self.key_prefix(), key, period.index()));
-        if let (Some(period), Some(marker)) = (&period, &marker) {
-            if slot::done(self.nodes(), marker, period).await? {
-                lease.release().await?;
-                return Ok(Outcome::Skipped(Skip::AlreadyDone {
-                    period_start: period.start(),
-                }));
-            }
+        async move {
+            // One span per call; the votes and the validity are recorded on it by the attempt, and
+            // the body's own spans and events nest under it.
+            let span = tracing::info_span!(
+                "singleton",
+                key,
+                nodes = self.node_count(),
+                granted = tracing::field::Empty,
+                busy = tracing::field::Empty,
+                failed = tracing::field::Empty,
+                validity_ms = tracing::field::Empty,
+                held_ms = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            let label = telemetry::key_label(self.metrics_key_label(), key, &options);
+            // Entering a span on every poll costs even when nothing listens: only when something does.
+            // (The call is made in each branch, not once before them: held in a variable, it would
+            // take its bytes twice in this future.)
+            let result = if span.is_disabled() {
+                self.run_traced(key, label, &options, body, succeeded).await
+            } else {
+                let call = self.run_traced(key, label, &options, body, succeeded);
+                call.instrument(span.clone()).await
+            };
+            let outcome = telemetry::outcome_name(&result);
+            span.record("outcome", outcome);
+            span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+            telemetry::finished(label, outcome);
+            span.in_scope(|| log_outcome(&result));
+            result
         }
-        // Looking for the marker waits for every node (a frozen one for its whole timeout),
-        // with nothing renewing yet: a lease that ran out meanwhile must not start the body.
-        if let Some(reason) = lease.lost() {
-            return Err(lease.give_up(reason, false));
-        }
-        // Renewal runs beside the body, and beside the done marker's write after it; it stops
-        // before the release, so that it cannot extend a key we are deleting.
-        let mut renewal = std::pin::pin!(lease.renewal(&options));
-        let body = lease.info().scope(body);
-        let value = match options.on_lost {
-            OnLost::Cancel => {
-                let lost = lease.info().lost();
-                tokio::select! {
-                    biased;
-                    value = body => Some(value),
-                    _ = lost => None,
-                    never = &mut renewal => match never {},
+    }
+
+    /// `run_with` without its span and log event; `label` is the key as the metrics name it. (An
+    /// `async` block, as [`Runtime::run_boxed`] is.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    fn run_traced<'a, F, S>(
+        &'a self,
+        key: &'a str,
+        label: &'a str,
+        options: &'a Options,
+        body: Pin<Box<F>>,
+        succeeded: S,
+    ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
+    where
+        F: Future + 'a,
+        S: FnOnce(&F::Output) -> bool + 'a,
+    {
+        async move {
+            self.check_options(options)?;
+            let attempt_started = Instant::now();
+            // The attempt's and the release's futures are boxed: the call's own future, which lives
+            // as long as the body runs, then keeps only what the body's run needs (a lease held for
+            // hours costs its bytes for hours; the attempt's a heap allocation for a round trip).
+            let acquired = Box::pin(self.take(key, options)).await;
+            telemetry::attempted(
+                label,
+                attempt_started.elapsed(),
+                matches!(acquired, Ok(Acquired::Taken(_))),
+            );
+            let lease = match acquired? {
+                Acquired::Taken(lease) => lease,
+                Acquired::Busy => return Ok(Outcome::Skipped(Skip::Busy)),
+                Acquired::SplitVote { attempts } => {
+                    return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
+                }
+            };
+            let period = match options.slot {
+                Some(length) => Some(Period::now(length)?),
+                // A call that a cron schedule made for one of its ticks runs once per tick.
+                None => slot::current_tick(),
+            };
+            let marker = period
+                .as_ref()
+                .map(|period| keys::done_marker(self.key_prefix(), key, period.index()));
+            if let (Some(period), Some(marker)) = (&period, &marker) {
+                if Box::pin(slot::done(self.nodes(), marker, period)).await? {
+                    Box::pin(lease.release()).await?;
+                    return Ok(Outcome::Skipped(Skip::AlreadyDone {
+                        period_start: period.start(),
+                    }));
                 }
             }
-            OnLost::Continue => tokio::select! {
-                biased;
-                value = body => Some(value),
-                never = &mut renewal => match never {},
-            },
-        };
-        // `Ran` only if the lease is still valid now that the body has ended: a body that
-        // outlived it (blocked its thread, or was paused, past the deadline) may have run beside
-        // another holder.
-        let value = match (value, lease.lost()) {
-            (Some(value), None) => value,
-            (value, Some(reason)) => return Err(lease.give_up(reason, value.is_some())),
-            (None, None) => unreachable!("the body is only cut short by a lost lease"),
-        };
-        let succeeded = succeeded(&value);
-        if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
-            // Written only where the lock is still ours, while renewal goes on; then the lease
-            // is checked again, so that `Ran` means the period was marked under the lock.
-            let (lock_key, token) = lease.key_and_token();
-            let marking = slot::mark_done(self.nodes(), marker, lock_key, token, period);
-            let marked = tokio::select! {
-                marked = marking => marked,
-                never = &mut renewal => match never {},
-            };
-            match marked {
-                Ok(()) => {}
-                Err(slot::NotMarked::NotOurs) => lease.lose(LostReason::TakenOver),
-                Err(slot::NotMarked::NoQuorum(err)) => tracing::warn!(
-                    error = %err,
-                    "the done marker reached too few nodes; this period may run again"
-                ),
-            }
+            // Looking for the marker waits for every node (a frozen one for its whole timeout),
+            // with nothing renewing yet: a lease that ran out meanwhile must not start the body.
             if let Some(reason) = lease.lost() {
-                return Err(lease.give_up(reason, true));
+                return Err(lease.give_up(reason, false));
             }
+            // Renewal runs beside the body, and beside the done marker's write after it; it stops
+            // before the release, so that it cannot extend a key we are deleting.
+            let mut renewal = std::pin::pin!(lease.renewal(options));
+            let body = lease.info().scope(body);
+            let value = match options.on_lost {
+                OnLost::Cancel => {
+                    let lost = lease.info().lost();
+                    tokio::select! {
+                        biased;
+                        value = body => Some(value),
+                        _ = lost => None,
+                        never = &mut renewal => match never {},
+                    }
+                }
+                OnLost::Continue => tokio::select! {
+                    biased;
+                    value = body => Some(value),
+                    never = &mut renewal => match never {},
+                },
+            };
+            // `Ran` only if the lease is still valid now that the body has ended: a body that
+            // outlived it (blocked its thread, or was paused, past the deadline) may have run beside
+            // another holder.
+            let value = match (value, lease.lost()) {
+                (Some(value), None) => value,
+                (value, Some(reason)) => return Err(lease.give_up(reason, value.is_some())),
+                (None, None) => unreachable!("the body is only cut short by a lost lease"),
+            };
+            let succeeded = succeeded(&value);
+            if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
+                // Written only where the lock is still ours, while renewal goes on; then the lease
+                // is checked again, so that `Ran` means the period was marked under the lock.
+                let (lock_key, token) = lease.key_and_token();
+                let marking = Box::pin(slot::mark_done(
+                    self.nodes(),
+                    marker,
+                    lock_key,
+                    token,
+                    period,
+                ));
+                let marked = tokio::select! {
+                    marked = marking => marked,
+                    never = &mut renewal => match never {},
+                };
+                match marked {
+                    Ok(()) => {}
+                    Err(slot::NotMarked::NotOurs) => lease.lose(LostReason::TakenOver),
+                    Err(slot::NotMarked::NoQuorum(err)) => tracing::warn!(
+                        error = %err,
+                        "the done marker reached too few nodes; this period may run again"
+                    ),
+                }
+                if let Some(reason) = lease.lost() {
+                    return Err(lease.give_up(reason, true));
+                }
+            }
+            let keep = match options.min_hold {
+                Some(min_hold) if succeeded => min_hold.saturating_sub(lease.held_for()),
+                _ => Duration::ZERO,
+            };
+            let held = lease.held_for();
+            tracing::Span::current().record("held_ms", held.as_millis() as u64);
+            let released = Box::pin(lease.release_keeping(keep)).await;
+            telemetry::released(label, held, released.is_ok());
+            if let Err(err) = released {
+                // The body ran; a release that could not reach a quorum leaves copies that expire
+                // with the ttl, which is worth a warning but is not an error of the call.
+                tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
+            }
+            Ok(Outcome::Ran(value))
         }
-        let keep = match options.min_hold {
-            Some(min_hold) if succeeded => min_hold.saturating_sub(lease.held_for()),
-            _ => Duration::ZERO,
-        };
-        let held = lease.held_for();
-        tracing::Span::current().record("held_ms", held.as_millis() as u64);
-        let released = lease.release_keeping(keep).await;
-        telemetry::released(label, held, released.is_ok());
-        if let Err(err) = released {
-            // The body ran; a release that could not reach a quorum leaves copies that expire
-            // with the ttl, which is worth a warning but is not an error of the call.
-            tracing::warn!(error = %err, "releasing the lock failed; it expires with its ttl");
-        }
-        Ok(Outcome::Ran(value))
     }
 }
 

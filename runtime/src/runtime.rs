@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 
 use crate::checks::check_duration;
-use crate::lease::{Register, Renewer};
+use crate::lease::{Deadlines, Register, Renewer};
 use crate::node::Node;
 use crate::nodes::Nodes;
 use crate::redlock::{acquire, release, Acquired};
@@ -68,6 +68,8 @@ struct Inner {
     register: Arc<Register>,
     /// Renews the leases of bodies that run.
     renewer: Arc<Renewer>,
+    /// Marks leases lost at their deadlines, for whatever waits to see that.
+    deadlines: Arc<Deadlines>,
     /// Raised when `shutdown` begins: calls fail from then on, and work that waits (a campaign
     /// between attempts) ends at once.
     shut_down: watch::Sender<bool>,
@@ -78,12 +80,14 @@ impl Runtime {
     fn from_config(config: Config) -> Result<Runtime, Error> {
         telemetry::describe();
         let nodes = Nodes::new(&config)?;
+        let deadlines = Arc::new(Deadlines::new(nodes.crate_thread().clone()));
         let inner = Arc::new(Inner {
             nodes,
             key_prefix: config.key_prefix,
             max_ttl: config.max_ttl,
             register: Arc::default(),
             renewer: Arc::default(),
+            deadlines,
             shut_down: watch::Sender::new(false),
             metrics_key_label: config.metrics_key_label,
         });
@@ -239,7 +243,14 @@ impl Runtime {
         Ok(
             match acquire(nodes, &lock_key, fence.as_deref(), options.ttl).await? {
                 Acquired::Taken(taken) => {
-                    let lease = Lease::new(nodes, &self.inner.register, &self.inner.renewer, taken);
+                    let inner = &self.inner;
+                    let lease = Lease::new(
+                        nodes,
+                        &inner.register,
+                        &inner.renewer,
+                        &inner.deadlines,
+                        taken,
+                    );
                     if !lease.is_registered() {
                         // `shutdown` began while this attempt was in flight: nothing is held
                         // after it.

@@ -10,7 +10,7 @@
 //! So a release sent once renewal has stopped always follows, on every connection, any extension
 //! of that lease (which could otherwise put the released key back).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -55,12 +55,13 @@ impl Drop for Renewer {
     }
 }
 
+/// A lease's place in the queue: when it is due, then the order in which leases were added.
+pub(super) type Place = (Instant, u64);
+
 #[derive(Default)]
 struct Queue {
-    /// By when each lease is due, then in the order they were added.
-    due: BTreeMap<(Instant, u64), Renewing>,
-    /// Where each queued lease is in `due`, by the address of its `Held`.
-    places: HashMap<usize, (Instant, u64)>,
+    /// The queued leases; each one's place is in its state too (for [`Renewer::stop`]).
+    due: BTreeMap<Place, Renewing>,
     added: u64,
     /// Whether the task runs.
     working: bool,
@@ -77,12 +78,6 @@ struct Renewing {
     last: bool,
 }
 
-/// A lease's place in [`Queue::places`]: the address of its `Held`, which does not move while
-/// the lease is queued (the queue holds it).
-fn place_of(held: &Held) -> usize {
-    std::ptr::from_ref(held) as usize
-}
-
 impl Renewer {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue
@@ -95,11 +90,10 @@ impl Renewer {
         self: &Arc<Self>,
         nodes: &Arc<Nodes>,
         held: Arc<Held>,
-        options: &Options,
+        hold_until: Option<Instant>,
         due: Instant,
         jumped: bool,
     ) {
-        let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
         let start = {
             let mut queue = self.queue();
             queue.insert(
@@ -130,7 +124,7 @@ impl Renewer {
         let mut queue = self.queue();
         held.stopped.store(true, Ordering::SeqCst);
         held.renews.store(false, Ordering::SeqCst);
-        if let Some(place) = queue.places.remove(&place_of(held)) {
+        if let Some(place) = held.state().queued.take() {
             queue.due.remove(&place);
         }
     }
@@ -161,7 +155,7 @@ impl Queue {
         }
         self.added += 1;
         let place = (due, self.added);
-        if let Some(old) = self.places.insert(place_of(&renewing.held), place) {
+        if let Some(old) = renewing.held.state().queued.replace(place) {
             self.due.remove(&old);
         }
         self.due.insert(place, renewing);
@@ -178,7 +172,7 @@ impl Queue {
                 break;
             }
             let renewing = entry.remove();
-            self.places.remove(&place_of(&renewing.held));
+            renewing.held.state().queued = None;
             taken.push(renewing);
         }
         taken
@@ -187,8 +181,8 @@ impl Queue {
     /// Makes every queued lease due now, to be confirmed after a node's clock stepped forward.
     fn all_due_after_a_clock_jump(&mut self, now: Instant) {
         let queued = std::mem::take(&mut self.due);
-        self.places.clear();
         for (_, mut renewing) in queued {
+            renewing.held.state().queued = None;
             renewing.after_a_clock_jump = true;
             self.insert(now, renewing);
         }
@@ -205,24 +199,25 @@ impl Lease {
     /// thread from before it is first polled starts no renewal: its lease runs out, and the call
     /// says so when the body ends.)
     pub(crate) fn renewal(&self, options: &Options) -> impl Future<Output = Infallible> + 'static {
-        let (nodes, renewer, held, options) = (
+        let (nodes, renewer, held) = (
             self.nodes.clone(),
             self.held.renewer.clone(),
             self.held.clone(),
-            *options,
         );
+        let renew = options.renew;
+        let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
         // Watched from before the lock was taken: a step seen before renewal begins counts too.
         let clock_jumps = self.clock_jumps.clone();
-        held.renews.store(options.renew, Ordering::SeqCst);
+        held.renews.store(renew, Ordering::SeqCst);
         async move {
-            if options.renew {
+            if renew {
                 let jumped = clock_jumps.is_some_and(|jumps| jumps.has_changed().unwrap_or(false));
                 let due = if jumped {
                     Instant::now()
                 } else {
                     held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR
                 };
-                renewer.add(&nodes, held.clone(), &options, due, jumped);
+                renewer.add(&nodes, held.clone(), hold_until, due, jumped);
                 let _stop = StopRenewalOnDrop(renewer, held);
                 std::future::pending::<()>().await;
             }
@@ -317,24 +312,7 @@ async fn work(
 /// over, lost, or at its `max_hold` (it then runs out for it).
 fn to_extend(renewing: &Renewing, now: Instant) -> Option<LeaseToExtend> {
     let held = &renewing.held;
-    if held.check().is_some() || held.is_ended() {
-        return None;
-    }
-    let keep = match renewing.hold_until {
-        Some(until) => until.saturating_duration_since(now).min(held.ttl),
-        None => held.ttl,
-    };
-    if keep.is_zero() {
-        held.if_it_runs_out(LostReason::MaxHold);
-        return None;
-    }
-    // If the deadline passes while this round waits, renewal could not reach a quorum (or, for
-    // the last one, `max_hold` is what ends the lease).
-    held.if_it_runs_out(if keep < held.ttl {
-        LostReason::MaxHold
-    } else {
-        LostReason::NoQuorum
-    });
+    let keep = held.extension_due(renewing.hold_until, now)?;
     Some(LeaseToExtend {
         key: held.key.clone(),
         token: held.token.clone(),
