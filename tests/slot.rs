@@ -369,3 +369,73 @@ async fn a_short_periods_marker_outlives_a_minute_of_clock_skew() {
     // late) still finds it; to the end of the next period alone would be two seconds at most.
     assert!(left > 60_000 && left <= 61_000, "{left} ms left");
 }
+
+/// Runs `call` while another caller holds node 1 of its vote, and node 2 is frozen: the call's
+/// first attempt wins node 0, loses node 1, and waits node 2's whole timeout, a split vote that
+/// takes longer than the quick retries allow. Once the first attempt has won node 0, node 1 is
+/// freed (as if the other caller gave back its own split), so that a retry can win.
+async fn split_by_a_frozen_node<T>(
+    nodes: &mut Nodes,
+    key: &str,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+{
+    // Connections open before node 2 freezes: its timeout is then waited for.
+    let warm_up = nodes.runtime.run("warm-up", TTL, async {}).await.unwrap();
+    assert_eq!(warm_up, Outcome::Ran(()));
+    nodes.cluster.freeze(2).unwrap();
+    let lock_key = format!("singleton:lock:{key}");
+    let mut node_1 = nodes.cluster.connection(1).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("another-caller")
+        .query(&mut node_1)
+        .unwrap();
+    let call = tokio::spawn(call);
+    assert!(
+        eventually(PROMPTLY, || nodes.get(0, &lock_key).is_some()).await,
+        "the first attempt won node 0"
+    );
+    let _: () = redis::cmd("DEL").arg(&lock_key).query(&mut node_1).unwrap();
+    let outcome = call.await.unwrap();
+    nodes.cluster.resume(2).unwrap();
+    outcome
+}
+
+/// A call for a period (a `slot`, a cron tick) caught in a split vote that a frozen node made
+/// slow tries again for as long as its period lasts: the period's done marker keeps a late
+/// retry from running twice. Two such callers on a cluster with a frozen node would otherwise
+/// both skip the period.
+#[tokio::test]
+async fn a_call_for_a_period_retries_a_split_vote_that_waited_for_a_frozen_node() {
+    let mut nodes = Nodes::start(3);
+    let runtime = nodes.runtime.clone();
+    let call = async move {
+        runtime
+            .run_with(
+                "split-report",
+                hourly(),
+                async { Ok::<_, ()>(1) },
+                Result::is_ok,
+            )
+            .await
+    };
+    let outcome = split_by_a_frozen_node(&mut nodes, "split-report", call).await;
+    assert_eq!(outcome.unwrap(), Outcome::Ran(Ok(1)));
+}
+
+/// The control: without a period, the same split skips after the first attempt, since a retry
+/// that late could run a job another caller already finished.
+#[tokio::test]
+async fn a_call_without_a_period_skips_a_split_vote_that_waited_for_a_frozen_node() {
+    let mut nodes = Nodes::start(3);
+    let runtime = nodes.runtime.clone();
+    let call = async move { runtime.run("split-job", TTL, async { 1 }).await };
+    let outcome = split_by_a_frozen_node(&mut nodes, "split-job", call).await;
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Skipped(Skip::SplitVote { attempts: 1 })
+    );
+}

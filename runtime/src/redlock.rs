@@ -46,10 +46,12 @@ const SPLIT_VOTE_FIRST_WINDOW: Duration = Duration::from_millis(2);
 /// for a while after the body closes both gaps.
 const SPLIT_VOTE_MAX_WINDOW: Duration = Duration::from_millis(20);
 
-/// No retry after a split vote starts this long after the first attempt: an attempt that waited
-/// for a slow node's answer before giving back is too late to retry without risking a second
-/// run of a job that another caller already finished.
-const SPLIT_VOTE_RETRIES_WITHIN: Duration = Duration::from_millis(100);
+/// No retry after a split vote starts this long after the first attempt, for a call without a
+/// period: an attempt that waited for a slow node's answer before giving back is too late to
+/// retry without risking a second run of a job that another caller already finished. (A call
+/// for a period, a `slot` or a cron tick, retries for as long as its period lasts: the period's
+/// done marker keeps a retry from running a job that another caller finished.)
+pub(crate) const SPLIT_VOTE_RETRIES_WITHIN: Duration = Duration::from_millis(100);
 
 /// What an attempt at a lock came to, when it did not fail.
 pub(crate) enum Acquired<T = Taken> {
@@ -93,6 +95,7 @@ pub(crate) async fn acquire(
     key: &str,
     fence_key: Option<&str>,
     ttl: Duration,
+    retry_split_votes_within: Duration,
 ) -> Result<Acquired, Error> {
     let key: Arc<str> = Arc::from(key);
     let fence_key = fence_key.map(Arc::<str>::from);
@@ -156,7 +159,7 @@ pub(crate) async fn acquire(
             }
             return Err(tally.no_quorum(&key, nodes).into_error());
         }
-        if first_started.elapsed() >= SPLIT_VOTE_RETRIES_WITHIN {
+        if first_started.elapsed() >= retry_split_votes_within {
             return Ok(Acquired::SplitVote {
                 attempts: attempt_number,
             });

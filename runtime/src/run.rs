@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::redlock::Acquired;
-use crate::slot::{self, Period};
+use crate::redlock::{Acquired, SPLIT_VOTE_RETRIES_WITHIN};
+use crate::slot;
 use crate::{keys, telemetry};
 use crate::{Error, LostReason, OnLost, Options, Outcome, Runtime, Skip};
 
@@ -154,11 +154,18 @@ impl Runtime {
     {
         async move {
             self.check_options(options)?;
+            // A call for a period retries a split vote for as long as the period lasts: the
+            // period's done marker, looked for once the lock is taken, keeps a late retry from
+            // running a job that another caller finished meanwhile.
+            let retry_split_votes_within = slot::period_of(options.slot)?
+                .map_or(SPLIT_VOTE_RETRIES_WITHIN, |period| {
+                    period.time_left().max(SPLIT_VOTE_RETRIES_WITHIN)
+                });
             let attempt_started = Instant::now();
             // The attempt's and the release's futures are boxed: the call's own future, which lives
             // as long as the body runs, then keeps only what the body's run needs (a lease held for
             // hours costs its bytes for hours; the attempt's a heap allocation for a round trip).
-            let acquired = Box::pin(self.take(key, options)).await;
+            let acquired = Box::pin(self.take(key, options, retry_split_votes_within)).await;
             telemetry::attempted(
                 label,
                 attempt_started.elapsed(),
@@ -171,11 +178,7 @@ impl Runtime {
                     return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
                 }
             };
-            let period = match options.slot {
-                Some(length) => Some(Period::now(length)?),
-                // A call that a cron schedule made for one of its ticks runs once per tick.
-                None => slot::current_tick(),
-            };
+            let period = slot::period_of(options.slot)?;
             let marker = period
                 .as_ref()
                 .map(|period| keys::done_marker(self.key_prefix(), key, period.index()));

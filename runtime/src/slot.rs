@@ -26,6 +26,16 @@ pub(crate) fn current_tick() -> Option<Period> {
     TICK.try_with(|tick| *tick).ok()
 }
 
+/// The period a call runs for: that of its `slot` now, or else the cron tick it was made for
+/// (a call that a cron schedule made for one of its ticks runs once per tick); `None` for a call
+/// without either.
+pub(crate) fn period_of(slot: Option<Duration>) -> Result<Option<Period>, Error> {
+    match slot {
+        Some(length) => Period::now(length).map(Some),
+        None => Ok(current_tick()),
+    }
+}
+
 /// One period of a `slot`, aligned to the Unix epoch; or one cron tick, from its scheduled time
 /// to the next tick.
 #[derive(Clone, Copy, Debug)]
