@@ -103,6 +103,18 @@ impl Held {
         self.lost_now.notify_waiters();
     }
 
+    /// The lease's state, locked, while the lease is valid at `now`: not lost, not ended, its
+    /// deadline ahead (a deadline that has passed marks it lost here); `None` otherwise.
+    fn while_valid(&self, now: Instant) -> Option<MutexGuard<'_, State>> {
+        let mut state = self.state();
+        let (lost, just_now) = state.lost_at(now);
+        if just_now {
+            self.lost_just_now(state);
+            return None;
+        }
+        (lost.is_none() && !state.ended).then_some(state)
+    }
+
     /// Marks the lease lost for `reason`, unless it was lost (or ended) already.
     pub(crate) fn lose(&self, reason: LostReason) {
         let mut state = self.state();
@@ -146,15 +158,9 @@ impl Held {
     /// quorum answered only after the deadline does not bring a lost lease back. Returns
     /// whether it did.
     fn extend_to(self: &Arc<Self>, until: Instant) -> bool {
-        let mut state = self.state();
-        let (lost, just_now) = state.lost_at(Instant::now());
-        if just_now {
-            self.lost_just_now(state);
+        let Some(mut state) = self.while_valid(Instant::now()) else {
             return false;
-        }
-        if lost.is_some() || state.ended {
-            return false;
-        }
+        };
         state.until = until;
         state.if_it_runs_out = LostReason::Expired;
         if let Some(entry) = state.watched {
@@ -171,15 +177,7 @@ impl Held {
     /// What renewal extends the lease by `now`: a ttl, cut short at `hold_until` (`max_hold`);
     /// `None` when it is lost or over, or at its `max_hold` (it then runs out for it).
     fn extension_due(&self, hold_until: Option<Instant>, now: Instant) -> Option<Duration> {
-        let mut state = self.state();
-        let (lost, just_now) = state.lost_at(Instant::now());
-        if just_now {
-            self.lost_just_now(state);
-            return None;
-        }
-        if lost.is_some() || state.ended {
-            return None;
-        }
+        let mut state = self.while_valid(Instant::now())?;
         let keep = match hold_until {
             Some(until) => until.saturating_duration_since(now).min(self.ttl),
             None => self.ttl,
@@ -204,17 +202,10 @@ impl Held {
     }
 
     fn remaining(&self) -> Duration {
-        let mut state = self.state();
         let now = Instant::now();
-        let (lost, just_now) = state.lost_at(now);
-        if just_now {
-            self.lost_just_now(state);
-            return Duration::ZERO;
-        }
-        if lost.is_some() || state.ended {
-            return Duration::ZERO;
-        }
-        state.until.saturating_duration_since(now)
+        self.while_valid(now).map_or(Duration::ZERO, |state| {
+            state.until.saturating_duration_since(now)
+        })
     }
 
     /// Resolves when the lease is lost, at its deadline at the latest; never once it ended.
