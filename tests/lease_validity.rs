@@ -7,8 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_singleton::runtime::Options;
-use cluster_singleton::{lease, Error, LostReason, Outcome};
+use cluster_singleton::runtime::{OnLost, Options};
+use cluster_singleton::{lease, Error, LeaseInfo, LostReason, Outcome};
 use cluster_singleton_testkit::Cluster;
 use common::{fresh_nodes, program_runtime, Nodes};
 
@@ -287,4 +287,233 @@ async fn the_lost_signal_follows_the_deadline_that_renewal_moved() {
         lost_at - valid_until
     );
     assert_eq!(lease_lost(result).0, LostReason::NoQuorum);
+}
+
+/// A task waits on `lease().lost()` on a runtime that is busy (its one thread blocked) when the
+/// lease runs out. Meanwhile the call hears the loss itself, cancels the body and gives the lease
+/// up, which ends it. The waiter, polled after that, must still hear the loss: the lease was lost,
+/// not kept to the end of the call.
+///
+/// The order: the waiter polls `lost()` (the lease enters the deadlines' queue), then its thread
+/// blocks; at the deadline the lease is marked lost, which wakes the call and the waiter; the
+/// call gives the lease up, which ends it; only then is the waiter polled again.
+#[test]
+fn a_waiter_on_a_busy_runtime_hears_the_loss_after_the_call_gave_up() {
+    use std::future::Future as _;
+    let program = program_runtime();
+    let nodes = program.block_on(async { Nodes::start(1) });
+    let ttl = Duration::from_millis(300);
+    let (info_sent, info_received) = std::sync::mpsc::channel::<LeaseInfo>();
+    let (waiting, is_waiting) = tokio::sync::oneshot::channel::<()>();
+    let waiter = std::thread::spawn(move || {
+        let busy = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        busy.block_on(async move {
+            let info = info_received.recv().unwrap();
+            let lost = info.lost();
+            tokio::pin!(lost);
+            let pending = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(lost.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(pending, "still valid when first polled");
+            waiting.send(()).unwrap();
+            // Busy with something else until well after the deadline and the call's end.
+            std::thread::sleep(ttl * 4);
+            tokio::time::timeout(Duration::from_secs(2), lost)
+                .await
+                .ok()
+        })
+    });
+    let result = program.block_on(nodes.runtime.run_with(
+        "busy-waiter",
+        Options::new(ttl).renew(false),
+        async move {
+            info_sent.send(lease().unwrap()).unwrap();
+            is_waiting.await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        },
+        |_| true,
+    ));
+    assert_eq!(lease_lost(result), (LostReason::Expired, false));
+    assert_eq!(
+        waiter.join().unwrap(),
+        Some(LostReason::Expired),
+        "the waiter never heard of the loss"
+    );
+}
+
+/// The reason of a loss stays readable after the call gave the lease up: `lost_reason()` says
+/// "why the lease was lost, if it was", and it was.
+#[tokio::test]
+async fn the_reason_of_a_loss_outlives_the_call() {
+    let nodes = Nodes::start(1);
+    let kept: Arc<Mutex<Option<LeaseInfo>>> = Arc::default();
+    let kept_in_body = kept.clone();
+    let result = nodes
+        .runtime
+        .run_with(
+            "reason-kept",
+            Options::new(Duration::from_millis(300)).renew(false),
+            async move {
+                *kept_in_body.lock().unwrap() = lease();
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            },
+            |_| true,
+        )
+        .await;
+    assert_eq!(lease_lost(result), (LostReason::Expired, false));
+    let info = kept.lock().unwrap().take().unwrap();
+    assert_eq!(info.lost_reason(), Some(LostReason::Expired));
+}
+
+/// Leases entered in the deadlines' queue latest deadline first: each new entry comes before
+/// the one the keeper sleeps for. Every body is still cancelled at its own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waited_deadlines_entered_latest_first_each_fire_on_time() {
+    let nodes = Nodes::start(1);
+    let count = 10u32;
+    let mut calls = Vec::new();
+    for i in 0..count {
+        let ttl = Duration::from_millis(400 + 80 * u64::from(count - i));
+        let runtime = nodes.runtime.clone();
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        calls.push(tokio::spawn(async move {
+            let seen: Arc<Mutex<Option<Instant>>> = Arc::default();
+            let seen_in_body = seen.clone();
+            let result = runtime
+                .run_with(
+                    &format!("latest-first-{i}"),
+                    Options::new(ttl).renew(false),
+                    async move {
+                        *seen_in_body.lock().unwrap() =
+                            Some(Instant::now() + lease().unwrap().validity());
+                        // Yielded once: the call's cancellation is polled, so queued, first.
+                        tokio::task::yield_now().await;
+                        let _ = started.send(());
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    },
+                    |_| true,
+                )
+                .await;
+            let cancelled_at = Instant::now();
+            let valid_until = seen.lock().unwrap().expect("the body ran");
+            (lease_lost(result), cancelled_at, valid_until)
+        }));
+        has_started.await.unwrap();
+    }
+    for call in calls {
+        let ((reason, _), cancelled_at, valid_until) = call.await.unwrap();
+        assert_eq!(reason, LostReason::Expired);
+        assert!(
+            cancelled_at <= valid_until + SIGNAL_SLACK,
+            "cancelled {:?} after the end of the validity",
+            cancelled_at - valid_until
+        );
+    }
+}
+
+/// A waiter polled for the first time after the deadline (the body blocked its thread past it,
+/// nothing had queued the lease) resolves at once.
+#[tokio::test]
+async fn a_waiter_first_polled_after_the_deadline_resolves_at_once() {
+    let nodes = Nodes::start(1);
+    let ttl = Duration::from_millis(300);
+    let result = nodes
+        .runtime
+        .run_with(
+            "first-polled-late",
+            Options::new(ttl).renew(false).on_lost(OnLost::Continue),
+            async move {
+                std::thread::sleep(ttl + Duration::from_millis(100));
+                tokio::time::timeout(Duration::from_millis(50), lease().unwrap().lost())
+                    .await
+                    .ok()
+            },
+            |_| true,
+        )
+        .await;
+    match result {
+        Err(Error::LeaseLost { reason, .. }) => assert_eq!(reason, LostReason::Expired),
+        other => panic!("expected a lost lease, got {other:?}"),
+    }
+}
+
+/// Renewals whose answers land about when the lease's deadline passes: the keeper may pop the
+/// lease's entry while an extension moves it. Either the extension came in time (and the lease
+/// goes on), or the lease is lost at the last deadline it had: never later, and never before a
+/// deadline that an extension had already moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lost_signal_is_exact_when_renewals_answer_at_the_deadline() {
+    let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    let ttl = Duration::from_millis(600);
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let proxies = [cluster.proxy(0), cluster.proxy(1), cluster.proxy(2)];
+    for (round, latency_ms) in (188..=198u64).enumerate() {
+        let seen: Arc<Mutex<(Instant, Option<Instant>)>> =
+            Arc::new(Mutex::new((Instant::now(), None)));
+        let seen_in_body = seen.clone();
+        let result = runtime
+            .run_with(
+                &format!("answers-at-the-deadline-{round}"),
+                Options::new(ttl).on_lost(OnLost::Continue),
+                async {
+                    let lease = lease().unwrap();
+                    for proxy in proxies {
+                        proxy.set_latency(Duration::from_millis(latency_ms));
+                    }
+                    let lost = lease.lost();
+                    tokio::pin!(lost);
+                    let end = Instant::now() + ttl * 4;
+                    loop {
+                        let until = Instant::now() + lease.validity();
+                        {
+                            let mut seen = seen_in_body.lock().unwrap();
+                            seen.0 = seen.0.max(until);
+                        }
+                        tokio::select! {
+                            _ = &mut lost => {
+                                seen_in_body.lock().unwrap().1 = Some(Instant::now());
+                                return;
+                            }
+                            () = tokio::time::sleep(Duration::from_millis(2)) => {}
+                        }
+                        if Instant::now() >= end {
+                            return;
+                        }
+                    }
+                },
+                |_| true,
+            )
+            .await;
+        for proxy in proxies {
+            proxy.set_latency(Duration::ZERO);
+        }
+        let (valid_until, lost_at) = *seen.lock().unwrap();
+        match lost_at {
+            Some(lost_at) => {
+                assert!(
+                    lost_at <= valid_until + SIGNAL_SLACK,
+                    "latency {latency_ms} ms: lost {:?} after the last deadline seen",
+                    lost_at - valid_until
+                );
+                assert!(
+                    lost_at + Duration::from_millis(20) >= valid_until,
+                    "latency {latency_ms} ms: lost {:?} before a deadline an extension had set",
+                    valid_until - lost_at
+                );
+                let reason = lease_lost(result).0;
+                assert!(
+                    matches!(reason, LostReason::NoQuorum | LostReason::Expired),
+                    "{reason:?}"
+                );
+            }
+            None => assert!(matches!(result, Ok(Outcome::Ran(()))), "{result:?}"),
+        }
+    }
 }

@@ -73,12 +73,16 @@ struct Ended;
 
 impl State {
     /// Why the lease is lost as of `now`, marking it lost for good if its deadline has passed;
-    /// `None` once it ended. Returns, too, whether this marked it lost.
+    /// `None` if it ended without being lost (a loss stays visible after the end, to waiters that
+    /// are polled only then). Returns, too, whether this marked it lost.
     fn lost_at(&mut self, now: Instant) -> (Option<LostReason>, bool) {
+        if self.lost.is_some() {
+            return (self.lost, false);
+        }
         if self.ended {
             return (None, false);
         }
-        if self.lost.is_none() && now >= self.until {
+        if now >= self.until {
             self.lost = Some(self.if_it_runs_out);
             return (self.lost, true);
         }
@@ -230,7 +234,7 @@ impl Held {
         let (lost, just_now) = state.lost_at(Instant::now());
         if just_now {
             self.lost_just_now(state);
-        } else if state.ended {
+        } else if lost.is_none() && state.ended {
             return Err(Ended);
         } else if lost.is_none() && state.watched.is_none() {
             let until = state.until;
