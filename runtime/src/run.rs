@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::redlock::{Acquired, SPLIT_VOTE_RETRIES_WITHIN};
-use crate::slot;
+use crate::slot::{self, DoneMarker};
 use crate::{keys, telemetry};
 use crate::{Error, LostReason, OnLost, Options, Outcome, Runtime, Skip};
 
@@ -161,16 +161,20 @@ impl Runtime {
                 .map_or(SPLIT_VOTE_RETRIES_WITHIN, |period| {
                     period.time_left().max(SPLIT_VOTE_RETRIES_WITHIN)
                 });
-            let attempt_started = Instant::now();
-            // The attempt's and the release's futures are boxed: the call's own future, which lives
-            // as long as the body runs, then keeps only what the body's run needs (a lease held for
-            // hours costs its bytes for hours; the attempt's a heap allocation for a round trip).
-            let acquired = Box::pin(self.take(key, options, retry_split_votes_within)).await;
-            telemetry::attempted(
-                label,
-                attempt_started.elapsed(),
-                matches!(acquired, Ok(Acquired::Taken(_))),
-            );
+            // The attempt's and the release's futures are boxed, and so is the done marker: the
+            // call's own future, which lives as long as the body runs, then keeps only what the
+            // body's run needs (a lease held for hours costs its bytes for hours, and so does each
+            // of thousands held at once; the attempt's is a heap allocation for a round trip).
+            let acquired = {
+                let attempt_started = Instant::now();
+                let acquired = Box::pin(self.take(key, options, retry_split_votes_within)).await;
+                telemetry::attempted(
+                    label,
+                    attempt_started.elapsed(),
+                    matches!(acquired, Ok(Acquired::Taken(_))),
+                );
+                acquired
+            };
             let lease = match acquired? {
                 Acquired::Taken(lease) => lease,
                 Acquired::Busy => return Ok(Outcome::Skipped(Skip::Busy)),
@@ -178,11 +182,15 @@ impl Runtime {
                     return Ok(Outcome::Skipped(Skip::SplitVote { attempts }))
                 }
             };
-            let period = slot::period_of(options.slot)?;
-            let marker = period
-                .as_ref()
-                .map(|period| keys::done_marker(self.key_prefix(), key, period.index()));
-            if let (Some(period), Some(marker)) = (&period, &marker) {
+            let done_marker = slot::period_of(options.slot)?.map(|period| {
+                let key = keys::done_marker(self.key_prefix(), key, period.index());
+                Box::new(DoneMarker { period, key })
+            });
+            if let Some(DoneMarker {
+                period,
+                key: marker,
+            }) = done_marker.as_deref()
+            {
                 if Box::pin(slot::done(self.nodes(), marker, period)).await? {
                     Box::pin(lease.release()).await?;
                     return Ok(Outcome::Skipped(Skip::AlreadyDone {
@@ -224,7 +232,14 @@ impl Runtime {
                 (None, None) => unreachable!("the body is only cut short by a lost lease"),
             };
             let succeeded = succeeded(&value);
-            if let (Some(period), Some(marker), true) = (&period, &marker, succeeded) {
+            if let (
+                Some(DoneMarker {
+                    period,
+                    key: marker,
+                }),
+                true,
+            ) = (done_marker.as_deref(), succeeded)
+            {
                 // Written only where the lock is still ours, while renewal goes on; then the lease
                 // is checked again, so that `Ran` means the period was marked under the lock.
                 let (lock_key, token) = lease.key_and_token();

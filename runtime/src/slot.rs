@@ -26,6 +26,12 @@ pub(crate) fn current_tick() -> Option<Period> {
     TICK.try_with(|tick| *tick).ok()
 }
 
+/// The period a call runs for, and the key of the period's done marker.
+pub(crate) struct DoneMarker {
+    pub(crate) period: Period,
+    pub(crate) key: String,
+}
+
 /// The period a call runs for: that of its `slot` now, or else the cron tick it was made for
 /// (a call that a cron schedule made for one of its ticks runs once per tick); `None` for a call
 /// without either.
