@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster_singleton::cron::{current_tick, Schedule, Scheduled};
-use cluster_singleton::runtime::{Config, Runtime};
+use cluster_singleton::runtime::{Config, Options, Runtime};
 use cluster_singleton::{singleton, Error, Outcome, Skip};
-use cluster_singleton_testkit::Cluster;
+use cluster_singleton_testkit::{Cluster, Proxy};
 use common::{eventually, runtime_for};
 
 const EVERY_SECOND: &str = "* * * * * *";
@@ -458,4 +458,69 @@ async fn run_returns_when_the_runtime_shuts_down_even_between_distant_ticks() {
 
     let ended = tokio::time::timeout(Duration::from_secs(2), running).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
+/// `a_call_for_a_tick_waits_no_longer_than_the_tick` on real nodes, where every attempt meets a
+/// split vote that waits a node timeout: node 1 is held by another caller, and node 2 answers
+/// slower than the node timeout (110 ms each way through a proxy; the once-a-second check, which
+/// allows 300 ms, keeps its connection). `take` caps the wait at the tick's end, and the
+/// split-vote retries of each of its attempts end with the tick too (not a tick's length after
+/// the attempt's own start), so the call returns within about one vote of the tick's end.
+#[tokio::test]
+async fn a_call_for_a_tick_that_meets_slow_split_votes_waits_no_longer_than_the_tick() {
+    let cluster = Cluster::start(3).unwrap();
+    let slow = Proxy::start(format!("127.0.0.1:{}", cluster.port(2)).parse().unwrap()).unwrap();
+    slow.set_latency(Duration::from_millis(110));
+    let runtime = Config::new([
+        cluster.direct_url(0),
+        cluster.direct_url(1),
+        format!("redis://127.0.0.1:{}", slow.port()),
+    ])
+    .restart_grace(Duration::ZERO)
+    .node_timeout(common::NODE_TIMEOUT)
+    .build()
+    .unwrap();
+    let lease = runtime
+        .lock("warm-up", Duration::from_secs(1))
+        .await
+        .unwrap();
+    lease.expect("free").release().await.unwrap();
+    let key = "split-tick";
+    let mut node_1 = cluster.connection(1).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("singleton:lock:{key}"))
+        .arg("another-caller")
+        .query(&mut node_1)
+        .unwrap();
+
+    let calls: Arc<Mutex<Vec<(SystemTime, SystemTime, String)>>> = Arc::default();
+    let recorded = calls.clone();
+    let on = runtime.clone();
+    let schedule = Schedule::new()
+        .runtime(runtime.clone())
+        .job(EVERY_SECOND, move || {
+            let (calls, runtime) = (recorded.clone(), on.clone());
+            async move {
+                let tick = current_tick().unwrap();
+                let options = Options::new(Duration::from_secs(5)).wait(Duration::from_secs(10));
+                let outcome = runtime.run_with(key, options, async {}, |_| true).await;
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((tick, SystemTime::now(), format!("{outcome:?}")));
+            }
+        })
+        .start()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(8), || calls.lock().unwrap().len() >= 3).await);
+    schedule.stop();
+    for (tick, returned, outcome) in calls.lock().unwrap().iter() {
+        let after = returned.duration_since(*tick).unwrap_or_default();
+        // The tick's second, and at most the one vote begun before its end (a node timeout).
+        assert!(
+            after < Duration::from_secs(1) + common::NODE_TIMEOUT + Duration::from_millis(100),
+            "a call for tick {} returned {after:?} after it: {outcome}",
+            unix_ms(*tick)
+        );
+    }
 }

@@ -439,3 +439,218 @@ async fn a_call_without_a_period_skips_a_split_vote_that_waited_for_a_frozen_nod
         Outcome::Skipped(Skip::SplitVote { attempts: 1 })
     );
 }
+
+/// Five nodes, node 4 frozen, node 3 kept out of `first`'s lock by a foreign key: `first` takes
+/// the lock on nodes 0 to 2 and its body waits; once it runs, node 3 is freed, so that `second`
+/// wins node 3 only, loses 0 to 2 to `first`, and waits for node 4: a split vote, retried (a
+/// call for a period) while `first` is still running. (`second` reaches nodes 0 to 2 through
+/// 20 ms of latency, so that node 3's grant is counted before the refusals decide the vote: a
+/// vote decided by three refusals first is `Busy`, and skips at once.) Then `first`'s body ends
+/// with `output`, marks the period if that is a success and releases; a later retry of `second`
+/// takes the lock. Returns both calls' outcomes.
+async fn a_retry_outlasts_another_callers_run(
+    output: Result<u8, &'static str>,
+) -> (
+    Result<Outcome<Result<u8, &'static str>>, cluster_singleton::Error>,
+    Result<Outcome<Result<u8, &'static str>>, cluster_singleton::Error>,
+) {
+    let mut nodes = Nodes::start(5);
+    let first_machine = nodes.runtime.clone();
+    let slow_paths: Vec<cluster_singleton_testkit::Proxy> = (0..3)
+        .map(|i| {
+            let target = format!("127.0.0.1:{}", nodes.cluster.port(i))
+                .parse()
+                .unwrap();
+            let proxy = cluster_singleton_testkit::Proxy::start(target).unwrap();
+            proxy.set_latency(Duration::from_millis(20));
+            proxy
+        })
+        .collect();
+    let mut second_urls: Vec<String> = slow_paths
+        .iter()
+        .map(|proxy| format!("redis://127.0.0.1:{}", proxy.port()))
+        .collect();
+    second_urls.extend([nodes.cluster.direct_url(3), nodes.cluster.direct_url(4)]);
+    let second_machine = cluster_singleton::runtime::Config::new(second_urls)
+        .restart_grace(Duration::ZERO)
+        .node_timeout(common::NODE_TIMEOUT)
+        .build()
+        .unwrap();
+    for machine in [&first_machine, &second_machine] {
+        // Connections open before node 4 freezes: its timeout is then waited for.
+        let warm_up = machine.run("warm-up", TTL, async {}).await.unwrap();
+        assert_eq!(warm_up, Outcome::Ran(()));
+    }
+    nodes.cluster.freeze(4).unwrap();
+    let key = "late-retry-report";
+    let lock_key = format!("singleton:lock:{key}");
+    let mut node_3 = nodes.cluster.connection(3).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("another-caller")
+        .query(&mut node_3)
+        .unwrap();
+
+    let (entered, body_started) = tokio::sync::oneshot::channel::<()>();
+    let (finish, body_may_end) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(async move {
+        let body = async move {
+            let _ = entered.send(());
+            let _ = body_may_end.await;
+            output
+        };
+        first_machine
+            .run_with(key, hourly(), body, Result::is_ok)
+            .await
+    });
+    body_started
+        .await
+        .expect("the first caller runs the period");
+    let _: () = redis::cmd("DEL").arg(&lock_key).query(&mut node_3).unwrap();
+
+    let sets_before: Vec<u64> = (0..3).map(|i| nodes.calls(i, "set")).collect();
+    let second = tokio::spawn(async move {
+        second_machine
+            .run_with(key, hourly(), async { Ok::<u8, &str>(2) }, Result::is_ok)
+            .await
+    });
+    assert!(
+        eventually(PROMPTLY, || nodes
+            .get(3, &lock_key)
+            .is_some_and(|held| held != "another-caller"))
+        .await,
+        "the second caller's first attempt won node 3"
+    );
+    // Its `SET`s reached nodes 0 to 2 while `first` held them: its first attempt is a split.
+    assert!(
+        eventually(PROMPTLY, || (0..3)
+            .all(|i| nodes.calls(i, "set") > sets_before[i]))
+        .await,
+        "the second caller's first attempt reached nodes 0 to 2"
+    );
+    let _ = finish.send(());
+    let first = first.await.unwrap();
+    let second = second.await.unwrap();
+    nodes.cluster.resume(4).unwrap();
+    drop(slow_paths);
+    (first, second)
+}
+
+/// What the change under review rests on: a split vote retried for a period's whole length
+/// (well past 100 ms) that takes the lock after another caller's successful run of the period
+/// finds the period's done marker, and skips.
+#[tokio::test]
+async fn a_retry_that_outlasts_another_callers_successful_run_finds_the_period_done() {
+    let (first, second) = a_retry_outlasts_another_callers_run(Ok(1)).await;
+    assert_eq!(first.unwrap(), Outcome::Ran(Ok(1)));
+    let (period_start, _) = this_hour();
+    assert_eq!(
+        second.unwrap(),
+        Outcome::Skipped(Skip::AlreadyDone { period_start }),
+        "a retry that outlasted a successful run of the period"
+    );
+}
+
+/// The other half: a retry that outlasts another caller's failed run of the period runs it,
+/// since a failed run marks nothing.
+#[tokio::test]
+async fn a_retry_that_outlasts_another_callers_failed_run_runs_the_period() {
+    let (first, second) = a_retry_outlasts_another_callers_run(Err("db down")).await;
+    assert_eq!(first.unwrap(), Outcome::Ran(Err("db down")));
+    assert_eq!(second.unwrap(), Outcome::Ran(Ok(2)));
+}
+
+/// Two machines, each close to a different node: machine A reaches node 0 at once and node 1
+/// through 30 ms of latency each way, machine B the other way round; node 2 is frozen. Both call
+/// for the period at the same instant: each wins its near node, loses its far one, and waits
+/// node 2's timeout, a split. Pauses shorter than the 30 ms by which each machine's far `SET`
+/// trails the other's near one would split every retry the same way, and nobody would run the
+/// period: a call for a period draws its pauses from windows as long as its attempts take.
+#[tokio::test]
+async fn machines_close_to_different_nodes_still_split_every_retry_of_a_period() {
+    const FAR: Duration = Duration::from_millis(30);
+    let mut cluster = cluster_singleton_testkit::Cluster::start(3).unwrap();
+    let through_proxy = |node: usize| {
+        let target = format!("127.0.0.1:{}", cluster.port(node)).parse().unwrap();
+        let proxy = cluster_singleton_testkit::Proxy::start(target).unwrap();
+        proxy.set_latency(FAR);
+        proxy
+    };
+    let (a_to_1, b_to_0) = (through_proxy(1), through_proxy(0));
+    let proxied =
+        |proxy: &cluster_singleton_testkit::Proxy| format!("redis://127.0.0.1:{}", proxy.port());
+    let machine = |urls: [String; 3]| {
+        cluster_singleton::runtime::Config::new(urls)
+            .restart_grace(Duration::ZERO)
+            .node_timeout(common::NODE_TIMEOUT)
+            .build()
+            .unwrap()
+    };
+    let a = machine([
+        cluster.direct_url(0),
+        proxied(&a_to_1),
+        cluster.direct_url(2),
+    ]);
+    let b = machine([
+        proxied(&b_to_0),
+        cluster.direct_url(1),
+        cluster.direct_url(2),
+    ]);
+    for machine in [&a, &b] {
+        let warm_up = machine.run("warm-up", TTL, async {}).await.unwrap();
+        assert_eq!(warm_up, Outcome::Ran(()));
+    }
+    cluster.freeze(2).unwrap();
+
+    let key = "far-apart-report";
+    let (on_a, on_b) = tokio::join!(
+        a.run_with(key, hourly(), async { Ok::<_, ()>('a') }, Result::is_ok),
+        b.run_with(key, hourly(), async { Ok::<_, ()>('b') }, Result::is_ok),
+    );
+    cluster.resume(2).unwrap();
+    let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+    let ran = [&on_a, &on_b]
+        .iter()
+        .filter(|outcome| matches!(outcome, Outcome::Ran(_)))
+        .count();
+    assert_eq!(ran, 1, "machine A: {on_a:?}, machine B: {on_b:?}");
+}
+
+/// A call for a period caught in a split that lasts (node 1 held by another caller, node 2
+/// frozen: every attempt waits node 2's timeout) when `shutdown` begins: the runtime takes no
+/// more locks, so the call makes no further attempt (each would be a `SET` on every node, and a
+/// node timeout more for `shutdown` to wait).
+#[tokio::test]
+async fn a_split_vote_is_not_retried_once_shutdown_begins() {
+    let mut nodes = Nodes::start(3);
+    let warm_up = nodes.runtime.run("warm-up", TTL, async {}).await.unwrap();
+    assert_eq!(warm_up, Outcome::Ran(()));
+    nodes.cluster.freeze(2).unwrap();
+    let key = "split-at-shutdown";
+    let lock_key = format!("singleton:lock:{key}");
+    let mut node_1 = nodes.cluster.connection(1).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("another-caller")
+        .query(&mut node_1)
+        .unwrap();
+    let runtime = nodes.runtime.clone();
+    let call =
+        tokio::spawn(async move { runtime.run_with(key, hourly(), async { 1 }, |_| true).await });
+    assert!(
+        eventually(PROMPTLY, || nodes.get(0, &lock_key).is_some()).await,
+        "the first attempt won node 0"
+    );
+    let shutdown = nodes.runtime.shutdown(Duration::from_secs(5)).await;
+    let outcome = call.await.unwrap();
+    nodes.cluster.resume(2).unwrap();
+    shutdown.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Ok(Outcome::Skipped(Skip::SplitVote { attempts: 1 }))
+                | Err(cluster_singleton::Error::ShutDown)
+        ),
+        "{outcome:?}"
+    );
+}

@@ -48,9 +48,10 @@
 //! - **Every machine fires, one runs each tick** (the default): nothing to set up beyond the
 //!   schedule, and a tick runs as long as one machine is up and a majority of Redis nodes
 //!   answers. Each tick costs one lock attempt per machine. The right choice for most jobs.
-//!   (Machines that fire at the same instant may split the vote; they retry within tens of
-//!   milliseconds, and a tick whose every attempt split is `Skipped(SplitVote)` everywhere and
-//!   not run: rare, and the rarer the more the machines' firing times differ.)
+//!   (Machines that fire at the same instant may split the vote; they retry, up to four
+//!   attempts within the tick, after random pauses as long as their attempts take, and a tick
+//!   whose every attempt split is `Skipped(SplitVote)` everywhere and not run: rare, and the
+//!   rarer the more the machines' firing times differ.)
 //! - **Only the leader fires** ([`Schedule::leader_only`]): one machine's scheduler fires,
 //!   the others stay quiet, so a fleet of hundreds sends one attempt per tick instead of
 //!   hundreds. A tick is still run under its lock and marked done, so a tick near a hand-over

@@ -40,18 +40,33 @@ const SPLIT_VOTE_ATTEMPTS: usize = 4;
 /// window doubles after each split.
 const SPLIT_VOTE_FIRST_WINDOW: Duration = Duration::from_millis(2);
 
-/// The widest window: all retries end within a few tens of milliseconds of the first attempt, so
-/// a retry cannot become a second run of a job that takes longer than that. A job that finishes
-/// faster can run twice this way, as it can when one machine's cron fires late; keeping the key
-/// for a while after the body closes both gaps.
+/// The widest window for a call without a period: its retries end within a few tens of
+/// milliseconds of the first attempt, so a retry cannot become a second run of a job that takes
+/// longer than that. A job that finishes faster can run twice this way, as it can when one
+/// machine's cron fires late; keeping the key for a while after the body closes both gaps.
 const SPLIT_VOTE_MAX_WINDOW: Duration = Duration::from_millis(20);
 
 /// No retry after a split vote starts this long after the first attempt, for a call without a
 /// period: an attempt that waited for a slow node's answer before giving back is too late to
-/// retry without risking a second run of a job that another caller already finished. (A call
-/// for a period, a `slot` or a cron tick, retries for as long as its period lasts: the period's
-/// done marker keeps a retry from running a job that another caller finished.)
-pub(crate) const SPLIT_VOTE_RETRIES_WITHIN: Duration = Duration::from_millis(100);
+/// retry without risking a second run of a job that another caller already finished.
+const SPLIT_VOTE_RETRIES_WITHIN: Duration = Duration::from_millis(100);
+
+/// How long a caller caught in a split vote goes on trying (see [`acquire`]).
+pub(crate) struct SplitVoteRetries {
+    /// When the call's period (its `slot`, or the cron tick it was made for) ends, if it has one.
+    period_ends: Option<Instant>,
+    /// Turns `true` when the runtime begins to shut down: no retry starts after that.
+    shutting_down: watch::Receiver<bool>,
+}
+
+impl SplitVoteRetries {
+    pub(crate) fn new(period_ends: Option<Instant>, shutting_down: watch::Receiver<bool>) -> Self {
+        SplitVoteRetries {
+            period_ends,
+            shutting_down,
+        }
+    }
+}
 
 /// What an attempt at a lock came to, when it did not fail.
 pub(crate) enum Acquired<T = Taken> {
@@ -90,17 +105,34 @@ pub(crate) struct Taken {
 /// nobody would run the job. A caller that won some nodes but not a quorum gives them back and
 /// tries again after a random pause; callers that won no node skip at once, since those that
 /// won some will settle it among themselves.
+///
+/// A call without a period retries only within [`SPLIT_VOTE_RETRIES_WITHIN`] of its first
+/// attempt, with pauses of at most [`SPLIT_VOTE_MAX_WINDOW`]. A call for a period retries until
+/// the period ends: the period's done marker, looked for once the lock is taken, keeps a late
+/// retry from running a job that another caller finished. Its pauses grow with its attempts,
+/// without that bound: callers whose answers come back at different times (each closer to other
+/// nodes, or waiting for a frozen one) separate only with pauses as long as their attempts.
 pub(crate) async fn acquire(
     nodes: &Arc<Nodes>,
     key: &str,
     fence_key: Option<&str>,
     ttl: Duration,
-    retry_split_votes_within: Duration,
+    retries: &SplitVoteRetries,
 ) -> Result<Acquired, Error> {
     let key: Arc<str> = Arc::from(key);
     let fence_key = fence_key.map(Arc::<str>::from);
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     let first_started = Instant::now();
+    let (retry_until, widest_window) = match retries.period_ends {
+        None => (
+            first_started + SPLIT_VOTE_RETRIES_WITHIN,
+            SPLIT_VOTE_MAX_WINDOW,
+        ),
+        Some(ends) => (
+            ends.max(first_started + SPLIT_VOTE_RETRIES_WITHIN),
+            Duration::MAX,
+        ),
+    };
     for attempt_number in 1..=SPLIT_VOTE_ATTEMPTS {
         let token = random::token(nodes.holder_id())?;
         // Before the clock starts: a burst of calls waits here, not on the nodes.
@@ -159,16 +191,20 @@ pub(crate) async fn acquire(
             }
             return Err(tally.no_quorum(&key, nodes).into_error());
         }
-        if first_started.elapsed() >= retry_split_votes_within {
+        drop(turn);
+        window = window.max(started.elapsed()).min(widest_window);
+        let pause = random::pause_below(window)?;
+        let retry_at = Instant::now() + pause;
+        if retry_at >= retry_until || *retries.shutting_down.borrow() {
             return Ok(Acquired::SplitVote {
                 attempts: attempt_number,
             });
         }
-        drop(turn);
-        window = window.max(started.elapsed()).min(SPLIT_VOTE_MAX_WINDOW);
-        let pause = random::pause_below(window)?;
-        driver::sleep_until(nodes.crate_thread(), Instant::now() + pause).await;
-        window *= 2;
+        driver::sleep_until(nodes.crate_thread(), retry_at).await;
+        if *retries.shutting_down.borrow() {
+            return Err(Error::ShutDown);
+        }
+        window = window.saturating_mul(2);
     }
     // Still split after every retry: the contenders that are left are as likely to settle it.
     Ok(Acquired::SplitVote {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::redlock::{Acquired, SPLIT_VOTE_RETRIES_WITHIN};
+use crate::redlock::{Acquired, SplitVoteRetries};
 use crate::slot::{self, DoneMarker};
 use crate::{keys, telemetry};
 use crate::{Error, LostReason, OnLost, Options, Outcome, Runtime, Skip};
@@ -154,20 +154,18 @@ impl Runtime {
     {
         async move {
             self.check_options(options)?;
-            // A call for a period retries a split vote for as long as the period lasts: the
-            // period's done marker, looked for once the lock is taken, keeps a late retry from
-            // running a job that another caller finished meanwhile.
-            let retry_split_votes_within = slot::period_of(options.slot)?
-                .map_or(SPLIT_VOTE_RETRIES_WITHIN, |period| {
-                    period.time_left().max(SPLIT_VOTE_RETRIES_WITHIN)
-                });
+            // A call for a period retries a split vote until the period ends (see
+            // `redlock::acquire`).
+            let period_ends =
+                slot::period_of(options.slot)?.map(|period| Instant::now() + period.time_left());
+            let retries = SplitVoteRetries::new(period_ends, self.shutting_down());
             // The attempt's and the release's futures are boxed, and so is the done marker: the
             // call's own future, which lives as long as the body runs, then keeps only what the
             // body's run needs (a lease held for hours costs its bytes for hours, and so does each
             // of thousands held at once; the attempt's is a heap allocation for a round trip).
             let acquired = {
                 let attempt_started = Instant::now();
-                let acquired = Box::pin(self.take(key, options, retry_split_votes_within)).await;
+                let acquired = Box::pin(self.take(key, options, &retries)).await;
                 telemetry::attempted(
                     label,
                     attempt_started.elapsed(),

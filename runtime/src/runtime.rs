@@ -12,7 +12,7 @@ use crate::checks::check_duration;
 use crate::lease::{Deadlines, Register, Renewer};
 use crate::node::Node;
 use crate::nodes::Nodes;
-use crate::redlock::{acquire, release, Acquired, SPLIT_VOTE_RETRIES_WITHIN};
+use crate::redlock::{acquire, release, Acquired, SplitVoteRetries};
 
 use crate::slot;
 use crate::{keys, telemetry};
@@ -183,23 +183,24 @@ impl Runtime {
     /// ```
     pub async fn lock_with(&self, key: &str, options: &Options) -> Result<Option<Lease>, Error> {
         self.check_options(options)?;
-        match self.take(key, options, SPLIT_VOTE_RETRIES_WITHIN).await? {
+        let retries = SplitVoteRetries::new(None, self.shutting_down());
+        match self.take(key, options, &retries).await? {
             Acquired::Taken(lease) => Ok(Some(lease)),
             Acquired::Busy | Acquired::SplitVote { .. } => Ok(None),
         }
     }
 
     /// Takes the lock as `options` say (checked already): one attempt, or with `wait`, attempts
-    /// until one takes it or the wait is over. An attempt caught in a split vote tries again
-    /// while `retry_split_votes_within` has not passed since it began.
+    /// until one takes it or the wait is over. An attempt caught in a split vote tries again as
+    /// `retries` say.
     pub(crate) async fn take(
         &self,
         key: &str,
         options: &Options,
-        retry_split_votes_within: Duration,
+        retries: &SplitVoteRetries,
     ) -> Result<Acquired<Lease>, Error> {
         let Some(wait) = options.wait else {
-            return self.take_once(key, options, retry_split_votes_within).await;
+            return self.take_once(key, options, retries).await;
         };
         let mut deadline = Instant::now() + wait;
         if let Some(tick) = slot::current_tick().filter(|_| options.slot.is_none()) {
@@ -209,7 +210,7 @@ impl Runtime {
         }
         let mut window = WAIT_FIRST_WINDOW;
         loop {
-            let attempt = self.take_once(key, options, retry_split_votes_within).await;
+            let attempt = self.take_once(key, options, retries).await;
             match &attempt {
                 Ok(Acquired::Taken(_))
                 | Err(
@@ -235,7 +236,7 @@ impl Runtime {
         &self,
         key: &str,
         options: &Options,
-        retry_split_votes_within: Duration,
+        retries: &SplitVoteRetries,
     ) -> Result<Acquired<Lease>, Error> {
         // Counted before the flag is read: a `shutdown` that begins now waits for this attempt,
         // whose lease (if it wins) the closed register then refuses.
@@ -248,15 +249,7 @@ impl Runtime {
         let fence = options.fencing.then(|| keys::fence(prefix, key));
         let lock_key = keys::lock(prefix, key);
         Ok(
-            match acquire(
-                nodes,
-                &lock_key,
-                fence.as_deref(),
-                options.ttl,
-                retry_split_votes_within,
-            )
-            .await?
-            {
+            match acquire(nodes, &lock_key, fence.as_deref(), options.ttl, retries).await? {
                 Acquired::Taken(taken) => {
                     let inner = &self.inner;
                     let lease = Lease::new(
