@@ -195,14 +195,17 @@ pub(crate) async fn acquire(
         window = window.max(started.elapsed()).min(widest_window);
         let pause = random::pause_below(window)?;
         let retry_at = Instant::now() + pause;
-        if retry_at >= retry_until || *retries.shutting_down.borrow() {
+        if retry_at >= retry_until {
             return Ok(Acquired::SplitVote {
                 attempts: attempt_number,
             });
         }
-        driver::sleep_until(nodes.crate_thread(), retry_at).await;
-        if *retries.shutting_down.borrow() {
-            return Err(Error::ShutDown);
+        // No retry once `shutdown` has begun (the runtime takes no more locks), and no pause
+        // for `shutdown` to wait out.
+        let mut shutting_down = retries.shutting_down.clone();
+        tokio::select! {
+            () = driver::sleep_until(nodes.crate_thread(), retry_at) => {}
+            _ = shutting_down.wait_for(|down| *down) => return Err(Error::ShutDown),
         }
         window = window.saturating_mul(2);
     }
