@@ -370,15 +370,15 @@ async fn a_short_periods_marker_outlives_a_minute_of_clock_skew() {
     assert!(left > 60_000 && left <= 61_000, "{left} ms left");
 }
 
-/// Runs `call` while another caller holds node 1 of its vote, and node 2 is frozen: the call's
+/// Starts `call` while another caller holds node 1 of its vote, and node 2 is frozen: the call's
 /// first attempt wins node 0, loses node 1, and waits node 2's whole timeout, a split vote that
-/// takes longer than the quick retries allow. Once the first attempt has won node 0, node 1 is
-/// freed (as if the other caller gave back its own split), so that a retry can win.
-async fn split_by_a_frozen_node<T>(
+/// takes longer than the quick retries allow. Returns once that attempt has won node 0, with the
+/// running call and a connection to node 1.
+async fn start_a_split<T>(
     nodes: &mut Nodes,
     key: &str,
     call: impl std::future::Future<Output = T> + Send + 'static,
-) -> T
+) -> (tokio::task::JoinHandle<T>, redis::Connection)
 where
     T: Send + 'static,
 {
@@ -398,7 +398,24 @@ where
         eventually(PROMPTLY, || nodes.get(0, &lock_key).is_some()).await,
         "the first attempt won node 0"
     );
-    let _: () = redis::cmd("DEL").arg(&lock_key).query(&mut node_1).unwrap();
+    (call, node_1)
+}
+
+/// Runs `call` into the split of [`start_a_split`]; once its first attempt has won node 0, node 1
+/// is freed (as if the other caller gave back its own split), so that a retry can win.
+async fn split_by_a_frozen_node<T>(
+    nodes: &mut Nodes,
+    key: &str,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+{
+    let (call, mut node_1) = start_a_split(nodes, key, call).await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("singleton:lock:{key}"))
+        .query(&mut node_1)
+        .unwrap();
     let outcome = call.await.unwrap();
     nodes.cluster.resume(2).unwrap();
     outcome
@@ -623,24 +640,10 @@ async fn machines_close_to_different_nodes_still_split_every_retry_of_a_period()
 #[tokio::test]
 async fn a_split_vote_is_not_retried_once_shutdown_begins() {
     let mut nodes = Nodes::start(3);
-    let warm_up = nodes.runtime.run("warm-up", TTL, async {}).await.unwrap();
-    assert_eq!(warm_up, Outcome::Ran(()));
-    nodes.cluster.freeze(2).unwrap();
     let key = "split-at-shutdown";
-    let lock_key = format!("singleton:lock:{key}");
-    let mut node_1 = nodes.cluster.connection(1).unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&lock_key)
-        .arg("another-caller")
-        .query(&mut node_1)
-        .unwrap();
     let runtime = nodes.runtime.clone();
-    let call =
-        tokio::spawn(async move { runtime.run_with(key, hourly(), async { 1 }, |_| true).await });
-    assert!(
-        eventually(PROMPTLY, || nodes.get(0, &lock_key).is_some()).await,
-        "the first attempt won node 0"
-    );
+    let call = async move { runtime.run_with(key, hourly(), async { 1 }, |_| true).await };
+    let (call, _node_1) = start_a_split(&mut nodes, key, call).await;
     let shutdown = nodes.runtime.shutdown(Duration::from_secs(5)).await;
     let outcome = call.await.unwrap();
     nodes.cluster.resume(2).unwrap();
