@@ -140,21 +140,19 @@ impl Held {
         lost
     }
 
-    /// The deadlines' task found `entry` due: marks the lease lost if it still is its entry
-    /// (an extension moves the entry; see [`Held::extend_to`]).
-    fn deadline_passed(self: &Arc<Self>, entry: deadlines::Entry) {
+    /// The deadlines' task found `entry` due: marks the lease lost, if `entry` is still its
+    /// entry. An entry's deadline is always the lease's `until` (an extension moves the entry;
+    /// see [`Held::extend_to`]), and the task hands over only entries whose deadline has come: so
+    /// the lease is lost now, unless it was lost or ended already.
+    fn deadline_passed(&self, entry: deadlines::Entry) {
         let mut state = self.state();
         if state.watched != Some(entry) {
             return;
         }
         state.watched = None;
-        let (lost, just_now) = state.lost_at(Instant::now());
+        let (_, just_now) = state.lost_at(Instant::now());
         if just_now {
             self.lost_just_now(state);
-        } else if lost.is_none() && !state.ended {
-            // Early by the timer's rounding: queued again.
-            let until = state.until;
-            state.watched = Some(self.deadlines.enter(self, until, None));
         }
     }
 
