@@ -87,18 +87,30 @@ fn a_blocking_body_whose_key_was_taken_meanwhile_is_not_ran() {
     }
 }
 
-/// A majority of nodes is cut off while a renewal round waits for them for a whole node timeout
-/// (longer than what is left of the lease): the body learns of the loss when the validity ends,
-/// not when the round gives up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lost_signal_fires_at_the_end_of_validity_while_a_renewal_waits() {
+/// When the deadlines were read and the loss heard in [`cut_off_after`].
+struct CutOff {
+    /// The lease's deadline when the body started.
+    first_deadline: Instant,
+    /// Its deadline when the nodes were cut off.
+    valid_until: Instant,
+    /// When the body heard the loss.
+    lost_at: Instant,
+}
+
+/// Runs a body under a lease of `ttl` on three proxied nodes whose node timeout (800 ms) is
+/// longer than what is left of the lease, so that a renewal round still waits when the deadline
+/// comes. The body lets renewal keep the lease for `renewed_for`, then cuts nodes 1 and 2 off and
+/// waits for the loss. Returns the instants it saw, and the call's result.
+async fn cut_off_after(
+    ttl: Duration,
+    renewed_for: Duration,
+) -> (CutOff, Result<Outcome<LostReason>, Error>) {
     let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
-    let ttl = Duration::from_millis(900);
     let runtime = fresh_nodes(&cluster)
         .node_timeout(Duration::from_millis(800))
         .build()
         .unwrap();
-    let seen: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let seen: Arc<Mutex<Option<CutOff>>> = Arc::default();
     let seen_in_body = seen.clone();
     let proxies = [cluster.proxy(1), cluster.proxy(2)];
     let result = runtime
@@ -107,12 +119,19 @@ async fn the_lost_signal_fires_at_the_end_of_validity_while_a_renewal_waits() {
             Options::new(ttl),
             async {
                 let lease = lease().unwrap();
+                let first_deadline = Instant::now() + lease.validity();
+                tokio::time::sleep(renewed_for).await;
+                assert!(lease.is_held(), "renewal kept the lease");
                 let valid_until = Instant::now() + lease.validity();
                 for proxy in proxies {
                     proxy.partition();
                 }
                 let lost = lease.lost().await;
-                *seen_in_body.lock().unwrap() = Some((valid_until, Instant::now()));
+                *seen_in_body.lock().unwrap() = Some(CutOff {
+                    first_deadline,
+                    valid_until,
+                    lost_at: Instant::now(),
+                });
                 lost
             },
             |_| true,
@@ -121,11 +140,20 @@ async fn the_lost_signal_fires_at_the_end_of_validity_while_a_renewal_waits() {
     for proxy in proxies {
         proxy.heal();
     }
-    let (valid_until, lost_at) = seen.lock().unwrap().expect("the body saw the loss");
+    let seen = seen.lock().unwrap().take().expect("the body saw the loss");
+    (seen, result)
+}
+
+/// A majority of nodes is cut off while a renewal round waits for them for a whole node timeout
+/// (longer than what is left of the lease): the body learns of the loss when the validity ends,
+/// not when the round gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lost_signal_fires_at_the_end_of_validity_while_a_renewal_waits() {
+    let (seen, result) = cut_off_after(Duration::from_millis(900), Duration::ZERO).await;
     assert!(
-        lost_at <= valid_until + SIGNAL_SLACK,
+        seen.lost_at <= seen.valid_until + SIGNAL_SLACK,
         "the lost signal came {:?} after the end of the validity",
-        lost_at - valid_until
+        seen.lost_at - seen.valid_until
     );
     // With `on_lost = "continue"` off, the body itself was cancelled by the same signal.
     let (reason, _) = lease_lost(result);
@@ -239,52 +267,17 @@ async fn a_later_deadline_waited_on_first_does_not_delay_an_earlier_one() {
 /// a quorum confirmed, not later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lost_signal_follows_the_deadline_that_renewal_moved() {
-    let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
     let ttl = Duration::from_millis(600);
-    let runtime = fresh_nodes(&cluster)
-        .node_timeout(Duration::from_millis(800))
-        .build()
-        .unwrap();
-    let seen: Arc<Mutex<Option<(Instant, Instant, Instant)>>> = Arc::default();
-    let seen_in_body = seen.clone();
-    let proxies = [cluster.proxy(1), cluster.proxy(2)];
-    let result = runtime
-        .run_with(
-            "renewed-then-partitioned",
-            Options::new(ttl),
-            async {
-                let lease = lease().unwrap();
-                let first_deadline = Instant::now() + lease.validity();
-                // Past the first deadline, renewed all along.
-                tokio::time::sleep(ttl * 2).await;
-                assert!(
-                    lease.is_held(),
-                    "renewal kept the lease past its first deadline"
-                );
-                let valid_until = Instant::now() + lease.validity();
-                for proxy in proxies {
-                    proxy.partition();
-                }
-                let lost = lease.lost().await;
-                *seen_in_body.lock().unwrap() = Some((first_deadline, valid_until, Instant::now()));
-                lost
-            },
-            |_| true,
-        )
-        .await;
-    for proxy in proxies {
-        proxy.heal();
-    }
-    let (first_deadline, valid_until, lost_at) =
-        seen.lock().unwrap().expect("the body saw the loss");
+    // Past the first deadline, renewed all along.
+    let (seen, result) = cut_off_after(ttl, ttl * 2).await;
     assert!(
-        valid_until > first_deadline + ttl,
+        seen.valid_until > seen.first_deadline + ttl,
         "renewal moved the deadline"
     );
     assert!(
-        lost_at <= valid_until + SIGNAL_SLACK,
+        seen.lost_at <= seen.valid_until + SIGNAL_SLACK,
         "the lost signal came {:?} after the last deadline",
-        lost_at - valid_until
+        seen.lost_at - seen.valid_until
     );
     assert_eq!(lease_lost(result).0, LostReason::NoQuorum);
 }
