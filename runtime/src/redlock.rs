@@ -347,45 +347,82 @@ impl Extending {
     /// counts when the answers arrive is the lease's to say (see `lease::Held`).
     pub(crate) async fn finish(mut self) -> Vec<Extension> {
         let nodes = self.nodes.clone();
-        let mut tallies: Vec<Tally> = self.leases.iter().map(|_| Tally::new(&nodes)).collect();
-        let decided = |tally: &Tally| tally.agreed() || tally.refused();
-        while !tallies.iter().all(decided) {
+        let quorum = nodes.quorum();
+        // Per node, its answer once in; per lease, how many nodes hold its token and how many
+        // another: a lease's votes without an allocation of its own.
+        let mut answers: Vec<Option<Result<Vec<Renewed>, NodeFailure>>> = vec![None; nodes.len()];
+        let mut counts = vec![YesNo::default(); self.leases.len()];
+        let mut undecided = self.leases.len();
+        while undecided > 0 {
             let Some((node, answer)) = self.round.next().await else {
                 break;
             };
-            match answer {
-                Ok(renewed) => {
-                    for (tally, renewed) in tallies.iter_mut().zip(renewed) {
-                        tally.record(node, ours(renewed));
+            let answer = answer.map_err(|err| nodes.node(node).failure(&err));
+            if let Ok(renewed) = &answer {
+                for (count, &renewed) in counts.iter_mut().zip(renewed) {
+                    let was_decided = count.decided(quorum, nodes.len());
+                    match ours(renewed) {
+                        Vote::Yes => count.yes += 1,
+                        _ => count.no += 1,
                     }
-                }
-                Err(err) => {
-                    let failure = nodes.node(node).failure(&err);
-                    for tally in &mut tallies {
-                        tally.failed(node, failure.clone());
+                    if !was_decided && count.decided(quorum, nodes.len()) {
+                        undecided -= 1;
                     }
                 }
             }
+            answers[node] = Some(answer);
         }
         // The slower nodes get the extension too, so that the keys live as long on all of them.
         self.round.detach();
         let took = self.started.elapsed();
-        let leases = self.leases.iter();
-        tallies
-            .into_iter()
-            .zip(leases)
-            .map(|(tally, lease)| {
-                if tally.refused() {
+        let validity = |keep| validity(keep, took, nodes.drift_factor());
+        let tally_of = |lease: usize| {
+            let mut tally = Tally::new(&nodes);
+            for (node, answer) in answers.iter().enumerate() {
+                match answer {
+                    Some(Ok(renewed)) => tally.record(node, ours(renewed[lease])),
+                    Some(Err(failure)) => tally.failed(node, failure.clone()),
+                    None => {}
+                }
+            }
+            tally
+        };
+        let leases = self.leases.iter().zip(counts).enumerate();
+        leases
+            .map(|(index, (lease, count))| {
+                if count.refused(quorum, nodes.len()) {
                     return Extension::Gone;
                 }
-                match validity(lease.keep, took, nodes.drift_factor()) {
-                    Some(left) if tally.agreed() => Extension::Extended {
+                match validity(lease.keep) {
+                    Some(left) if count.agreed(quorum) => Extension::Extended {
                         valid_until: self.started + took + left,
                     },
-                    _ => Extension::Undecided(tally.no_quorum(&lease.key, &nodes)),
+                    _ => Extension::Undecided(tally_of(index).no_quorum(&lease.key, &nodes)),
                 }
             })
             .collect()
+    }
+}
+
+/// One lease's answers in a renewal: the nodes where the key holds its token, and those where it
+/// holds another (as [`Tally`] counts them).
+#[derive(Clone, Copy, Default)]
+struct YesNo {
+    yes: u32,
+    no: u32,
+}
+
+impl YesNo {
+    fn agreed(self, quorum: usize) -> bool {
+        self.yes as usize >= quorum
+    }
+
+    fn refused(self, quorum: usize, nodes: usize) -> bool {
+        self.no as usize > nodes - quorum
+    }
+
+    fn decided(self, quorum: usize, nodes: usize) -> bool {
+        self.agreed(quorum) || self.refused(quorum, nodes)
     }
 }
 

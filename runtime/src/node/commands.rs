@@ -222,12 +222,12 @@ impl Node {
             .run_script_once(&session, &EXTEND_OR_REPAIR_EACH, &call)
             .await?;
         let renewed = match reply {
-            redis::Value::Array(each) if each.len() == leases.len() => each,
+            redis::Value::BulkString(each) if each.len() == leases.len() => each,
             redis::Value::Int(-1) => return Err(self.lost_data(&session)),
             other => {
                 return Err(NodeError::Redis(RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
-                    "the renewal script answered something else than one number per lease",
+                    "the renewal script answered something else than one digit per lease",
                     format!("{other:?}"),
                 ))))
             }
@@ -235,8 +235,8 @@ impl Node {
         Ok(renewed
             .into_iter()
             .map(|each| match each {
-                redis::Value::Int(1) => Renewed::Kept,
-                redis::Value::Int(2) => Renewed::Repaired,
+                b'1' => Renewed::Kept,
+                b'2' => Renewed::Repaired,
                 _ => Renewed::NotOurs,
             })
             .collect())

@@ -68,7 +68,9 @@ return largest"#,
 /// `n = #ARGV // 2`), while it holds the token `ARGV[i]`, sets it to expire in `ARGV[n + i]`
 /// milliseconds (1); where it is absent (a node that missed our SET, or lost it), puts the token
 /// back with that expiry (2), so that a lease taken on a bare quorum regains its fault tolerance;
-/// where another token holds it, touches nothing (0). Returns those numbers in the keys' order.
+/// where another token holds it, touches nothing (0). Returns those digits in the keys' order, as
+/// one string: a thousand leases' answers are then one value for the client to read, not a
+/// thousand.
 /// With an epoch key (`KEYS[n + 1]`), returns -1 and touches nothing when the node no longer has
 /// the epoch `ARGV[2n + 1]` (see [`FleetGrace`]).
 pub(super) static EXTEND_OR_REPAIR_EACH: LazyLock<Script> = LazyLock::new(|| {
@@ -82,15 +84,15 @@ for i = 1, n do
     local value = redis.call("GET", KEYS[i])
     if value == ARGV[i] then
         redis.call("PEXPIRE", KEYS[i], ARGV[n + i])
-        renewed[i] = 1
+        renewed[i] = "1"
     elseif not value then
         redis.call("SET", KEYS[i], ARGV[i], "PX", ARGV[n + i])
-        renewed[i] = 2
+        renewed[i] = "2"
     else
-        renewed[i] = 0
+        renewed[i] = "0"
     end
 end
-return renewed"#,
+return table.concat(renewed)"#,
     )
 });
 
