@@ -216,8 +216,10 @@ async fn max_hold_bounds_the_renewals() {
     let (reason, _) = lost(&result);
     assert_eq!(reason, LostReason::MaxHold);
     let took = started.elapsed();
+    // The body is cancelled at `max_hold`, where the last, shortened extensions put the
+    // deadline, not a renewal period later.
     assert!(
-        took >= max_hold - TTL / 10 && took < max_hold + TTL,
+        took >= max_hold - TTL / 10 && took < max_hold + TTL / 4,
         "lost after {took:?}"
     );
 }

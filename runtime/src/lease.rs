@@ -140,19 +140,23 @@ impl Held {
         lost
     }
 
-    /// The deadlines' task found `entry` due: marks the lease lost, if `entry` is still its
-    /// entry. An entry's deadline is always the lease's `until` (an extension moves the entry;
-    /// see [`Held::extend_to`]), and the task hands over only entries whose deadline has come: so
-    /// the lease is lost now, unless it was lost or ended already.
-    fn deadline_passed(&self, entry: deadlines::Entry) {
+    /// The deadlines' task found `entry` due, if it is still the lease's entry: marks the lease
+    /// lost if its deadline has passed, or, when an extension moved the deadline since the entry
+    /// was made (which leaves the entry where it is: one entry per two or three renewals rather
+    /// than a move per renewal), enters the lease again at the new deadline.
+    fn deadline_passed(self: &Arc<Self>, entry: deadlines::Entry) {
         let mut state = self.state();
         if state.watched != Some(entry) {
             return;
         }
         state.watched = None;
-        let (_, just_now) = state.lost_at(Instant::now());
+        let (lost, just_now) = state.lost_at(Instant::now());
         if just_now {
             self.lost_just_now(state);
+        } else if lost.is_none() && !state.ended {
+            // Extended since the entry was made: it waits for the new deadline.
+            let until = state.until;
+            state.watched = Some(self.deadlines.enter(self, until, None));
         }
     }
 
@@ -165,7 +169,9 @@ impl Held {
         };
         state.until = until;
         state.if_it_runs_out = LostReason::Expired;
-        if let Some(entry) = state.watched {
+        // An entry may come before the deadline (its task then enters the lease again at the
+        // deadline), never after it: only a deadline moved earlier (`max_hold`) moves the entry.
+        if let Some(entry) = state.watched.filter(|entry| until < entry.0) {
             state.watched = Some(self.deadlines.enter(self, until, Some(entry)));
         }
         true

@@ -4,9 +4,11 @@
 //! ([`LeaseInfo::lost`](crate::LeaseInfo::lost), the body's cancellation) must wake then. A timer
 //! per waiter would fire at a deadline that renewal has since moved, about once per lease and
 //! renewal, each firing a wake-up of the waiter's task on another thread. Instead, the leases
-//! being waited on are queued here by deadline, an extension moves a lease's entry to its new
-//! deadline, and one task on the crate's own thread sleeps until the earliest: when a deadline
-//! passes, that lease is marked lost, which wakes its waiters.
+//! being waited on are queued here, and one task on the crate's own thread sleeps until the
+//! earliest entry: when a lease's deadline has passed, it is marked lost, which wakes its
+//! waiters. An entry is never later than its lease's deadline, but may be earlier: an extension
+//! leaves it in place, and the task, finding the deadline moved, enters the lease again at the
+//! new one.
 //!
 //! Lock order: a lease's state, then this queue; the task never locks a lease's state while it
 //! holds the queue.
@@ -39,6 +41,8 @@ struct Queue {
     made: u64,
     /// Whether the task runs.
     working: bool,
+    /// The entry the task sleeps until, while it sleeps: an earlier one must wake it.
+    sleeping_until: Option<Instant>,
 }
 
 impl Drop for Deadlines {
@@ -70,7 +74,7 @@ impl Deadlines {
         deadline: Instant,
         replacing: Option<Entry>,
     ) -> Entry {
-        let (entry, first, start) = {
+        let (entry, earlier, start) = {
             let mut queue = self.queue();
             if let Some(old) = replacing {
                 queue.leases.remove(&old);
@@ -78,8 +82,8 @@ impl Deadlines {
             queue.made += 1;
             let entry = (deadline, queue.made);
             queue.leases.insert(entry, Arc::downgrade(held));
-            let first = queue.leases.first_key_value().map(|(first, _)| *first) == Some(entry);
-            (entry, first, !std::mem::replace(&mut queue.working, true))
+            let earlier = queue.sleeping_until.is_some_and(|until| deadline < until);
+            (entry, earlier, !std::mem::replace(&mut queue.working, true))
         };
         if start {
             drop(
@@ -87,7 +91,7 @@ impl Deadlines {
                     .spawn(mark_lost_at_deadlines(Arc::downgrade(self))),
             );
         }
-        if first {
+        if earlier {
             self.earlier.notify_one();
         }
         entry
@@ -101,6 +105,7 @@ impl Deadlines {
     /// Takes out the entries whose deadline has passed by `now`.
     fn take_passed(&self, now: Instant) -> Vec<(Entry, Weak<Held>)> {
         let mut queue = self.queue();
+        queue.sleeping_until = None;
         let mut passed = Vec::new();
         while let Some(first) = queue.leases.first_entry() {
             if first.key().0 > now {
@@ -127,11 +132,13 @@ async fn mark_lost_at_deadlines(deadlines_of_runtime: Weak<Deadlines>) {
         }
         let earlier = deadlines.earlier.clone();
         let notified = earlier.notified();
-        let until = deadlines
-            .queue()
-            .leases
-            .first_key_value()
-            .map_or(now + Duration::from_secs(3600), |(first, _)| first.0);
+        let until = {
+            let mut queue = deadlines.queue();
+            let first = queue.leases.first_key_value().map(|(first, _)| first.0);
+            let until = first.unwrap_or(now + Duration::from_secs(3600));
+            queue.sleeping_until = Some(until);
+            until
+        };
         let crate_thread = deadlines.crate_thread.clone();
         drop(deadlines);
         tokio::select! {
