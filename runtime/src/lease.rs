@@ -27,6 +27,7 @@ pub(crate) use renewal::Renewer;
 
 pub use info::{lease, LeaseInfo};
 
+use crate::node::LeaseToExtend;
 use crate::nodes::Nodes;
 use crate::redlock::{release_in_background, start_release, Extension, Taken};
 use crate::{Error, LostReason};
@@ -259,6 +260,15 @@ impl Held {
         self.renews.load(Ordering::SeqCst)
     }
 
+    /// The lease in an extension by `keep`.
+    fn to_extend_by(&self, keep: Duration) -> LeaseToExtend<'_> {
+        LeaseToExtend {
+            key: &self.key,
+            token: &self.token,
+            keep,
+        }
+    }
+
     pub(crate) fn key(&self) -> &Arc<str> {
         &self.key
     }
@@ -454,7 +464,7 @@ impl Lease {
             let reason = held.check().unwrap_or(LostReason::Shutdown);
             return Err(self.lost_error(reason, false));
         };
-        let mut extensions = extending.finish().await;
+        let mut extensions = extending.finish(&[held.to_extend_by(held.ttl)]).await;
         match extensions.pop().expect("one extension per lease") {
             Extension::Extended { valid_until } if held.extend_to(valid_until) => Ok(()),
             Extension::Extended { .. } => {

@@ -311,18 +311,16 @@ pub(crate) enum Extension {
 /// in one round (one script call per node; see [`Extending::finish`] for what it found). The
 /// round's commands are queued before this returns (see [`Round::send`]): a release sent after
 /// this reaches each node after the extension, which could otherwise put a released key back.
-pub(crate) fn start_extending(nodes: &Arc<Nodes>, leases: Arc<[LeaseToExtend]>) -> Extending {
+pub(crate) fn start_extending(nodes: &Arc<Nodes>, leases: &[LeaseToExtend<'_>]) -> Extending {
     let started = Instant::now();
-    let sent = leases.clone();
-    let mut round = Round::start(nodes, 0..nodes.len(), move |nodes, node| {
-        let leases = sent.clone();
-        async move { nodes.node(node).extend_each(&leases).await }
+    let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
+        let call = nodes.node(node).extension_call(leases);
+        async move { nodes.node(node).extend_each(call?).await }
     });
     round.send();
     Extending {
         nodes: nodes.clone(),
         round,
-        leases,
         started,
     }
 }
@@ -331,7 +329,6 @@ pub(crate) fn start_extending(nodes: &Arc<Nodes>, leases: Arc<[LeaseToExtend]>) 
 pub(crate) struct Extending {
     nodes: Arc<Nodes>,
     round: Round<Vec<Renewed>>,
-    leases: Arc<[LeaseToExtend]>,
     started: Instant,
 }
 
@@ -341,18 +338,19 @@ impl Extending {
         self.started
     }
 
-    /// What each lease's extension found, in the leases' order, once each is decided (a quorum
-    /// holds it, or so many nodes hold another token that a quorum can no longer be ours) or no
-    /// more answers can come. Each validity counts from the start of the round; whether it still
-    /// counts when the answers arrive is the lease's to say (see `lease::Held`).
-    pub(crate) async fn finish(mut self) -> Vec<Extension> {
+    /// What each lease's extension found, in the order of `leases` (those the round was started
+    /// with), once each is decided (a quorum holds it, or so many nodes hold another token that a
+    /// quorum can no longer be ours) or no more answers can come. Each validity counts from the
+    /// start of the round; whether it still counts when the answers arrive is the lease's to say
+    /// (see `lease::Held`).
+    pub(crate) async fn finish(mut self, leases: &[LeaseToExtend<'_>]) -> Vec<Extension> {
         let nodes = self.nodes.clone();
         let quorum = nodes.quorum();
         // Per node, its answer once in; per lease, how many nodes hold its token and how many
         // another: a lease's votes without an allocation of its own.
         let mut answers: Vec<Option<Result<Vec<Renewed>, NodeFailure>>> = vec![None; nodes.len()];
-        let mut counts = vec![YesNo::default(); self.leases.len()];
-        let mut undecided = self.leases.len();
+        let mut counts = vec![YesNo::default(); leases.len()];
+        let mut undecided = leases.len();
         while undecided > 0 {
             let Some((node, answer)) = self.round.next().await else {
                 break;
@@ -387,7 +385,7 @@ impl Extending {
             }
             tally
         };
-        let leases = self.leases.iter().zip(counts).enumerate();
+        let leases = leases.iter().zip(counts).enumerate();
         leases
             .map(|(index, (lease, count))| {
                 if count.refused(quorum, nodes.len()) {
@@ -397,7 +395,7 @@ impl Extending {
                     Some(left) if count.agreed(quorum) => Extension::Extended {
                         valid_until: self.started + took + left,
                     },
-                    _ => Extension::Undecided(tally_of(index).no_quorum(&lease.key, &nodes)),
+                    _ => Extension::Undecided(tally_of(index).no_quorum(lease.key, &nodes)),
                 }
             })
             .collect()

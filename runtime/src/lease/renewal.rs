@@ -74,8 +74,8 @@ struct Renewing {
     hold_until: Option<Instant>,
     /// Whether a node's clock stepped forward since its last extension: unconfirmed, it is lost.
     after_a_clock_jump: bool,
-    /// Whether its extension in flight is its last, cut short by `max_hold`.
-    last: bool,
+    /// What its extension in flight extends it by: a ttl, or less for its last (`max_hold`).
+    keep: Duration,
 }
 
 impl Renewer {
@@ -102,7 +102,7 @@ impl Renewer {
                     held,
                     hold_until,
                     after_a_clock_jump: jumped,
-                    last: false,
+                    keep: Duration::ZERO,
                 },
             );
             !std::mem::replace(&mut queue.working, true)
@@ -124,6 +124,7 @@ impl Renewer {
         let mut queue = self.queue();
         held.stopped.store(true, Ordering::SeqCst);
         held.renews.store(false, Ordering::SeqCst);
+        // The lease's last place; gone from the queue already if a round took it since.
         if let Some(place) = held.state().queued.take() {
             queue.due.remove(&place);
         }
@@ -138,12 +139,7 @@ impl Renewer {
         if held.stopped.load(Ordering::SeqCst) {
             return None;
         }
-        let lease = LeaseToExtend {
-            key: held.key.clone(),
-            token: held.token.clone(),
-            keep: held.ttl,
-        };
-        Some(start_extending(nodes, Arc::new([lease])))
+        Some(start_extending(nodes, &[held.to_extend_by(held.ttl)]))
     }
 }
 
@@ -155,9 +151,8 @@ impl Queue {
         }
         self.added += 1;
         let place = (due, self.added);
-        if let Some(old) = renewing.held.state().queued.replace(place) {
-            self.due.remove(&old);
-        }
+        // Any place it had before was taken out of the queue with it.
+        renewing.held.state().queued = Some(place);
         self.due.insert(place, renewing);
     }
 
@@ -171,9 +166,10 @@ impl Queue {
             if entry.key().0 > by {
                 break;
             }
-            let renewing = entry.remove();
-            renewing.held.state().queued = None;
-            taken.push(renewing);
+            // Its place stays in its state, gone from the queue (no two leases ever share a
+            // place): not touching the lease here saves the round a read of memory gone cold
+            // since the last round.
+            taken.push(entry.remove());
         }
         taken
     }
@@ -182,7 +178,6 @@ impl Queue {
     fn all_due_after_a_clock_jump(&mut self, now: Instant) {
         let queued = std::mem::take(&mut self.due);
         for (_, mut renewing) in queued {
-            renewing.held.state().queued = None;
             renewing.after_a_clock_jump = true;
             self.insert(now, renewing);
         }
@@ -281,26 +276,25 @@ async fn work(
         let (batch, extending) = {
             let mut queue = renewer.queue();
             let now = Instant::now();
-            let mut batch = Vec::new();
-            let mut leases = Vec::new();
-            for mut renewing in queue.take_due(now + BATCH_WINDOW) {
-                if let Some(lease) = to_extend(&renewing, now) {
-                    renewing.last = lease.keep < renewing.held.ttl;
-                    leases.push(lease);
-                    batch.push(renewing);
-                }
-            }
+            let mut batch = queue.take_due(now + BATCH_WINDOW);
+            // What each lease is extended by, now: a ttl, cut short by `max_hold`; none when the
+            // lease is over, lost, or at its `max_hold` (it then runs out for it).
+            batch.retain_mut(|renewing| {
+                let keep = renewing.held.extension_due(renewing.hold_until, now);
+                renewing.keep = keep.unwrap_or_default();
+                keep.is_some()
+            });
             if batch.is_empty() {
                 continue;
             }
             // Queued on the connections before the lock is let go (see the module's docs).
-            let extending = start_extending(&nodes, leases.into());
+            let extending = start_extending(&nodes, &to_extend(&batch));
             (batch, extending)
         };
         let started = extending.started();
         let weak = Arc::downgrade(&renewer);
         drop(nodes.crate_thread().spawn(async move {
-            let extensions = extending.finish().await;
+            let extensions = extending.finish(&to_extend(&batch)).await;
             if let Some(renewer) = weak.upgrade() {
                 settle(&renewer, batch, extensions, started);
             }
@@ -308,16 +302,12 @@ async fn work(
     }
 }
 
-/// What to extend `renewing` by, now: a ttl, cut short by `max_hold`; `None` when the lease is
-/// over, lost, or at its `max_hold` (it then runs out for it).
-fn to_extend(renewing: &Renewing, now: Instant) -> Option<LeaseToExtend> {
-    let held = &renewing.held;
-    let keep = held.extension_due(renewing.hold_until, now)?;
-    Some(LeaseToExtend {
-        key: held.key.clone(),
-        token: held.token.clone(),
-        keep,
-    })
+/// The extensions of a round's leases.
+fn to_extend(batch: &[Renewing]) -> Vec<LeaseToExtend<'_>> {
+    batch
+        .iter()
+        .map(|renewing| renewing.held.to_extend_by(renewing.keep))
+        .collect()
 }
 
 /// Applies each lease's extension, and queues those that go on: a third of the ttl after the
@@ -327,7 +317,7 @@ fn to_extend(renewing: &Renewing, now: Instant) -> Option<LeaseToExtend> {
 fn settle(renewer: &Renewer, batch: Vec<Renewing>, extensions: Vec<Extension>, started: Instant) {
     let mut again = Vec::new();
     for (mut renewing, extension) in batch.into_iter().zip(extensions) {
-        let (held, last) = (&renewing.held, renewing.last);
+        let (held, last) = (&renewing.held, renewing.keep < renewing.held.ttl);
         match extension {
             Extension::Extended { valid_until } => {
                 if !held.extend_to(valid_until) {

@@ -24,10 +24,24 @@ const SLOT_CLOCK_SKEW: Duration = Duration::from_secs(1);
 const MILLISECOND: Duration = Duration::from_millis(1);
 
 /// One lease in a renewal: its key and token, and how long from now its key should live.
-pub(crate) struct LeaseToExtend {
-    pub(crate) key: Arc<str>,
-    pub(crate) token: Arc<str>,
+pub(crate) struct LeaseToExtend<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) token: &'a str,
     pub(crate) keep: Duration,
+}
+
+/// A renewal on one node, ready to send (see [`Node::extension_call`]).
+pub(crate) struct ExtensionCall(Prepared);
+
+enum Prepared {
+    /// `memory://`: already done, with what it did to each lease.
+    Done(Vec<Renewed>),
+    /// The script call, built whole, and the session to send it on.
+    Script {
+        session: Arc<Session>,
+        call: redis::Cmd,
+        leases: usize,
+    },
 }
 
 /// What renewing a lease did on one node.
@@ -117,7 +131,9 @@ impl Node {
             return Ok(store.set_nx_reading_fence(key, fence_key, token, ttl));
         }
         let session = self.voting_session()?;
-        let call = self.script_call(&session, &SET_NX_READ_FENCE, &[key, fence_key], |call| {
+        let keys = [key, fence_key].into_iter();
+        let args = (2, token.len() + 20);
+        let call = self.script_call(&session, &SET_NX_READ_FENCE, keys, args, |call| {
             call.arg(token).arg(millis(ttl));
         });
         let sent = Instant::now();
@@ -168,61 +184,93 @@ impl Node {
 
     /// `EVALSHA` of `script` with `keys`, then the arguments `args` adds, and the epoch check
     /// (the epoch key last among the keys, the epoch last among the arguments) when the node has
-    /// one: built whole, to be sent once (see [`Node::run_script_once`]).
-    fn script_call(
+    /// one: built whole, to be sent once (see [`Node::run_script_once`]), in a command sized for
+    /// `args_bytes` of arguments besides the keys.
+    fn script_call<'k>(
         &self,
         session: &Session,
         script: &Script,
-        keys: &[&str],
-        args: impl FnOnce(&mut redis::Cmd),
+        keys: impl ExactSizeIterator<Item = &'k str> + Clone,
+        (args, args_bytes): (usize, usize),
+        add_args: impl FnOnce(&mut redis::Cmd),
     ) -> redis::Cmd {
         let epoch = self.epoch_check(session);
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(script.get_hash())
+        let keys_bytes: usize = keys.clone().map(str::len).sum();
+        let mut call = redis::Cmd::with_capacity(
+            4 + keys.len() + args,
+            // The command, the script's hash, the number of keys, the epoch key and epoch.
+            128 + keys_bytes + args_bytes,
+        );
+        call.arg("EVALSHA")
+            .arg(script.get_hash())
             .arg(keys.len() + usize::from(epoch.is_some()));
         for key in keys {
-            call.arg(*key);
+            call.arg(key);
         }
         if let Some((epoch_key, _)) = &epoch {
             call.arg(*epoch_key);
         }
-        args(&mut call);
+        add_args(&mut call);
         if let Some((_, epoch)) = epoch {
             call.arg(epoch);
         }
         call
     }
 
-    /// Extends each of `leases` to expire its `keep` from now where its key still holds its
-    /// token, and puts the token back (with that expiry) where the key is absent, in one script
-    /// call: see [`EXTEND_OR_REPAIR_EACH`]. Like a vote, it counts only from a node up for longer
-    /// than the restart grace, which is not asked at all: a restarted node has forgotten our
-    /// tokens, and may have forgotten others', which a repair would then overwrite in its eyes.
-    pub(crate) async fn extend_each(
+    /// The renewal of `leases` on this node, ready to send with [`Node::extend_each`]: each to
+    /// expire its `keep` from now where its key still holds its token, its token put back (with
+    /// that expiry) where the key is absent, in one script call ([`EXTEND_OR_REPAIR_EACH`]).
+    /// Built now, from borrowed keys and tokens, so that what is sent owns nothing of the leases.
+    /// Like a vote, it counts only from a node up for longer than the restart grace, which is not
+    /// asked at all: a restarted node has forgotten our tokens, and may have forgotten others',
+    /// which a repair would then overwrite in its eyes.
+    pub(crate) fn extension_call(
         &self,
-        leases: &[LeaseToExtend],
-    ) -> Result<Vec<Renewed>, NodeError> {
+        leases: &[LeaseToExtend<'_>],
+    ) -> Result<ExtensionCall, NodeError> {
+        let keep = |lease: &LeaseToExtend<'_>| lease.keep.max(MILLISECOND);
         if let Some(store) = self.memory() {
-            let renew = |lease: &LeaseToExtend| {
-                store.extend_or_repair(&lease.key, &lease.token, lease.keep.max(MILLISECOND))
+            let renew = |lease: &LeaseToExtend<'_>| {
+                store.extend_or_repair(lease.key, lease.token, keep(lease))
             };
-            return Ok(leases.iter().map(renew).collect());
+            return Ok(ExtensionCall(Prepared::Done(
+                leases.iter().map(renew).collect(),
+            )));
         }
         let session = self.voting_session()?;
-        let keys: Vec<&str> = leases.iter().map(|lease| &*lease.key).collect();
-        let call = self.script_call(&session, &EXTEND_OR_REPAIR_EACH, &keys, |call| {
+        let tokens_bytes: usize = leases.iter().map(|lease| lease.token.len()).sum();
+        let keys = leases.iter().map(|lease| lease.key);
+        let args = (2 * leases.len(), tokens_bytes + 8 * leases.len());
+        let call = self.script_call(&session, &EXTEND_OR_REPAIR_EACH, keys, args, |call| {
             for lease in leases {
-                call.arg(&*lease.token);
+                call.arg(lease.token);
             }
             for lease in leases {
-                call.arg(millis(lease.keep.max(MILLISECOND)));
+                call.arg(millis(keep(lease)));
             }
         });
+        Ok(ExtensionCall(Prepared::Script {
+            session,
+            call,
+            leases: leases.len(),
+        }))
+    }
+
+    /// Sends a renewal built by [`Node::extension_call`]: what it did to each lease, in their order.
+    pub(crate) async fn extend_each(&self, call: ExtensionCall) -> Result<Vec<Renewed>, NodeError> {
+        let (session, call, leases) = match call.0 {
+            Prepared::Done(renewed) => return Ok(renewed),
+            Prepared::Script {
+                session,
+                call,
+                leases,
+            } => (session, call, leases),
+        };
         let reply: redis::Value = self
             .run_script_once(&session, &EXTEND_OR_REPAIR_EACH, &call)
             .await?;
         let renewed = match reply {
-            redis::Value::BulkString(each) if each.len() == leases.len() => each,
+            redis::Value::BulkString(each) if each.len() == leases => each,
             redis::Value::Int(-1) => return Err(self.lost_data(&session)),
             other => {
                 return Err(NodeError::Redis(RedisError::from((
