@@ -510,3 +510,124 @@ async fn the_lost_signal_is_exact_when_renewals_answer_at_the_deadline() {
         }
     }
 }
+
+/// Thirty leases, each waited on from a different moment (some only after a few renewals, so
+/// that their entries in the deadlines' queue are older than their deadlines), are renewed for a
+/// while, then a majority of nodes is cut off: each body hears its loss at the last deadline it
+/// saw, not later and not before, whatever entry the deadlines' task was sleeping until.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waiters_entered_at_different_times_each_hear_their_own_deadline() {
+    let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let ttl = Duration::from_millis(450);
+    let cut_at = Instant::now() + Duration::from_millis(1700);
+    let mut calls = Vec::new();
+    for i in 0..30u64 {
+        let runtime = runtime.clone();
+        calls.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 17)).await;
+            let seen: Arc<Mutex<(Instant, Option<Instant>)>> =
+                Arc::new(Mutex::new((Instant::now(), None)));
+            let seen_in_body = seen.clone();
+            let result = runtime
+                .run_with(
+                    &format!("many-waiters-{i}"),
+                    Options::new(ttl).on_lost(OnLost::Continue),
+                    async move {
+                        let lease = lease().unwrap();
+                        tokio::time::sleep(Duration::from_millis(i * 29)).await;
+                        let lost = lease.lost();
+                        tokio::pin!(lost);
+                        let end = Instant::now() + Duration::from_secs(4);
+                        loop {
+                            let until = Instant::now() + lease.validity();
+                            {
+                                let mut seen = seen_in_body.lock().unwrap();
+                                seen.0 = seen.0.max(until);
+                            }
+                            tokio::select! {
+                                _ = &mut lost => {
+                                    seen_in_body.lock().unwrap().1 = Some(Instant::now());
+                                    return;
+                                }
+                                () = tokio::time::sleep(Duration::from_millis(3)) => {}
+                            }
+                            if Instant::now() >= end {
+                                return;
+                            }
+                        }
+                    },
+                    |_| true,
+                )
+                .await;
+            let seen = *seen.lock().unwrap();
+            (i, seen, result)
+        }));
+    }
+    tokio::time::sleep_until(cut_at.into()).await;
+    for i in [1, 2] {
+        cluster.proxy(i).partition();
+    }
+    let mut wrong = Vec::new();
+    for call in calls {
+        let (i, (valid_until, lost_at), result) = call.await.unwrap();
+        match lost_at {
+            Some(lost_at) if lost_at > valid_until + SIGNAL_SLACK => {
+                wrong.push(format!("{i}: lost {:?} late", lost_at - valid_until));
+            }
+            Some(lost_at) if lost_at + Duration::from_millis(20) < valid_until => {
+                wrong.push(format!("{i}: lost {:?} early", valid_until - lost_at));
+            }
+            Some(_) => {
+                lease_lost(result);
+            }
+            None => wrong.push(format!("{i}: never lost: {result:?}")),
+        }
+    }
+    for i in [1, 2] {
+        cluster.proxy(i).heal();
+    }
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+/// Two hundred leases on a `memory://` store, renewed every 30 ms, each body waiting on its
+/// lease's loss from a different moment: a store that never fails loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_healthy_renewed_memory_leases_hear_no_loss() {
+    let runtime = cluster_singleton::runtime::Config::new(["memory://waiters-hear-no-loss"])
+        .build()
+        .unwrap();
+    let ttl = Duration::from_millis(90);
+    let mut calls = Vec::new();
+    for i in 0..200u64 {
+        let runtime = runtime.clone();
+        calls.push(tokio::spawn(async move {
+            runtime
+                .run_with(
+                    &format!("memory-waiter-{i}"),
+                    Options::new(ttl).on_lost(OnLost::Continue),
+                    async move {
+                        let lease = lease().unwrap();
+                        tokio::time::sleep(Duration::from_millis((i % 7) * 37)).await;
+                        tokio::select! {
+                            reason = lease.lost() => Some(reason),
+                            () = tokio::time::sleep(Duration::from_millis(1500)) => None,
+                        }
+                    },
+                    |_| true,
+                )
+                .await
+        }));
+    }
+    let mut wrong = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(Outcome::Ran(None)) => {}
+            other => wrong.push(format!("{other:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{} lost: {wrong:?}", wrong.len());
+}
