@@ -404,9 +404,19 @@ async fn an_extension_is_extended_gone_or_undecided_as_its_nodes_answer() {
         (3, &[0], &[1], "no quorum: 2 answered, 2 needed, 1 failed"),
         (3, &[0, 1], &[], "lost TakenOver"),
         (3, &[0], &[], "extended"),
-        (5, &[0, 1], &[2], "no quorum: 4 answered, 3 needed, 1 failed"),
+        (
+            5,
+            &[0, 1],
+            &[2],
+            "no quorum: 4 answered, 3 needed, 1 failed",
+        ),
         (5, &[0, 1, 2], &[], "lost TakenOver"),
-        (5, &[0], &[1, 2], "no quorum: 3 answered, 3 needed, 2 failed"),
+        (
+            5,
+            &[0],
+            &[1, 2],
+            "no quorum: 3 answered, 3 needed, 2 failed",
+        ),
         (3, &[], &[1, 2], "no quorum: 1 answered, 2 needed, 2 failed"),
     ];
     for (n, other, frozen, expected) in cases {

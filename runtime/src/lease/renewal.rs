@@ -76,6 +76,9 @@ struct Renewing {
     after_a_clock_jump: bool,
     /// What its extension in flight extends it by: a ttl, or less for its last (`max_hold`).
     keep: Duration,
+    /// Whether that extension is its last (read when it is settled, so that settling reads
+    /// nothing more of the lease than its state).
+    last: bool,
 }
 
 impl Renewer {
@@ -103,6 +106,7 @@ impl Renewer {
                     hold_until,
                     after_a_clock_jump: jumped,
                     keep: Duration::ZERO,
+                    last: false,
                 },
             );
             !std::mem::replace(&mut queue.working, true)
@@ -282,6 +286,7 @@ async fn work(
             batch.retain_mut(|renewing| {
                 let keep = renewing.held.extension_due(renewing.hold_until, now);
                 renewing.keep = keep.unwrap_or_default();
+                renewing.last = renewing.keep < renewing.held.ttl;
                 keep.is_some()
             });
             if batch.is_empty() {
@@ -317,7 +322,7 @@ fn to_extend(batch: &[Renewing]) -> Vec<LeaseToExtend<'_>> {
 fn settle(renewer: &Renewer, batch: Vec<Renewing>, extensions: Vec<Extension>, started: Instant) {
     let mut again = Vec::new();
     for (mut renewing, extension) in batch.into_iter().zip(extensions) {
-        let (held, last) = (&renewing.held, renewing.keep < renewing.held.ttl);
+        let (held, last) = (&renewing.held, renewing.last);
         match extension {
             Extension::Extended { valid_until } => {
                 if !held.extend_to(valid_until) {
