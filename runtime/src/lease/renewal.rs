@@ -74,10 +74,8 @@ struct Renewing {
     hold_until: Option<Instant>,
     /// Whether a node's clock stepped forward since its last extension: unconfirmed, it is lost.
     after_a_clock_jump: bool,
-    /// What its extension in flight extends it by: a ttl, or less for its last (`max_hold`).
-    keep: Duration,
-    /// Whether that extension is its last (read when it is settled, so that settling reads
-    /// nothing more of the lease than its state).
+    /// Whether its extension in flight is its last, cut short by `max_hold` (noted when it is
+    /// sent, so that settling it reads nothing more of the lease than its state).
     last: bool,
 }
 
@@ -105,7 +103,6 @@ impl Renewer {
                     held,
                     hold_until,
                     after_a_clock_jump: jumped,
-                    keep: Duration::ZERO,
                     last: false,
                 },
             );
@@ -280,15 +277,16 @@ async fn work(
         let (batch, extending) = {
             let mut queue = renewer.queue();
             let now = Instant::now();
-            let mut batch = queue.take_due(now + BATCH_WINDOW);
-            // What each lease is extended by, now: a ttl, cut short by `max_hold`; none when the
-            // lease is over, lost, or at its `max_hold` (it then runs out for it).
-            batch.retain_mut(|renewing| {
-                let keep = renewing.held.extension_due(renewing.hold_until, now);
-                renewing.keep = keep.unwrap_or_default();
-                renewing.last = renewing.keep < renewing.held.ttl;
-                keep.is_some()
-            });
+            // Each lease with what it is extended by, now: a ttl, cut short by `max_hold`; none
+            // when the lease is over, lost, or at its `max_hold` (it then runs out for it).
+            let due = queue.take_due(now + BATCH_WINDOW).into_iter();
+            let batch: Vec<(Renewing, Duration)> = due
+                .filter_map(|mut renewing| {
+                    let keep = renewing.held.extension_due(renewing.hold_until, now)?;
+                    renewing.last = keep < renewing.held.ttl;
+                    Some((renewing, keep))
+                })
+                .collect();
             if batch.is_empty() {
                 continue;
             }
@@ -308,10 +306,10 @@ async fn work(
 }
 
 /// The extensions of a round's leases.
-fn to_extend(batch: &[Renewing]) -> Vec<LeaseToExtend<'_>> {
+fn to_extend(batch: &[(Renewing, Duration)]) -> Vec<LeaseToExtend<'_>> {
     batch
         .iter()
-        .map(|renewing| renewing.held.to_extend_by(renewing.keep))
+        .map(|(renewing, keep)| renewing.held.to_extend_by(*keep))
         .collect()
 }
 
@@ -319,9 +317,14 @@ fn to_extend(batch: &[Renewing]) -> Vec<LeaseToExtend<'_>> {
 /// round began, or, when too few nodes answered, a tenth of the ttl from now. The deadline itself
 /// is kept by [`Held`], not here: an extension still waiting for answers cannot make the loss
 /// late.
-fn settle(renewer: &Renewer, batch: Vec<Renewing>, extensions: Vec<Extension>, started: Instant) {
+fn settle(
+    renewer: &Renewer,
+    batch: Vec<(Renewing, Duration)>,
+    extensions: Vec<Extension>,
+    started: Instant,
+) {
     let mut again = Vec::new();
-    for (mut renewing, extension) in batch.into_iter().zip(extensions) {
+    for ((mut renewing, _), extension) in batch.into_iter().zip(extensions) {
         let (held, last) = (&renewing.held, renewing.last);
         match extension {
             Extension::Extended { valid_until } => {
