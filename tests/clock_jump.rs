@@ -507,3 +507,127 @@ async fn a_stepped_node_votes_again_after_the_grace() {
         "node 1's vote counted {counted_after:?} after its step, within the grace"
     );
 }
+
+/// PTTL of the lock on node `i`, in milliseconds (negative when the key is absent).
+fn pttl_on(cluster: &Cluster, i: usize) -> i64 {
+    let mut connection = cluster.connection(i).unwrap();
+    redis::cmd("PTTL")
+        .arg(format!("singleton:lock:{KEY}"))
+        .query(&mut connection)
+        .unwrap()
+}
+
+/// Review (renewal in flight): node 1's clock steps forward, and the process sees it (a vote reads
+/// node 1's clock), while the lease's renewal round is on its way: node 1 answered "kept" before
+/// its step, node 0 answers slowly, node 2 is down. The lease is out of the queue then, so
+/// `all_due_after_a_clock_jump` never marks it; the round settles as extended, the lease is queued
+/// again as confirmed, and from then on every round is merely "retrying" (node 1 is young, node 2
+/// down): the lease runs to the end of its validity and is reported `NoQuorum`, instead of being
+/// checked at once and lost for the clock step (`a_lease_is_checked_at_once_when_a_clock_steps`).
+///
+/// Node 2's clock was stepped by as much long before (and served its grace), so that node 1's
+/// step leaves it ahead of one other clock only, not of a quorum: the first reading after the
+/// step is then the only announcement of it, and it lands while the round is in flight (a later
+/// "ahead" announcement from the once-a-second check could otherwise land between rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_seen_while_the_leases_round_is_in_flight_is_checked_too() {
+    const LATENCY: Duration = Duration::from_millis(700);
+    const SMALL_STEP_MS: i64 = 600;
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .steppable_clocks(true)
+        .proxied(true)
+        .start()
+        .expect("start proxied nodes with steppable clocks");
+    let runtime = Config::new(cluster.urls())
+        .node_timeout(Duration::from_secs(3))
+        .max_ttl(TTL)
+        .detect_clock_jumps(true)
+        .build()
+        .unwrap();
+    until_nodes_vote(&runtime, TTL).await;
+    // Node 2 steps first; the runtime sees it within a check, and node 2 serves its grace.
+    cluster.step_clock(2, SMALL_STEP_MS).unwrap();
+    tokio::time::sleep(TTL + Duration::from_secs(3)).await;
+    let cluster = Arc::new(Mutex::new(cluster));
+    let in_body = cluster.clone();
+    let probe = runtime.clone();
+    let seen: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let seen_in_body = seen.clone();
+    let result = runtime
+        .run_with(
+            KEY,
+            Options::new(TTL),
+            async move {
+                let lease = lease().unwrap();
+                let start = Instant::now();
+                {
+                    let mut cluster = in_body.lock().unwrap();
+                    cluster.kill(2).unwrap();
+                    cluster.proxy(0).set_latency(LATENCY);
+                }
+                // The first renewal reaches node 1 (its key's expiry moves up), and waits for
+                // node 0's answer.
+                let mut last = pttl_on(&in_body.lock().unwrap(), 1);
+                let renewed_on_1 = loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let now = pttl_on(&in_body.lock().unwrap(), 1);
+                    if now > last + 300 {
+                        break (Instant::now(), now);
+                    }
+                    last = now;
+                    assert!(start.elapsed() < TTL, "no renewal reached node 1");
+                };
+                let before = Instant::now() + lease.validity();
+                in_body
+                    .lock()
+                    .unwrap()
+                    .step_clock(1, SMALL_STEP_MS)
+                    .unwrap();
+                // Node 1 applies the step at its next clock read.
+                let expected = |at: Instant| {
+                    renewed_on_1.1 - at.duration_since(renewed_on_1.0).as_millis() as i64
+                };
+                assert!(
+                    eventually(PROMPTLY, || {
+                        pttl_on(&in_body.lock().unwrap(), 1) < expected(Instant::now()) - 300
+                    })
+                    .await,
+                    "node 1's clock stepped"
+                );
+                // A vote on node 1 reads its clock: the process sees the step now, while the
+                // renewal still waits for node 0.
+                tokio::spawn(async move {
+                    let _ = probe.lock("probe", TTL).await;
+                });
+                let stepped_at = Instant::now();
+                // The round settles (node 0's answer arrives): the validity moves on.
+                let settled = eventually(LATENCY * 4, || {
+                    Instant::now() + lease.validity() > before + Duration::from_millis(300)
+                })
+                .await;
+                assert!(settled, "the round in flight settled (extended)");
+                let valid_until = Instant::now() + lease.validity();
+                *seen_in_body.lock().unwrap() = Some((stepped_at, valid_until));
+                lease.lost().await
+            },
+            |_| true,
+        )
+        .await;
+    let lost_at = Instant::now();
+    cluster.lock().unwrap().proxy(0).set_latency(Duration::ZERO);
+    let (stepped_at, valid_until) = seen.lock().unwrap().expect("the body ran");
+    println!(
+        "lost {:?} after the step, {:?} before the validity would have ended: {result:?}",
+        lost_at - stepped_at,
+        valid_until.saturating_duration_since(lost_at)
+    );
+    let Err(Error::LeaseLost { reason, .. }) = result else {
+        panic!("expected a lost lease, got {result:?}");
+    };
+    assert_eq!(
+        reason,
+        LostReason::ClockJumped,
+        "a step seen while the lease's round was in flight never had the lease checked"
+    );
+}

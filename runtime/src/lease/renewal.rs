@@ -274,8 +274,9 @@ async fn work(
         }
         // Opened first, outside the lock: the round's commands never wait for a connection.
         nodes.open_connections().await;
-        let (batch, extending) = {
+        let (batch, extending, steps) = {
             let mut queue = renewer.queue();
+            let steps = StepsSince::taken(clock_jumps.clone());
             let now = Instant::now();
             // Each lease with what it is extended by, now: a ttl, cut short by `max_hold`; none
             // when the lease is over, lost, or at its `max_hold` (it then runs out for it).
@@ -292,14 +293,14 @@ async fn work(
             }
             // Queued on the connections before the lock is let go (see the module's docs).
             let extending = start_extending(&nodes, &to_extend(&batch));
-            (batch, extending)
+            (batch, extending, steps)
         };
         let started = extending.started();
         let weak = Arc::downgrade(&renewer);
         drop(nodes.crate_thread().spawn(async move {
             let extensions = extending.finish(&to_extend(&batch)).await;
             if let Some(renewer) = weak.upgrade() {
-                settle(&renewer, batch, extensions, started);
+                settle(&renewer, batch, extensions, started, &steps);
             }
         }));
     }
@@ -322,6 +323,7 @@ fn settle(
     batch: Vec<(Renewing, Duration)>,
     extensions: Vec<Extension>,
     started: Instant,
+    steps: &StepsSince,
 ) {
     let mut again = Vec::new();
     for ((mut renewing, _), extension) in batch.into_iter().zip(extensions) {
@@ -362,12 +364,52 @@ fn settle(
         return;
     }
     let mut queue = renewer.queue();
-    for (due, renewing) in again {
+    // A step seen while the round was out passed these leases by, out of the queue: each is
+    // confirmed at once, as the queued ones are. (Read under the queue's lock: a step seen after
+    // this finds them queued.)
+    let stepped = steps.seen();
+    let now = Instant::now();
+    for (due, mut renewing) in again {
+        if stepped {
+            renewing.after_a_clock_jump = true;
+        }
         // A lease whose renewal stopped meanwhile is not queued again (see `Queue::insert`).
-        queue.insert(due, renewing);
+        queue.insert(if stepped { now } else { due }, renewing);
     }
     drop(queue);
     renewer.added.notify_one();
+}
+
+/// Whether a node's clock was seen to step forward since a round took its leases out of the
+/// queue, where a step would have made them due at once.
+struct StepsSince {
+    jumps: Option<watch::Receiver<u64>>,
+    /// Steps seen by then, and whether one of them was not yet handled by the queue (the task
+    /// handles a step when it next waits, after this round is out).
+    at_take: u64,
+    unhandled: bool,
+}
+
+impl StepsSince {
+    /// Taken with the queue locked, from the task's own receiver (a clone keeps what it saw).
+    fn taken(jumps: Option<watch::Receiver<u64>>) -> Self {
+        let (at_take, unhandled) = jumps.as_ref().map_or((0, false), |jumps| {
+            (*jumps.borrow(), jumps.has_changed().unwrap_or(false))
+        });
+        StepsSince {
+            jumps,
+            at_take,
+            unhandled,
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.unhandled
+            || self
+                .jumps
+                .as_ref()
+                .is_some_and(|jumps| *jumps.borrow() != self.at_take)
+    }
 }
 
 /// Resolves when a node's clock is next seen to step forward; never when nothing watches the

@@ -197,7 +197,7 @@ impl Node {
         let epoch = self.epoch_check(session);
         let keys_bytes: usize = keys.clone().map(str::len).sum();
         let mut call = redis::Cmd::with_capacity(
-            4 + keys.len() + args,
+            5 + keys.len() + args,
             // The command, the script's hash, the number of keys, the epoch key and epoch.
             128 + keys_bytes + args_bytes,
         );
