@@ -257,3 +257,89 @@ async fn tokens_stay_exact_past_two_to_the_53() {
         .unwrap();
     assert_eq!(left, None);
 }
+
+/// Review of b3500b2 (commands sized up front, the epoch check last among keys and arguments):
+/// with the restart grace on, a fenced `SET` (its epoch key third, its epoch third among the
+/// arguments) grants, and renewal (the epoch key after the lease keys, the epoch after the
+/// tokens and expiries) extends on every node; a node that loses its scripts (`SCRIPT FLUSH`)
+/// is extended again from the next round; a node whose epoch is gone is not extended (the
+/// script touches nothing), and is repaired once its grace has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_renewal_with_the_epoch_check_survives_a_script_flush_and_a_lost_epoch() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let ttl = Duration::from_millis(600);
+    let key = "singleton:lock:fenced-epoch";
+    let cluster = Cluster::start(3).unwrap();
+    let runtime = cluster_singleton::runtime::Config::new(cluster.urls())
+        .node_timeout(NODE_TIMEOUT)
+        .max_ttl(GRACE)
+        .build()
+        .unwrap();
+    common::until_nodes_vote(&runtime, GRACE).await;
+    let value = |i: usize| -> Option<String> {
+        let mut connection = cluster.connection(i).unwrap();
+        redis::cmd("GET").arg(key).query(&mut connection).unwrap()
+    };
+    let pttl = |i: usize| -> i64 {
+        let mut connection = cluster.connection(i).unwrap();
+        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
+    };
+    let options = Options::new(ttl).fencing(true);
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let outcome = runtime
+            .run_with(
+                "fenced-epoch",
+                options,
+                async {
+                    let lease = cluster_singleton::lease().unwrap();
+                    let token = lease.token().to_owned();
+                    assert!(
+                        common::eventually(common::PROMPTLY, || (0..3)
+                            .all(|i| value(i).as_deref() == Some(token.as_str())))
+                        .await,
+                        "the fenced SET landed on every node"
+                    );
+                    // Node 0 forgets its scripts: a round fails there, the next extends it.
+                    let mut node_0 = cluster.connection(0).unwrap();
+                    let () = redis::cmd("SCRIPT")
+                        .arg("FLUSH")
+                        .query(&mut node_0)
+                        .unwrap();
+                    tokio::time::sleep(ttl * 2).await;
+                    assert!(
+                        pttl(0) > (ttl / 3).as_millis() as i64,
+                        "node 0 extended again"
+                    );
+                    assert!(pttl(1) > (ttl / 3).as_millis() as i64, "node 1 extended");
+                    // Node 2 loses its epoch (as a flush would): not extended, its copy runs out.
+                    let mut node_2 = cluster.connection(2).unwrap();
+                    let () = redis::cmd("DEL")
+                        .arg("singleton:epoch")
+                        .query(&mut node_2)
+                        .unwrap();
+                    assert!(
+                        common::eventually(ttl * 2, || value(2).is_none()).await,
+                        "node 2 without its epoch was not extended"
+                    );
+                    assert_eq!(value(0).as_deref(), Some(token.as_str()));
+                    // Once its grace has passed, renewal puts the token back on node 2.
+                    assert!(
+                        common::eventually(GRACE * 4, || value(2).as_deref()
+                            == Some(token.as_str()))
+                        .await,
+                        "node 2 repaired after its grace"
+                    );
+                    lease.fencing_token().expect("fencing is on")
+                },
+                |_| true,
+            )
+            .await;
+        match outcome {
+            Ok(cluster_singleton::Outcome::Ran(token)) => tokens.push(token),
+            other => panic!("the fenced call ran under renewal: {other:?}"),
+        }
+        assert!(common::eventually(common::PROMPTLY, || (0..3).all(|i| value(i).is_none())).await);
+    }
+    assert!(tokens[1] > tokens[0], "fencing tokens increase: {tokens:?}");
+}

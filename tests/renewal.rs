@@ -427,3 +427,189 @@ async fn an_extension_is_extended_gone_or_undecided_as_its_nodes_answer() {
         );
     }
 }
+
+/// Review of b3500b2 (memory:// extensions run while the round is built, under the queue's lock):
+/// hundreds of memory:// calls whose bodies end around their renewals; once a call has returned,
+/// its key is free at once and stays free (no extension ran after its release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_releases_are_never_overtaken_by_a_renewal() {
+    let runtime = cluster_singleton::runtime::Config::new(["memory://review-release-order"])
+        .build()
+        .unwrap();
+    let ttl = Duration::from_millis(60);
+    let mut calls = Vec::new();
+    for i in 0..400u64 {
+        let runtime = runtime.clone();
+        calls.push(tokio::spawn(async move {
+            let key = format!("release-order-{i}");
+            let body = Duration::from_millis(15 + (i * 7) % 190);
+            let outcome = runtime.run(&key, ttl, tokio::time::sleep(body)).await;
+            assert_eq!(outcome.unwrap(), Outcome::Ran(()));
+            let free_at_once = runtime.lock(&key, ttl).await.unwrap();
+            let free_at_once = match free_at_once {
+                Some(lease) => {
+                    lease.release().await.unwrap();
+                    true
+                }
+                None => false,
+            };
+            tokio::time::sleep(ttl / 2).await;
+            let still_free = runtime.lock(&key, ttl).await.unwrap().is_some();
+            (i, free_at_once, still_free)
+        }));
+    }
+    let mut wrong = Vec::new();
+    for call in calls {
+        let (i, at_once, still) = call.await.unwrap();
+        if !(at_once && still) {
+            wrong.push((i, at_once, still));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "keys put back after the release: {wrong:?}"
+    );
+}
+
+/// Review of b3500b2 and 0df6809 (each lease's `keep` and `last` noted at send, one script call
+/// for a batch): leases of three ttls, with and without `max_hold`, renewed together on three
+/// nodes. Those with `max_hold` are lost for it, near it, and (the body going on with
+/// `OnLost::Continue`) their keys are gone from every node just after it: the last extension
+/// was cut short for each by its own `keep`. The others run their whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_ttls_and_max_holds_cuts_each_lease_at_its_own_max_hold() {
+    let nodes = Arc::new(Nodes::start(3));
+    let mut calls = Vec::new();
+    for i in 0..60u64 {
+        let nodes = nodes.clone();
+        calls.push(tokio::spawn(async move {
+            let ttl = Duration::from_millis([300, 450, 600][(i % 3) as usize]);
+            let max_hold = match i % 4 {
+                0 => None,
+                1 => Some(ttl * 2),
+                2 => Some(ttl * 5 / 2),
+                _ => Some(ttl * 3 + Duration::from_millis(37)),
+            };
+            let name = format!("batch-{i}");
+            let key = format!("singleton:lock:{name}");
+            let mut options = Options::new(ttl).on_lost(OnLost::Continue);
+            if let Some(max_hold) = max_hold {
+                options = options.max_hold(max_hold);
+            }
+            let started = Instant::now();
+            let lost_at = Arc::new(std::sync::Mutex::new(None));
+            let gone_after_max_hold = Arc::new(AtomicBool::new(false));
+            let (body_lost_at, body_gone) = (lost_at.clone(), gone_after_max_hold.clone());
+            let (body_nodes, body_key) = (nodes.clone(), key.clone());
+            let result = nodes
+                .runtime
+                .run_with(
+                    &name,
+                    options,
+                    async move {
+                        let lease = lease().unwrap();
+                        tokio::select! {
+                            _ = lease.lost() => {
+                                *body_lost_at.lock().unwrap() = Some(started.elapsed());
+                            }
+                            () = tokio::time::sleep(ttl * 4) => {}
+                        }
+                        // Past its max_hold: no node may keep the key (the call has not released
+                        // it yet).
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        body_gone.store(body_nodes.absent(&body_key, &[]), Ordering::SeqCst);
+                    },
+                    |_| true,
+                )
+                .await;
+            let mut report = None;
+            match (max_hold, &result) {
+                (None, Ok(Outcome::Ran(()))) => {}
+                (Some(max_hold), Err(_)) => {
+                    let (reason, _) = lost(&result);
+                    let lost_after = lost_at.lock().unwrap().unwrap_or_default();
+                    if reason != LostReason::MaxHold
+                        || lost_after < max_hold - ttl / 10
+                        || lost_after > max_hold + ttl / 4
+                        || !gone_after_max_hold.load(Ordering::SeqCst)
+                    {
+                        report = Some(format!(
+                            "{name}: {reason:?} after {lost_after:?} (max_hold {max_hold:?}), \
+                             key gone: {}",
+                            gone_after_max_hold.load(Ordering::SeqCst)
+                        ));
+                    }
+                }
+                _ => report = Some(format!("{name}: {result:?}")),
+            }
+            (report, key)
+        }));
+    }
+    let mut wrong = Vec::new();
+    for call in calls {
+        let (report, key) = call.await.unwrap();
+        wrong.extend(report);
+        assert!(eventually(PROMPTLY, || nodes.absent(&key, &[])).await);
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Review of b3500b2 (a round takes its leases out of the queue and leaves their places stale):
+/// the call ends while its lease's renewal round is in flight (node 1 has it, node 0's answer is
+/// on its way). Stopping finds no place in the queue; the round settles after the release and
+/// does not queue the lease again: the key stays gone from every node, and no script runs for
+/// it any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ending_while_its_round_is_in_flight_is_never_renewed_again() {
+    let cluster = cluster_singleton_testkit::Cluster::builder()
+        .nodes(3)
+        .proxied(true)
+        .start()
+        .unwrap();
+    let runtime = common::runtime_for(&cluster);
+    let key = "singleton:lock:in-flight";
+    let pttl = |i: usize| -> i64 {
+        let mut connection = cluster.connection(i).unwrap();
+        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
+    };
+    let scripts = |i: usize| -> u64 {
+        let mut connection = cluster.connection(i).unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut connection)
+            .unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    };
+    for round in 0..5 {
+        cluster.proxy(0).set_latency(Duration::from_millis(70));
+        let outcome = runtime
+            .run("in-flight", TTL, async {
+                // Until a renewal reaches node 1; node 0's answer is still on its way.
+                let mut last = pttl(1);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let now = pttl(1);
+                    if now > last + 100 {
+                        break;
+                    }
+                    last = now;
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Ran(()));
+        cluster.proxy(0).set_latency(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before: Vec<u64> = (0..3).map(scripts).collect();
+        tokio::time::sleep(TTL).await;
+        for i in 0..3 {
+            assert_eq!(pttl(i), -2, "round {round}: the key came back on node {i}");
+        }
+        let after: Vec<u64> = (0..3).map(scripts).collect();
+        assert_eq!(before, after, "round {round}: scripts ran after the call");
+    }
+}

@@ -175,3 +175,85 @@ async fn attempts_in_flight_during_a_shutdown_leave_nothing() {
         assert!(left.is_empty(), "node {i} still holds {left:?}");
     }
 }
+
+/// Review of b3500b2 (`Lease::extend` builds its script call under the renewal queue's lock, and
+/// on memory:// runs it there): leases extended in a loop while `shutdown` releases them. Once
+/// `shutdown` has returned (and stragglers had time to land), no key is back, on Redis nodes or
+/// in a memory:// store.
+async fn manual_extensions_racing_a_shutdown(urls: Vec<String>, absent: impl Fn(&str) -> bool) {
+    let config = || {
+        cluster_singleton::runtime::Config::new(urls.clone())
+            .node_timeout(common::NODE_TIMEOUT)
+            .restart_grace(Duration::ZERO)
+    };
+    for round in 0..5 {
+        let runtime = config().build().unwrap();
+        let mut keys = Vec::new();
+        let mut extending = Vec::new();
+        for i in 0..40 {
+            let name = format!("extend-vs-shutdown-{round}-{i}");
+            let mut lease = runtime
+                .lock(&name, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .expect("free");
+            keys.push(format!("singleton:lock:{name}"));
+            extending.push(tokio::spawn(async move {
+                loop {
+                    if let Err(err) = lease.extend().await {
+                        return err;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(30 + round * 7)).await;
+        runtime.shutdown(SHUTDOWN_WITHIN).await.unwrap();
+        for task in extending {
+            let err = task.await.unwrap();
+            assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let back: Vec<&String> = keys.iter().filter(|key| !absent(key)).collect();
+        assert!(
+            back.is_empty(),
+            "round {round}: keys back after shutdown: {back:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_extensions_racing_a_shutdown_leave_no_key_on_redis() {
+    let nodes = Nodes::start(3);
+    manual_extensions_racing_a_shutdown(nodes.cluster.urls(), |key| nodes.absent(key, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_extensions_racing_a_shutdown_leave_no_key_in_memory() {
+    let url = "memory://review-extend-vs-shutdown".to_owned();
+    let observer = cluster_singleton::runtime::Config::new([url.clone()])
+        .build()
+        .unwrap();
+    let free = |key: &str| {
+        let name = key.strip_prefix("singleton:lock:").unwrap().to_owned();
+        let observer = observer.clone();
+        std::thread::spawn(move || {
+            common::block_on(async move {
+                match observer
+                    .lock(&name, Duration::from_millis(50))
+                    .await
+                    .unwrap()
+                {
+                    Some(lease) => {
+                        lease.release().await.unwrap();
+                        true
+                    }
+                    None => false,
+                }
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    manual_extensions_racing_a_shutdown(vec![url.clone()], free).await;
+}
