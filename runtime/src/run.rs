@@ -154,16 +154,17 @@ impl Runtime {
     {
         async move {
             self.check_options(options)?;
-            // A call for a period retries a split vote until the period ends (see
-            // `redlock::acquire`).
-            let period_ends =
-                slot::period_of(options.slot)?.map(|period| Instant::now() + period.time_left());
-            let retries = SplitVoteRetries::new(period_ends, self.shutting_down());
             // The attempt's and the release's futures are boxed, and so is the done marker: the
             // call's own future, which lives as long as the body runs, then keeps only what the
             // body's run needs (a lease held for hours costs its bytes for hours, and so does each
             // of thousands held at once; the attempt's is a heap allocation for a round trip).
             let acquired = {
+                // A call for a period retries a split vote until the period ends (see
+                // `redlock::acquire`). Made here, so that the call's future does not keep it
+                // while the body runs.
+                let period_ends = slot::period_of(options.slot)?
+                    .map(|period| Instant::now() + period.time_left());
+                let retries = SplitVoteRetries::new(period_ends, self.shutting_down());
                 let attempt_started = Instant::now();
                 let acquired = Box::pin(self.take(key, options, &retries)).await;
                 telemetry::attempted(
