@@ -170,17 +170,19 @@ pub fn memory(memory: &Memory) -> String {
 /// The hold row: one line per number of leases held at once.
 pub fn held(held: &[Held]) -> String {
     let mut out = String::new();
-    out.push_str("| leases | CPU % of one core | memory per lease | node commands per lease per second | lost | errors |\n");
-    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str("| leases | CPU % of one core | memory per lease | allocated per lease | node commands per lease per second | lost | errors |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for row in held {
         let leases = row.leases as f64;
         let seconds = row.window.as_secs_f64();
         let _ = writeln!(
             out,
-            "| {} | {:.1} % | {} | {:.2} | {} | {} |",
+            "| {} | {:.1} % | {} | {} | {:.2} | {} | {} |",
             per_second(Some(leases)),
             row.cpu.as_secs_f64() / seconds * 100.0,
             bytes(row.resident_growth as f64 / leases),
+            row.allocated_growth
+                .map_or("—".to_string(), |grown| bytes(grown as f64 / leases)),
             row.commands as f64 / leases / seconds,
             row.lost,
             row.errors,

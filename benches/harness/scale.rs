@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_singleton::runtime::{Options, Runtime};
-use cluster_singleton::{lease, Outcome};
+use cluster_singleton::Outcome;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -52,6 +52,11 @@ pub struct Held {
     /// Resident bytes once every lease was held and renewed once, minus before the first was
     /// taken (negative if the allocator gave back more than the leases took).
     pub resident_growth: i64,
+    /// Bytes the allocator had handed out and not been given back, at the same two moments:
+    /// the live data alone, where the resident size also counts the allocator's free memory and
+    /// any other page the process touched meanwhile. `None` where the allocator cannot say
+    /// (other than glibc's).
+    pub allocated_growth: Option<i64>,
     /// Lock commands the nodes ran over the window, summed over nodes.
     pub commands: u64,
     /// Leases lost before the window ended (from the moment each was taken): the call returned
@@ -78,8 +83,6 @@ pub struct Held {
 enum Ending {
     /// `Ok(Ran)`, the body having waited for the end of the window.
     Ran,
-    /// `Ok(Ran)`, but the body saw its lease lost first.
-    RanButLost,
     /// `Ok(Skipped)`: another holder had the key (none should).
     Skipped,
     /// `Err(LeaseLost)`.
@@ -126,6 +129,7 @@ pub fn hold(
     // row's growth.
     return_free_memory();
     let resident_before = nodes::resident_bytes()?;
+    let allocated_before = allocated_bytes();
 
     let (end, end_rx) = watch::channel(false);
     let shared = Window {
@@ -141,6 +145,7 @@ pub fn hold(
     // Every lease renewed once since the last wave was taken: renewal's own state is in place.
     std::thread::sleep(HOLD_TTL / 2);
     let resident_after = nodes::resident_bytes()?;
+    let allocated_after = allocated_bytes();
 
     let commands_before = admin.lock_commands(nodes)?;
     let usage_before = Usage::now();
@@ -159,10 +164,10 @@ pub fn hold(
             endings.push(call.await.expect("a holder task panicked"));
         }
     });
-    // `Ok(Ran)` is the only success; a body that saw its lease lost has been counted as lost.
+    // `Ok(Ran)` is the only success.
     let errors = endings
         .iter()
-        .filter(|(ending, _)| !matches!(ending, Ending::Ran | Ending::RanButLost))
+        .filter(|(ending, _)| *ending != Ending::Ran)
         .count() as u64;
     let first_error = endings.into_iter().find_map(|(_, message)| message);
     Ok(Held {
@@ -171,6 +176,9 @@ pub fn hold(
         cpu: usage.cpu,
         engine_cpu: usage.engine_cpu,
         resident_growth: resident_after as i64 - resident_before as i64,
+        allocated_growth: allocated_before
+            .zip(allocated_after)
+            .map(|(before, after)| after as i64 - before as i64),
         commands,
         lost,
         lost_before_window,
@@ -244,25 +252,21 @@ fn start_holder(runtime: &Runtime, shared: &Window, index: usize, attempt: usize
                 async {
                     entered.store(true, Ordering::SeqCst);
                     let _ = entered_tx.send(());
-                    let lease = lease().expect("run_with's body has a lease");
-                    // `true` when the lease was lost before the window ended.
-                    tokio::select! {
-                        _ = end.wait_for(|over| *over) => false,
-                        _ = lease.lost() => true,
-                    }
+                    // A lost lease ends the body before this: the call cancels it
+                    // (`OnLost::Cancel`, the default) and returns `Err(LeaseLost)`.
+                    let _ = end.wait_for(|over| *over).await;
                 },
                 |_| true,
             )
             .await;
-        // A body returns before the window is over only if its lease was lost (or the call
-        // dropped it): a call that took its lease and ended early lost it, whatever it returned.
-        // One that never ran its body is not counted here: the waves try it again.
+        // A call that took its lease returns before the window is over only if the lease was
+        // lost (or the call dropped it). One that never ran its body is not counted here: the
+        // waves try it again.
         if entered.load(Ordering::SeqCst) && !shared.over.load(Ordering::SeqCst) {
             shared.lost.fetch_add(1, Ordering::SeqCst);
         }
         match result {
-            Ok(Outcome::Ran(false)) => (Ending::Ran, None),
-            Ok(Outcome::Ran(true)) => (Ending::RanButLost, None),
+            Ok(Outcome::Ran(())) => (Ending::Ran, None),
             Ok(Outcome::Skipped(why)) => (Ending::Skipped, Some(format!("skipped: {why}"))),
             Err(err @ cluster_singleton::Error::LeaseLost { .. }) => {
                 (Ending::LeaseLost, Some(err.to_string()))
@@ -372,5 +376,19 @@ fn return_free_memory() {
     // SAFETY: malloc_trim only releases free memory of the allocator; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Bytes the allocator has handed out and not been given back, over all its arenas.
+fn allocated_bytes() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters; it has no preconditions.
+        let info = unsafe { libc::mallinfo2() };
+        Some(info.uordblks as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
     }
 }
