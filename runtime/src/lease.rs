@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ pub(crate) use renewal::Renewer;
 
 pub use info::{lease, LeaseInfo};
 
+use crate::claim::Claim;
 use crate::node::LeaseToExtend;
 use crate::nodes::Nodes;
 use crate::redlock::{release_in_background, start_release, Extension, Taken};
@@ -34,11 +36,10 @@ use crate::{Error, LostReason};
 
 /// What the holder of a lease and the body running under it share.
 pub(crate) struct Held {
-    key: Arc<str>,
-    token: Arc<str>,
+    claim: Claim,
     ttl: Duration,
     acquired_at: Instant,
-    fencing_token: Option<u64>,
+    fencing_token: Option<NonZeroU64>,
     state: Mutex<State>,
     /// Wakes whatever waits in [`Held::lost`] when the lease is lost.
     lost_now: Notify,
@@ -263,18 +264,14 @@ impl Held {
     /// The lease in an extension by `keep`.
     fn to_extend_by(&self, keep: Duration) -> LeaseToExtend<'_> {
         LeaseToExtend {
-            key: &self.key,
-            token: &self.token,
+            key: self.claim.key(),
+            token: self.claim.token(),
             keep,
         }
     }
 
-    pub(crate) fn key(&self) -> &Arc<str> {
-        &self.key
-    }
-
-    pub(crate) fn token(&self) -> &Arc<str> {
-        &self.token
+    pub(crate) fn claim(&self) -> &Claim {
+        &self.claim
     }
 }
 
@@ -382,8 +379,7 @@ impl Lease {
         taken: Taken,
     ) -> Self {
         let held = Arc::new(Held {
-            key: taken.key,
-            token: taken.token,
+            claim: taken.claim,
             ttl: taken.ttl,
             acquired_at: taken.acquired_at,
             fencing_token: taken.fencing_token,
@@ -418,21 +414,21 @@ impl Lease {
 
     /// The Redis key of the lock (`singleton:lock:daily-email`).
     pub fn key(&self) -> &str {
-        &self.held.key
+        self.held.claim.key()
     }
 
     /// This acquisition's token, the value of the key on the nodes: 128 random bits as 32 hex
     /// digits, a space, and the holder id ([`Config::holder_id`](crate::Config::holder_id)).
     /// Unique to this acquisition, usable as an idempotency key downstream.
     pub fn token(&self) -> &str {
-        &self.held.token
+        self.held.claim.token()
     }
 
     /// With fencing on ([`Options::fencing`](crate::Options::fencing)): a number larger than that of every earlier
     /// holder of this key, to pass to the storage the job writes to, which can then refuse
     /// writes from a holder whose lease ran out while it was paused. `None` without fencing.
     pub fn fencing_token(&self) -> Option<u64> {
-        self.held.fencing_token
+        self.held.fencing_token.map(NonZeroU64::get)
     }
 
     /// How much longer the lock is safe to rely on: what was left of the ttl after taking (or
@@ -502,7 +498,7 @@ impl Lease {
         }
         // Cancelled while this waits for its turn, the lease is still held, and `Drop` gives it
         // back in the background.
-        let releasing = start_release(&self.nodes, &self.held.key, &self.held.token, keep).await;
+        let releasing = start_release(&self.nodes, &self.held.claim, keep).await;
         // From here on, a cancelled release is finished by its round (see `round::Round`).
         self.holding = false;
         releasing
@@ -512,8 +508,8 @@ impl Lease {
     }
 
     /// The key and the token, for a round that checks the lock is still ours.
-    pub(crate) fn key_and_token(&self) -> (&Arc<str>, &Arc<str>) {
-        (&self.held.key, &self.held.token)
+    pub(crate) fn claim(&self) -> &Claim {
+        &self.held.claim
     }
 
     /// What a body running under this lease sees of it.
@@ -546,7 +542,7 @@ impl Lease {
 
     pub(crate) fn lost_error(&self, reason: LostReason, body_finished: bool) -> Error {
         Error::LeaseLost {
-            key: self.held.key.to_string(),
+            key: self.held.claim.key().to_owned(),
             reason,
             after: self.held_for(),
             body_finished,
@@ -566,8 +562,7 @@ impl Drop for Lease {
             self.register.remove(entry);
         }
         let held = self.held.clone();
-        let (key, token) = (held.key.clone(), held.token.clone());
-        release_in_background(&self.nodes, key, token, async move {
+        release_in_background(&self.nodes, held.claim.clone(), async move {
             held.stop_renewal();
         });
     }
@@ -576,8 +571,8 @@ impl Drop for Lease {
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("key", &self.held.key)
-            .field("token", &self.held.token)
+            .field("key", &self.held.claim.key())
+            .field("token", &self.held.claim.token())
             .field("validity", &self.validity())
             .field("lost", &self.held.check())
             .finish()

@@ -9,6 +9,7 @@
 
 mod backlog;
 mod checks;
+mod claim;
 mod clock;
 mod config;
 #[cfg(feature = "cron")]

@@ -3,7 +3,6 @@
 //! One system call each: a pool of random bytes kept in the process would be copied by a
 //! `fork`, and two processes would then hand out the same tokens.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Error;
@@ -19,13 +18,10 @@ fn fill(bytes: &mut [u8]) -> Result<(), Error> {
 
 /// A fresh lock token: 32 hex digits, a space, and `holder_id`, so that whoever reads the key
 /// can tell who holds it (the random part alone makes it unique).
-pub(crate) fn token(holder_id: &str) -> Result<Arc<str>, Error> {
+pub(crate) fn token(holder_id: &str) -> Result<String, Error> {
     let mut bytes = [0u8; TOKEN_BYTES];
     fill(&mut bytes)?;
-    Ok(Arc::from(format!(
-        "{:032x} {holder_id}",
-        u128::from_be_bytes(bytes)
-    )))
+    Ok(format!("{:032x} {holder_id}", u128::from_be_bytes(bytes)))
 }
 
 /// The holder id in a lock's value written by [`token`]; `None` for a value that is not a

@@ -17,11 +17,13 @@
 //! quorum on the caller's own task.
 
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
+use crate::claim::Claim;
 use crate::clock::drift_allowance;
 use crate::node::{LeaseToExtend, NodeError, Renewed};
 use crate::nodes::Nodes;
@@ -81,12 +83,11 @@ pub(crate) enum Acquired<T = Taken> {
 
 /// What an acquisition that took the lock knows of it.
 pub(crate) struct Taken {
-    pub(crate) key: Arc<str>,
-    pub(crate) token: Arc<str>,
+    pub(crate) claim: Claim,
     pub(crate) ttl: Duration,
     pub(crate) acquired_at: Instant,
     pub(crate) valid_until: Instant,
-    pub(crate) fencing_token: Option<u64>,
+    pub(crate) fencing_token: Option<NonZeroU64>,
     /// Steps of the nodes' clocks, watched from before the first vote: a step seen once a node
     /// granted us counts.
     pub(crate) clock_jumps: Option<watch::Receiver<u64>>,
@@ -119,7 +120,6 @@ pub(crate) async fn acquire(
     ttl: Duration,
     retries: &SplitVoteRetries,
 ) -> Result<Acquired, Error> {
-    let key: Arc<str> = Arc::from(key);
     let fence_key = fence_key.map(Arc::<str>::from);
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     let first_started = Instant::now();
@@ -134,20 +134,20 @@ pub(crate) async fn acquire(
         ),
     };
     for attempt_number in 1..=SPLIT_VOTE_ATTEMPTS {
-        let token = random::token(nodes.holder_id())?;
+        let claim = Claim::new(key, &random::token(nodes.holder_id())?);
         // Before the clock starts: a burst of calls waits here, not on the nodes.
         let turn = nodes.turn().await;
         nodes.open_connections().await;
         let started = Instant::now();
         let clock_jumps = nodes.clock_jumps();
-        let mut attempt = Attempt::start(nodes, &key, fence_key.as_ref(), &token, ttl);
+        let mut attempt = Attempt::start(nodes, &claim, fence_key.as_ref(), ttl);
         let (mut tally, highest_fence) = attempt.vote().await;
 
         if tally.agreed() {
             tally.record_on_span();
             let fence = match &fence_key {
                 None => Ok(None),
-                Some(fence_key) => raise_fence(nodes, &key, fence_key, &token, highest_fence)
+                Some(fence_key) => raise_fence(nodes, &claim, fence_key, highest_fence)
                     .await
                     .map(Some),
             };
@@ -157,7 +157,7 @@ pub(crate) async fn acquire(
                 (fence, _) => {
                     attempt.give_back(&tally).await;
                     return Err(fence.err().unwrap_or(Error::Expired {
-                        key: key.to_string(),
+                        key: key.to_owned(),
                         elapsed: took,
                         ttl,
                     }));
@@ -166,8 +166,7 @@ pub(crate) async fn acquire(
             attempt.keep();
             tracing::Span::current().record("validity_ms", left.as_millis() as u64);
             return Ok(Acquired::Taken(Taken {
-                key,
-                token,
+                claim,
                 ttl,
                 acquired_at: started,
                 valid_until: started + took + left,
@@ -189,7 +188,7 @@ pub(crate) async fn acquire(
             if tally.answered() >= nodes.quorum() {
                 return Ok(Acquired::Busy);
             }
-            return Err(tally.no_quorum(&key, nodes).into_error());
+            return Err(tally.no_quorum(key, nodes).into_error());
         }
         drop(turn);
         window = window.max(started.elapsed()).min(widest_window);
@@ -225,29 +224,29 @@ pub(crate) async fn acquire(
 /// a restart without persistence (see `Options::fencing`).
 async fn raise_fence(
     nodes: &Arc<Nodes>,
-    key: &Arc<str>,
+    claim: &Claim,
     fence_key: &Arc<str>,
-    token: &Arc<str>,
     highest: u64,
-) -> Result<u64, Error> {
+) -> Result<NonZeroU64, Error> {
     let now_micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let Some(next) = highest.checked_add(1) else {
+    let Some(next) = highest.checked_add(1).and_then(NonZeroU64::new) else {
         return Err(Error::Internal(format!(
             "the fencing counter `{fence_key}` is at the largest 64-bit number; no larger token \
              exists. Delete the counter only once every store that checks the tokens has been \
              reset too"
         )));
     };
-    let fence = next.max(now_micros);
+    let fence = NonZeroU64::new(now_micros).map_or(next, |now| next.max(now));
     let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
-        let (key, fence_key, token) = (key.clone(), fence_key.clone(), token.clone());
+        let (claim, fence_key) = (claim.clone(), fence_key.clone());
         async move {
-            let raised = nodes
-                .node(node)
-                .raise_fence(&key, &fence_key, &token, fence);
+            let raised =
+                nodes
+                    .node(node)
+                    .raise_fence(claim.key(), &fence_key, claim.token(), fence.get());
             raised.await
         }
     });
@@ -275,23 +274,23 @@ pub(crate) fn validity(ttl: Duration, elapsed: Duration, drift_factor: f64) -> O
 /// behind that would make the next caller skip for a ttl; a node that failed or gave no answer
 /// gets the release too, queued on its connection after our `SET`, without the wait (it would
 /// only add a node timeout: such a node answers nothing now, and runs both in order later).
-async fn give_back(nodes: &Arc<Nodes>, key: &Arc<str>, token: &Arc<str>, tally: &Tally) {
+async fn give_back(nodes: &Arc<Nodes>, claim: &Claim, tally: &Tally) {
     let maybe_ours = tally.maybe_yes();
     if maybe_ours.is_empty() {
         return;
     }
     let mut granted: Vec<usize> = tally.voted(Vote::Yes).collect();
-    let mut round = release_round(nodes, key, token, maybe_ours, Duration::ZERO);
+    let mut round = release_round(nodes, claim, maybe_ours, Duration::ZERO);
     while !granted.is_empty() {
         let Some((node, answer)) = round.next().await else {
             break;
         };
         granted.retain(|&waiting| waiting != node);
         if let Err(err) = answer {
-            release_failed(key, &nodes.node(node).failure(&err));
+            release_failed(claim.key(), &nodes.node(node).failure(&err));
         }
     }
-    detach_release(round, nodes, key);
+    detach_release(round, nodes, claim);
 }
 
 /// What an attempt to extend a lease found.
@@ -438,28 +437,22 @@ fn ours(renewed: Renewed) -> Vote {
 /// node that fails keeps our key until its ttl runs out, which is logged, never retried.
 pub(crate) async fn release(
     nodes: &Arc<Nodes>,
-    key: &Arc<str>,
-    token: &Arc<str>,
+    claim: &Claim,
     keep: Duration,
 ) -> Result<(), NoQuorum> {
-    start_release(nodes, key, token, keep).await.finish().await
+    start_release(nodes, claim, keep).await.finish().await
 }
 
 /// The first half of [`release`]: waits for a turn (see `Nodes::turn`), then queues the release
 /// on every node's connection before it returns, so that a caller cancelled after this still
 /// releases (the round finishes in the background).
-pub(crate) async fn start_release(
-    nodes: &Arc<Nodes>,
-    key: &Arc<str>,
-    token: &Arc<str>,
-    keep: Duration,
-) -> Releasing {
+pub(crate) async fn start_release(nodes: &Arc<Nodes>, claim: &Claim, keep: Duration) -> Releasing {
     let turn = nodes.turn().await;
-    let mut round = release_round(nodes, key, token, 0..nodes.len(), keep);
+    let mut round = release_round(nodes, claim, 0..nodes.len(), keep);
     round.send();
     Releasing {
         nodes: nodes.clone(),
-        key: key.clone(),
+        claim: claim.clone(),
         round,
         _turn: turn,
     }
@@ -468,7 +461,7 @@ pub(crate) async fn start_release(
 /// A release sent (see [`start_release`]), its answers still to count.
 pub(crate) struct Releasing {
     nodes: Arc<Nodes>,
-    key: Arc<str>,
+    claim: Claim,
     round: Round<bool>,
     _turn: OwnedSemaphorePermit,
 }
@@ -476,19 +469,19 @@ pub(crate) struct Releasing {
 impl Releasing {
     /// Waits until a quorum answered (the lock is free), or no more answers can come.
     pub(crate) async fn finish(mut self) -> Result<(), NoQuorum> {
-        let (nodes, key) = (&self.nodes, &self.key);
+        let (nodes, claim) = (&self.nodes, &self.claim);
         let mut tally = Tally::new(nodes);
         self.round
             .count(&mut tally, yes_if_answered, Tally::decided)
             .await;
         for failure in tally.failures() {
-            release_failed(key, failure);
+            release_failed(claim.key(), failure);
         }
-        detach_release(self.round, nodes, key);
+        detach_release(self.round, nodes, claim);
         if tally.agreed() {
             return Ok(());
         }
-        Err(tally.no_quorum(key, nodes))
+        Err(tally.no_quorum(claim.key(), nodes))
     }
 }
 
@@ -501,8 +494,7 @@ impl Releasing {
 /// more try, on a fresh connection (driven by the crate's own runtime).
 pub(crate) fn release_in_background(
     nodes: &Arc<Nodes>,
-    key: Arc<str>,
-    token: Arc<str>,
+    claim: Claim,
     first: impl Future<Output = ()> + Send + 'static,
 ) {
     let nodes_of = nodes.clone();
@@ -510,21 +502,21 @@ pub(crate) fn release_in_background(
         let nodes = nodes_of;
         first.await;
         let mut broken = Vec::new();
-        let mut round = release_round(&nodes, &key, &token, 0..nodes.len(), Duration::ZERO);
+        let mut round = release_round(&nodes, &claim, 0..nodes.len(), Duration::ZERO);
         while let Some((node, answer)) = round.next().await {
             match answer {
                 Ok(_) => {}
                 Err(NodeError::Redis(err)) if err.is_connection_dropped() || err.is_io_error() => {
                     broken.push(node);
                 }
-                Err(err) => release_failed(&key, &nodes.node(node).failure(&err)),
+                Err(err) => release_failed(claim.key(), &nodes.node(node).failure(&err)),
             }
         }
         if !broken.is_empty() {
-            let mut retry = release_round(&nodes, &key, &token, broken, Duration::ZERO);
+            let mut retry = release_round(&nodes, &claim, broken, Duration::ZERO);
             while let Some((node, answer)) = retry.next().await {
                 if let Err(err) = answer {
-                    release_failed(&key, &nodes.node(node).failure(&err));
+                    release_failed(claim.key(), &nodes.node(node).failure(&err));
                 }
             }
         }
@@ -534,24 +526,26 @@ pub(crate) fn release_in_background(
 /// The compare-and-expire script for each of `which`.
 fn release_round(
     nodes: &Arc<Nodes>,
-    key: &Arc<str>,
-    token: &Arc<str>,
+    claim: &Claim,
     which: impl IntoIterator<Item = usize>,
     keep: Duration,
 ) -> Round<bool> {
     Round::start(nodes, which, |nodes, node| {
-        let (key, token) = (key.clone(), token.clone());
-        async move { nodes.node(node).release(&key, &token, keep).await }
+        let claim = claim.clone();
+        async move {
+            let released = nodes.node(node).release(claim.key(), claim.token(), keep);
+            released.await
+        }
     })
 }
 
 /// Leaves a release's slower nodes to the background, logging those that fail.
-fn detach_release(round: Round<bool>, nodes: &Arc<Nodes>, key: &Arc<str>) {
-    let (nodes, key) = (nodes.clone(), key.clone());
+fn detach_release(round: Round<bool>, nodes: &Arc<Nodes>, claim: &Claim) {
+    let (nodes, claim) = (nodes.clone(), claim.clone());
     round.detach_with(move |late| async move {
         for (node, answer) in late {
             if let Err(err) = answer {
-                release_failed(&key, &nodes.node(node).failure(&err));
+                release_failed(claim.key(), &nodes.node(node).failure(&err));
             }
         }
     });

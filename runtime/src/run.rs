@@ -241,14 +241,8 @@ impl Runtime {
             {
                 // Written only where the lock is still ours, while renewal goes on; then the lease
                 // is checked again, so that `Ran` means the period was marked under the lock.
-                let (lock_key, token) = lease.key_and_token();
-                let marking = Box::pin(slot::mark_done(
-                    self.nodes(),
-                    marker,
-                    lock_key,
-                    token,
-                    period,
-                ));
+                let marking =
+                    Box::pin(slot::mark_done(self.nodes(), marker, lease.claim(), period));
                 let marked = tokio::select! {
                     marked = marking => marked,
                     never = &mut renewal => match never {},

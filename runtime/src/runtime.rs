@@ -352,7 +352,7 @@ impl Runtime {
         let releases = held.iter().map(|held| async move {
             // No extension still on its way may put the key back after the release.
             held.stop_renewal();
-            release(nodes, held.key(), held.token(), Duration::ZERO).await
+            release(nodes, held.claim(), Duration::ZERO).await
         });
         let released =
             crate::driver::timeout(nodes.crate_thread(), timeout, join_all(releases)).await;
@@ -469,7 +469,7 @@ async fn lose_unrenewed_leases_on_clock_jumps(
         };
         for held in runtime.register.held().iter().filter(|held| !held.renews()) {
             tracing::warn!(
-                key = &**held.key(),
+                key = held.claim().key(),
                 "lease lost: a node's clock stepped forward, and nothing renews this lease to \
                  confirm it on the other nodes"
             );

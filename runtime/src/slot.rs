@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
+use crate::claim::Claim;
 use crate::node::millis;
 use crate::nodes::Nodes;
 use crate::round::{Round, Tally, Vote};
@@ -148,24 +149,24 @@ pub(crate) enum NotMarked {
 }
 
 /// Writes the done marker `marker` for `period` (its value: the run's token) on every node where
-/// the lock `lock_key` still holds `token`, in one step with that check, so that a holder whose
-/// lease ran out cannot mark a period it no longer owns. Fails unless a quorum stored it.
+/// the lock that `claim` names still holds its token, in one step with that check, so that a
+/// holder whose lease ran out cannot mark a period it no longer owns. Fails unless a quorum
+/// stored it.
 pub(crate) async fn mark_done(
     nodes: &Arc<Nodes>,
     marker: &str,
-    lock_key: &Arc<str>,
-    token: &Arc<str>,
+    claim: &Claim,
     period: &Period,
 ) -> Result<(), NotMarked> {
     let expiry = period.marker_expiry();
     let marker = Arc::<str>::from(marker);
     nodes.open_connections().await;
     let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
-        let (lock_key, token, marker) = (lock_key.clone(), token.clone(), marker.clone());
+        let (claim, marker) = (claim.clone(), marker.clone());
         async move {
             let marking = nodes
                 .node(node)
-                .mark_done(&lock_key, &token, &marker, expiry);
+                .mark_done(claim.key(), claim.token(), &marker, expiry);
             marking.await
         }
     });

@@ -34,19 +34,19 @@ pub struct LeaseInfo {
 impl LeaseInfo {
     /// The Redis key, with the runtime's prefix.
     pub fn key(&self) -> &str {
-        &self.held.key
+        self.held.claim.key()
     }
 
     /// This acquisition's token (see [`Lease::token`](crate::Lease::token)): 32 random hex digits, a space and the
     /// holder id; unique to this run, usable as an idempotency key downstream.
     pub fn token(&self) -> &str {
-        &self.held.token
+        self.held.claim.token()
     }
 
     /// With `fencing = true`: a number larger than that of every earlier holder of this key
     /// (see [`Lease::fencing_token`](crate::Lease::fencing_token)); `None` without fencing.
     pub fn fencing_token(&self) -> Option<u64> {
-        self.held.fencing_token
+        self.held.fencing_token.map(std::num::NonZeroU64::get)
     }
 
     /// How much longer the lock is safe to rely on, renewals included; zero once lost or
@@ -81,8 +81,8 @@ impl LeaseInfo {
 impl fmt::Debug for LeaseInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeaseInfo")
-            .field("key", &self.held.key)
-            .field("token", &self.held.token)
+            .field("key", &self.held.claim.key())
+            .field("token", &self.held.claim.token())
             .field("validity", &self.validity())
             .field("lost", &self.held.check())
             .finish()

@@ -342,17 +342,17 @@ fn settle(
             }
             Extension::Gone => {
                 tracing::warn!(
-                    key = &*held.key,
+                    key = held.claim.key(),
                     "lease lost: a majority of nodes no longer holds our token"
                 );
                 held.lose(LostReason::TakenOver);
             }
             Extension::Undecided(no_quorum) if renewing.after_a_clock_jump => {
-                tracing::warn!(key = &*held.key, error = %no_quorum, "lease lost: a node's clock stepped forward, and the other nodes did not confirm the lease");
+                tracing::warn!(key = held.claim.key(), error = %no_quorum, "lease lost: a node's clock stepped forward, and the other nodes did not confirm the lease");
                 held.lose(LostReason::ClockJumped);
             }
             Extension::Undecided(no_quorum) => {
-                tracing::debug!(key = &*held.key, error = %no_quorum, "renewal failed; retrying while the lease lasts");
+                tracing::debug!(key = held.claim.key(), error = %no_quorum, "renewal failed; retrying while the lease lasts");
                 again.push((
                     Instant::now() + held.ttl / RENEW_RETRY_TTL_DIVISOR,
                     renewing,

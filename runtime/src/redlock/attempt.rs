@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{give_back, release_in_background};
+use crate::claim::Claim;
 use crate::nodes::Nodes;
 use crate::round::{Round, Tally, Vote};
 
@@ -12,8 +13,7 @@ use crate::round::{Round, Tally, Vote};
 /// it took must not wait for its ttl.
 pub(super) struct Attempt {
     nodes: Arc<Nodes>,
-    key: Arc<str>,
-    token: Arc<str>,
+    claim: Claim,
     round: Option<Round<Option<u64>>>,
 }
 
@@ -22,31 +22,27 @@ impl Attempt {
     /// fencing counter).
     pub(super) fn start(
         nodes: &Arc<Nodes>,
-        key: &Arc<str>,
+        claim: &Claim,
         fence_key: Option<&Arc<str>>,
-        token: &Arc<str>,
         ttl: Duration,
     ) -> Attempt {
         let round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
-            let (key, token, fence_key) = (key.clone(), token.clone(), fence_key.cloned());
+            let (claim, fence_key) = (claim.clone(), fence_key.cloned());
             async move {
                 let node = nodes.node(node);
+                let (key, token) = (claim.key(), claim.token());
                 match fence_key {
                     None => node
-                        .set_nx(&key, &token, ttl)
+                        .set_nx(key, token, ttl)
                         .await
                         .map(|granted| granted.then_some(0)),
-                    Some(fence_key) => {
-                        node.set_nx_reading_fence(&key, &fence_key, &token, ttl)
-                            .await
-                    }
+                    Some(fence_key) => node.set_nx_reading_fence(key, &fence_key, token, ttl).await,
                 }
             }
         });
         Attempt {
             nodes: nodes.clone(),
-            key: key.clone(),
-            token: token.clone(),
+            claim: claim.clone(),
             round: Some(round),
         }
     }
@@ -94,7 +90,7 @@ impl Attempt {
         if let Some(round) = self.round.take() {
             round.abandon();
         }
-        give_back(&self.nodes, &self.key, &self.token, tally).await;
+        give_back(&self.nodes, &self.claim, tally).await;
     }
 }
 
@@ -105,7 +101,6 @@ impl Drop for Attempt {
         };
         round.abandon();
         // Every node: which SETs landed is unknown.
-        let (key, token) = (self.key.clone(), self.token.clone());
-        release_in_background(&self.nodes, key, token, async {});
+        release_in_background(&self.nodes, self.claim.clone(), async {});
     }
 }
