@@ -100,3 +100,94 @@ async fn a_lease_past_its_last_max_hold_extension_is_lost_when_a_clock_steps() {
         valid_until.saturating_duration_since(lost_at)
     );
 }
+
+/// Runs a body that blocks its thread from its first poll (so the renewal future beside it is
+/// never polled) while node 2 goes down and node 1's clock steps forward; a vote of a probe on
+/// the same runtime reads node 1's clock, so the runtime has seen the step before the body ends.
+async fn blocking_body_through_a_step(renew: bool) -> Result<(), Error> {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap());
+    until_nodes_vote(&runtime, TTL).await;
+    let in_body = cluster.clone();
+    let probe = runtime.clone();
+    let result = runtime
+        .run_with(
+            "review3-blocking-step",
+            Options::new(TTL).renew(renew),
+            async move {
+                let key = lease().unwrap().key().to_owned();
+                let started = Instant::now();
+                {
+                    let mut cluster = in_body.lock().unwrap();
+                    cluster.kill(2).unwrap();
+                    cluster.step_clock(1, STEP_MS).unwrap();
+                }
+                // Node 1 applies the step at its next clock read: its copy expires.
+                loop {
+                    let mut node_1 = in_body.lock().unwrap().connection(1).unwrap();
+                    let exists: bool = redis::cmd("EXISTS").arg(&key).query(&mut node_1).unwrap();
+                    if !exists {
+                        break;
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(1), "node 1 stepped");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // A vote reads node 1's clock: the runtime sees the step now.
+                let probed = std::thread::spawn(move || {
+                    common::block_on(async move { probe.lock("review3-probe", TTL).await })
+                })
+                .join()
+                .unwrap();
+                assert!(
+                    !matches!(probed, Ok(Some(_))),
+                    "node 1's vote was refused after its step, node 2 is down: {probed:?}"
+                );
+                assert!(
+                    started.elapsed() < TTL / 2,
+                    "the body ended well within the validity"
+                );
+            },
+            |_| true,
+        )
+        .await;
+    println!("renew {renew}: {result:?}");
+    result.map(|_| ())
+}
+
+/// Control: with renewal off, the step seen while the body blocked makes the call fail for it
+/// (`lose_unrenewed_leases_on_clock_jumps`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_body_without_renewal_through_a_step_is_lost() {
+    let result = blocking_body_through_a_step(false).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "expected ClockJumped, got {result:?}"
+    );
+}
+
+/// Review (renews set before the lease is queued): `Lease::renewal` sets `renews` when the call
+/// builds the renewal future, but the lease enters the renewal queue only when that future is
+/// first polled. A body that blocks from its first poll keeps it out of the queue; a step seen
+/// meanwhile is checked by neither renewal (not queued) nor
+/// `lose_unrenewed_leases_on_clock_jumps` (it "renews"), and the call says `Ran` where the same
+/// body with renewal off is lost for the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_body_with_renewal_through_a_step_is_lost() {
+    let result = blocking_body_through_a_step(true).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "a step seen before renewal queued the lease was never checked: {result:?}"
+    );
+}
