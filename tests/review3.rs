@@ -6,10 +6,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster_singleton::runtime::{Config, Options, Runtime};
+use futures_util::future::join_all;
+
+use cluster_singleton::runtime::{Config, OnLost, Options, Runtime};
 use cluster_singleton::{lease, Error, LostReason};
 use cluster_singleton_testkit::Cluster;
-use common::{eventually, until_nodes_vote, NODE_TIMEOUT};
+use common::{eventually, fresh_nodes, until_nodes_vote, NODE_TIMEOUT};
 
 /// The ttl of every lock here, and the longest ttl of the fleet (the restart grace).
 const TTL: Duration = Duration::from_secs(4);
@@ -190,4 +192,88 @@ async fn a_blocking_body_with_renewal_through_a_step_is_lost() {
         ),
         "a step seen before renewal queued the lease was never checked: {result:?}"
     );
+}
+
+/// How late past the end of the validity the lost signal may fire: a timer's wake-up on a loaded
+/// 2-core machine.
+const SIGNAL_SLACK: Duration = Duration::from_millis(100);
+
+/// Review (96cd88a lazy deadline entries, 0df6809/81f3932 `last` and keeps per batch): leases of
+/// one batch with `max_hold`s from one ttl to 2.5 ttls, each waited on from its first poll (so
+/// its deadline entry is the first deadline, left behind by every extension, and re-entered by
+/// the deadlines' task). Each is lost for `max_hold`, never later than the last deadline its body
+/// saw, never past `acquired_at + max_hold`, and no deadline it saw lies past that either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_hold_leases_waited_on_from_the_start_are_lost_by_their_last_deadline() {
+    let cluster = Cluster::builder().nodes(3).start().unwrap();
+    let runtime = fresh_nodes(&cluster)
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .unwrap();
+    let ttl = Duration::from_millis(600);
+    let calls = (0..16u32).map(|i| {
+        let runtime = runtime.clone();
+        let max_hold = ttl + Duration::from_millis(100) * i;
+        async move {
+            let seen = Mutex::new((Instant::now(), None::<Instant>));
+            let body_started = Mutex::new(None::<Instant>);
+            let result = runtime
+                .run_with(
+                    &format!("review3-max-hold-{i}"),
+                    Options::new(ttl)
+                        .max_hold(max_hold)
+                        .on_lost(OnLost::Continue),
+                    async {
+                        *body_started.lock().unwrap() = Some(Instant::now());
+                        let lease = lease().unwrap();
+                        let lost = lease.lost();
+                        tokio::pin!(lost);
+                        let end = Instant::now() + max_hold + ttl * 2;
+                        loop {
+                            let until = Instant::now() + lease.validity();
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                seen.0 = seen.0.max(until);
+                            }
+                            tokio::select! {
+                                _ = &mut lost => {
+                                    seen.lock().unwrap().1 = Some(Instant::now());
+                                    return;
+                                }
+                                () = tokio::time::sleep(Duration::from_millis(2)) => {}
+                            }
+                            assert!(Instant::now() < end, "lease {i} was never lost");
+                        }
+                    },
+                    |_| true,
+                )
+                .await;
+            let body_started = body_started.lock().unwrap().expect("the body ran");
+            let (valid_until, lost_at) = *seen.lock().unwrap();
+            let lost_at = lost_at.expect("the loss was heard");
+            let Err(Error::LeaseLost { reason, after, .. }) = result else {
+                panic!("lease {i}: expected a lost lease, got {result:?}");
+            };
+            assert_eq!(reason, LostReason::MaxHold, "lease {i}");
+            assert!(
+                lost_at <= valid_until + SIGNAL_SLACK,
+                "lease {i}: lost {:?} after the last deadline it saw",
+                lost_at - valid_until
+            );
+            // Taken before the body started: `acquired_at + max_hold` is no later than this.
+            assert!(
+                valid_until <= body_started + max_hold,
+                "lease {i}: a deadline {:?} past max_hold",
+                valid_until - (body_started + max_hold)
+            );
+            assert!(
+                after <= max_hold + SIGNAL_SLACK * 2,
+                "lease {i}: lost {after:?} after it was taken, max_hold {max_hold:?}"
+            );
+            (max_hold, lost_at - body_started)
+        }
+    });
+    for (max_hold, lost_after) in join_all(calls).await {
+        println!("max_hold {max_hold:?}: lost {lost_after:?} into the body");
+    }
 }
