@@ -277,3 +277,84 @@ async fn max_hold_leases_waited_on_from_the_start_are_lost_by_their_last_deadlin
         println!("max_hold {max_hold:?}: lost {lost_after:?} into the body");
     }
 }
+
+/// Review (b3500b2 stale places, settle's retry): the call ends while its lease's renewal round
+/// is in flight and about to come back undecided (node 1 answered, nodes 0 and 2 answer only
+/// after the node timeout). Stopping finds no place in the queue; the round then settles as
+/// "undecided", whose retry would queue the lease again a tenth of a ttl later: it must not, or
+/// an extension (which puts an absent key back) would follow the release. The key stays gone
+/// from every node, and no script runs for it any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ending_while_its_round_comes_back_undecided_is_never_retried() {
+    const LATE: Duration = Duration::from_millis(400);
+    let ttl = Duration::from_millis(1_500);
+    let cluster = Cluster::builder().nodes(3).proxied(true).start().unwrap();
+    let runtime = common::runtime_for(&cluster);
+    // The release's script is loaded on every node first: a node that lacks it answers the
+    // release "NOSCRIPT", and a release past the node timeout is not sent again (its copy then
+    // expires with the ttl, as `Lease::release` says), which is not what this test is about.
+    let warm_up = runtime.lock("review3-warm-up", ttl).await.unwrap().unwrap();
+    warm_up.release().await.unwrap();
+    let key = "singleton:lock:review3-undecided";
+    let pttl = |i: usize| -> i64 {
+        let mut connection = cluster.connection(i).unwrap();
+        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
+    };
+    let scripts = |i: usize| -> u64 {
+        let mut connection = cluster.connection(i).unwrap();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut connection)
+            .unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    };
+    for round in 0..3 {
+        let outcome = runtime
+            .run("review3-undecided", ttl, async {
+                for i in [0, 2] {
+                    cluster.proxy(i).set_latency(LATE);
+                }
+                // Until a renewal reaches node 1; the other nodes' answers come after the node
+                // timeout, so the round will settle as undecided after the call ended.
+                let start = Instant::now();
+                let mut last = pttl(1);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let now = pttl(1);
+                    if now > last + 200 {
+                        break;
+                    }
+                    last = now;
+                    assert!(start.elapsed() < ttl, "no renewal reached node 1");
+                }
+            })
+            .await;
+        // The release reached node 1 only in time: the call ran (the release's failure to reach
+        // a quorum is a warning).
+        assert!(
+            matches!(outcome, Ok(cluster_singleton::Outcome::Ran(()))),
+            "round {round}: {outcome:?}"
+        );
+        // Everything sent so far (the round, the release) lands on nodes 0 and 2 after `LATE`.
+        for i in [0, 2] {
+            cluster.proxy(i).set_latency(Duration::ZERO);
+        }
+        assert!(
+            eventually(LATE * 3, || (0..3).all(|i| pttl(i) == -2)).await,
+            "round {round}: the release reached every node: {:?}",
+            (0..3).map(pttl).collect::<Vec<_>>()
+        );
+        let before: Vec<u64> = (0..3).map(scripts).collect();
+        // Past a retry (a tenth of the ttl after the round settled) and a renewal period.
+        tokio::time::sleep(ttl).await;
+        for i in 0..3 {
+            assert_eq!(pttl(i), -2, "round {round}: the key came back on node {i}");
+        }
+        let after: Vec<u64> = (0..3).map(scripts).collect();
+        assert_eq!(before, after, "round {round}: scripts ran after the call");
+    }
+}
