@@ -310,8 +310,14 @@ pub(crate) enum Extension {
 /// in one round (one script call per node; see [`Extending::finish`] for what it found). The
 /// round's commands are queued before this returns (see [`Round::send`]): a release sent after
 /// this reaches each node after the extension, which could otherwise put a released key back.
-pub(crate) fn start_extending(nodes: &Arc<Nodes>, leases: &[LeaseToExtend<'_>]) -> Extending {
-    let started = Instant::now();
+///
+/// Each validity counts from `started`, which must be no later than when each lease's `keep`
+/// was worked out: a `keep` that ends at `max_hold` then yields a validity that does too.
+pub(crate) fn start_extending(
+    nodes: &Arc<Nodes>,
+    leases: &[LeaseToExtend<'_>],
+    started: Instant,
+) -> Extending {
     let mut round = Round::start(nodes, 0..nodes.len(), |nodes, node| {
         let call = nodes.node(node).extension_call(leases);
         async move { nodes.node(node).extend_each(call?).await }

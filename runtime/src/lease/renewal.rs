@@ -86,17 +86,38 @@ impl Renewer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `held` for renewal at `due`, and starts the task if it does not run.
+    /// Takes `held` into renewal's care: queues it for its first renewal, a third of the ttl
+    /// after it was taken, or at once if a node's clock stepped since its first vote (which
+    /// `clock_jumps`, watched from before then, tells); and starts the task if it does not run.
+    ///
+    /// From here until it leaves renewal, a step of a node's clock is renewal's to check for the
+    /// lease (`renews` says so to the runtime's own check of steps, which loses the leases that
+    /// nothing renews). All of this under the queue's lock, where the task handles a step too: a
+    /// step either comes before and makes the lease due now, or after and finds it queued.
     fn add(
         self: &Arc<Self>,
         nodes: &Arc<Nodes>,
         held: Arc<Held>,
         hold_until: Option<Instant>,
-        due: Instant,
-        jumped: bool,
+        clock_jumps: Option<watch::Receiver<u64>>,
     ) {
-        let start = {
+        let task_clock_jumps = {
             let mut queue = self.queue();
+            // Its release has begun: renewal no longer touches it.
+            if held.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            // The task's own watch, made before the step below is looked for: a step after
+            // that is one the task handles.
+            let start = !std::mem::replace(&mut queue.working, true);
+            let task_clock_jumps = start.then(|| nodes.clock_jumps());
+            held.renews.store(true, Ordering::SeqCst);
+            let jumped = clock_jumps.is_some_and(|jumps| jumps.has_changed().unwrap_or(false));
+            let due = if jumped {
+                Instant::now()
+            } else {
+                held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR
+            };
             queue.insert(
                 due,
                 Renewing {
@@ -106,14 +127,10 @@ impl Renewer {
                     last: false,
                 },
             );
-            !std::mem::replace(&mut queue.working, true)
+            task_clock_jumps
         };
-        if start {
-            let work = work(
-                Arc::downgrade(self),
-                Arc::downgrade(nodes),
-                nodes.clock_jumps(),
-            );
+        if let Some(clock_jumps) = task_clock_jumps {
+            let work = work(Arc::downgrade(self), Arc::downgrade(nodes), clock_jumps);
             drop(nodes.crate_thread().spawn(work));
         }
         self.added.notify_one();
@@ -140,7 +157,8 @@ impl Renewer {
         if held.stopped.load(Ordering::SeqCst) {
             return None;
         }
-        Some(start_extending(nodes, &[held.to_extend_by(held.ttl)]))
+        let extension = held.to_extend_by(held.ttl);
+        Some(start_extending(nodes, &[extension], Instant::now()))
     }
 }
 
@@ -204,16 +222,9 @@ impl Lease {
         let hold_until = options.max_hold.map(|max_hold| held.acquired_at + max_hold);
         // Watched from before the lock was taken: a step seen before renewal begins counts too.
         let clock_jumps = self.clock_jumps.clone();
-        held.renews.store(renew, Ordering::SeqCst);
         async move {
             if renew {
-                let jumped = clock_jumps.is_some_and(|jumps| jumps.has_changed().unwrap_or(false));
-                let due = if jumped {
-                    Instant::now()
-                } else {
-                    held.acquired_at + held.ttl / RENEW_AFTER_TTL_DIVISOR
-                };
-                renewer.add(&nodes, held.clone(), hold_until, due, jumped);
+                renewer.add(&nodes, held.clone(), hold_until, clock_jumps);
                 let _stop = StopRenewalOnDrop(renewer, held);
                 std::future::pending::<()>().await;
             }
@@ -292,7 +303,7 @@ async fn work(
                 continue;
             }
             // Queued on the connections before the lock is let go (see the module's docs).
-            let extending = start_extending(&nodes, &to_extend(&batch));
+            let extending = start_extending(&nodes, &to_extend(&batch), now);
             (batch, extending, steps)
         };
         let started = extending.started();
@@ -317,7 +328,7 @@ fn to_extend(batch: &[(Renewing, Duration)]) -> Vec<LeaseToExtend<'_>> {
 /// Applies each lease's extension, and queues those that go on: a third of the ttl after the
 /// round began, or, when too few nodes answered, a tenth of the ttl from now. The deadline itself
 /// is kept by [`Held`], not here: an extension still waiting for answers cannot make the loss
-/// late.
+/// late. A lease whose last extension (at its `max_hold`) was confirmed leaves renewal's care.
 fn settle(
     renewer: &Renewer,
     batch: Vec<(Renewing, Duration)>,
@@ -326,6 +337,7 @@ fn settle(
     steps: &StepsSince,
 ) {
     let mut again = Vec::new();
+    let mut leaving = Vec::new();
     for ((mut renewing, _), extension) in batch.into_iter().zip(extensions) {
         let (held, last) = (&renewing.held, renewing.last);
         match extension {
@@ -335,6 +347,7 @@ fn settle(
                 }
                 if last {
                     held.if_it_runs_out(LostReason::MaxHold);
+                    leaving.push(renewing);
                     continue;
                 }
                 renewing.after_a_clock_jump = false;
@@ -360,14 +373,28 @@ fn settle(
             }
         }
     }
-    if again.is_empty() {
+    if again.is_empty() && leaving.is_empty() {
         return;
     }
     let mut queue = renewer.queue();
-    // A step seen while the round was out passed these leases by, out of the queue: each is
-    // confirmed at once, as the queued ones are. (Read under the queue's lock: a step seen after
-    // this finds them queued.)
+    // Valid until their last deadline, with no round left to confirm them: from now on a step is
+    // the runtime's to check, which loses every lease that nothing renews. Cleared before the
+    // steps are read below, so that a step either comes before and is found here, or after and
+    // finds these leases unrenewed.
+    for renewing in &leaving {
+        renewing.held.renews.store(false, Ordering::SeqCst);
+    }
+    // A step seen while the round was out passed these leases by, out of the queue: each going
+    // on is confirmed at once, as the queued ones are, and each leaving is lost. (Read under the
+    // queue's lock: a step seen after this finds the others queued.)
     let stepped = steps.seen();
+    if stepped {
+        for renewing in leaving {
+            let held = &renewing.held;
+            tracing::warn!(key = held.claim.key(), "lease lost: a node's clock stepped forward after its last renewal was sent, and no renewal is left to confirm it");
+            held.lose(LostReason::ClockJumped);
+        }
+    }
     let now = Instant::now();
     for (due, mut renewing) in again {
         if stepped {
