@@ -104,3 +104,38 @@ async fn a_body_ending_while_its_confirming_round_is_out_is_not_ran() {
         "a step seen while the body ran, never confirmed by renewal, ended in {result:?}"
     );
 }
+
+/// Review (manual `Lease::extend` on a lease of `Runtime::lock`, which nothing renews): once the
+/// runtime has seen a node's clock step, the lease is lost for it, and a manual extension, which
+/// the two other nodes would confirm, does not bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_extension_after_a_step_does_not_bring_the_lease_back() {
+    let mut cluster = steppable_cluster();
+    let runtime = machine(&cluster);
+    until_nodes_vote(&runtime, TTL).await;
+    let mut held = runtime
+        .lock("review4-manual", TTL)
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    cluster.step_clock(1, STEP_MS).unwrap();
+    // A vote reads node 1's clock: the runtime sees the step.
+    let probed = runtime.lock("review4-manual-probe", TTL).await;
+    println!("probe: {probed:?}");
+    let started = Instant::now();
+    while held.validity() > Duration::ZERO && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(held.validity(), Duration::ZERO, "the step lost the lease");
+    let extended = held.extend().await;
+    assert!(
+        matches!(
+            extended,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "a manual extension after the step: {extended:?}"
+    );
+}
