@@ -68,6 +68,11 @@ struct State {
     watched: Option<deadlines::Entry>,
     /// Its place in the renewal queue, while it is queued there.
     queued: Option<renewal::Place>,
+    /// How many steps of the nodes' clocks had been seen when the lease was last confirmed on
+    /// a quorum (by its acquisition, or by a renewal round sent after them), in the count's low
+    /// bits (compared only for equality: the count moves by one per step). A step seen since
+    /// may have expired its key early on the stepped node: see [`Lease::lost`].
+    steps_confirmed: u32,
 }
 
 /// The lease ended: released, or its call is over.
@@ -163,12 +168,17 @@ impl Held {
     }
 
     /// Moves the deadline to `until`, if the lease is still valid now: an extension whose
-    /// quorum answered only after the deadline does not bring a lost lease back. Returns
-    /// whether it did.
-    fn extend_to(self: &Arc<Self>, until: Instant) -> bool {
+    /// quorum answered only after the deadline does not bring a lost lease back. With
+    /// `confirms`, the extension was sent after that many steps of the nodes' clocks had been
+    /// seen (and handled: no stepped node's answer counted), so it confirms the lease through
+    /// them. Returns whether it did.
+    fn extend_to(self: &Arc<Self>, until: Instant, confirms: Option<u64>) -> bool {
         let Some(mut state) = self.while_valid(Instant::now()) else {
             return false;
         };
+        if let Some(steps) = confirms {
+            state.steps_confirmed = steps as u32;
+        }
         state.until = until;
         state.if_it_runs_out = LostReason::Expired;
         // An entry may come before the deadline (its task then enters the lease again at the
@@ -390,6 +400,7 @@ impl Lease {
                 ended: false,
                 watched: None,
                 queued: None,
+                steps_confirmed: taken.steps_seen as u32,
             }),
             lost_now: Notify::new(),
             deadlines: deadlines.clone(),
@@ -462,7 +473,7 @@ impl Lease {
         };
         let mut extensions = extending.finish(&[held.to_extend_by(held.ttl)]).await;
         match extensions.pop().expect("one extension per lease") {
-            Extension::Extended { valid_until } if held.extend_to(valid_until) => Ok(()),
+            Extension::Extended { valid_until } if held.extend_to(valid_until, None) => Ok(()),
             Extension::Extended { .. } => {
                 let reason = held.check().unwrap_or(LostReason::Expired);
                 Err(self.lost_error(reason, false))
@@ -519,8 +530,18 @@ impl Lease {
         }
     }
 
-    /// Why the lease is lost, if it is: marked lost, or past its deadline (see [`Held::check`]).
+    /// Why the lease is lost, if it is: marked lost, or past its deadline (see [`Held::check`]),
+    /// or a node's clock was seen to step since the lease was last confirmed. Renewal confirms
+    /// a lease after a step on the other nodes, or loses it; until it has, the lease cannot be
+    /// relied on (its key may have expired early on the stepped node, and the others may not
+    /// make a quorum), so a call that ends meanwhile does not count its body as run under it.
     pub(crate) fn lost(&self) -> Option<LostReason> {
+        if let Some(jumps) = &self.clock_jumps {
+            let seen = *jumps.borrow() as u32;
+            if self.held.state().steps_confirmed != seen {
+                self.held.lose(LostReason::ClockJumped);
+            }
+        }
         self.held.check()
     }
 

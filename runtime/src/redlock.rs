@@ -91,6 +91,9 @@ pub(crate) struct Taken {
     /// Steps of the nodes' clocks, watched from before the first vote: a step seen once a node
     /// granted us counts.
     pub(crate) clock_jumps: Option<watch::Receiver<u64>>,
+    /// How many steps had been seen by then: the lock's votes came from nodes not stepped by
+    /// any of them.
+    pub(crate) steps_seen: u64,
 }
 
 /// Tries to take `key` for `ttl` on a quorum of the nodes; with `fence_key`, also fixes the
@@ -140,6 +143,7 @@ pub(crate) async fn acquire(
         nodes.open_connections().await;
         let started = Instant::now();
         let clock_jumps = nodes.clock_jumps();
+        let steps_seen = clock_jumps.as_ref().map_or(0, |jumps| *jumps.borrow());
         let mut attempt = Attempt::start(nodes, &claim, fence_key.as_ref(), ttl);
         let (mut tally, highest_fence) = attempt.vote().await;
 
@@ -172,6 +176,7 @@ pub(crate) async fn acquire(
                 valid_until: started + took + left,
                 fencing_token,
                 clock_jumps,
+                steps_seen,
             }));
         }
 

@@ -342,7 +342,9 @@ fn settle(
         let (held, last) = (&renewing.held, renewing.last);
         match extension {
             Extension::Extended { valid_until } => {
-                if !held.extend_to(valid_until) {
+                // Sent after the steps seen at the take, each handled by then (see
+                // `StepsSince`): the nodes that stepped gave no answer to it.
+                if !held.extend_to(valid_until, steps.confirms()) {
                     continue;
                 }
                 if last {
@@ -428,6 +430,13 @@ impl StepsSince {
             at_take,
             unhandled,
         }
+    }
+
+    /// The steps a round taken then confirms its leases through, when it is extended: those
+    /// seen by then, if each was handled (a step not yet handled may have come after the round
+    /// counted a stepped node's answer).
+    fn confirms(&self) -> Option<u64> {
+        (self.jumps.is_some() && !self.unhandled).then_some(self.at_take)
     }
 
     fn seen(&self) -> bool {
