@@ -631,3 +631,274 @@ async fn a_step_seen_while_the_leases_round_is_in_flight_is_checked_too() {
         "a step seen while the lease's round was in flight never had the lease checked"
     );
 }
+
+/// Review (0df6809, `last`): a lease with `max_hold` whose last, shortened extension has been
+/// confirmed is no longer in the renewal queue, yet `renews()` is still true. A node's clock then
+/// steps forward (node 2 down, so the other nodes cannot confirm the lease): renewal does not
+/// check it (it is not queued, so `all_due_after_a_clock_jump` never sees it), and
+/// `lose_unrenewed_leases_on_clock_jumps` skips it (it "renews"). README Safety 3 promises the
+/// holder's lease is lost right after the step, "renewed or not", as
+/// `a_lease_is_checked_at_once_when_a_clock_steps` shows for a lease without `max_hold`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_past_its_last_max_hold_extension_is_lost_when_a_clock_steps() {
+    let cluster = steppable_cluster();
+    let runtime = machine(&cluster, true);
+    until_nodes_vote(&runtime, TTL).await;
+    let seen: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let seen_in_body = seen.clone();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let in_body = cluster.clone();
+    // The first renewal (at a third of the ttl) is already the last: it extends by what is left
+    // of `max_hold` (about 3.7 s), less than a ttl.
+    let options = Options::new(TTL).max_hold(TTL + Duration::from_secs(1));
+    let result = runtime
+        .run_with(
+            "max-hold-step",
+            options,
+            async move {
+                let lease = lease().unwrap();
+                let first_until = Instant::now() + lease.validity();
+                // The last extension settled: the validity moved past the first one.
+                assert!(
+                    eventually(TTL, || {
+                        Instant::now() + lease.validity() > first_until + Duration::from_millis(500)
+                    })
+                    .await,
+                    "the last extension was confirmed"
+                );
+                let valid_until = Instant::now() + lease.validity();
+                {
+                    let mut cluster = in_body.lock().unwrap();
+                    cluster.kill(2).unwrap();
+                    cluster.step_clock(1, STEP_MS).unwrap();
+                }
+                *seen_in_body.lock().unwrap() = Some((Instant::now(), valid_until));
+                lease.lost().await
+            },
+            |_| true,
+        )
+        .await;
+    let lost_at = Instant::now();
+    let (stepped_at, valid_until) = seen.lock().unwrap().expect("the body ran");
+    println!(
+        "lost {:?} after the step, {:?} before the validity would have ended: {result:?}",
+        lost_at - stepped_at,
+        valid_until.saturating_duration_since(lost_at)
+    );
+    let Err(Error::LeaseLost { reason, .. }) = result else {
+        panic!("expected a lost lease, got {result:?}");
+    };
+    assert_eq!(
+        reason,
+        LostReason::ClockJumped,
+        "a step after the lease's last (max_hold) extension was never checked for it"
+    );
+    assert!(
+        lost_at + Duration::from_secs(1) < valid_until,
+        "the lease was lost only {:?} before its validity ended",
+        valid_until.saturating_duration_since(lost_at)
+    );
+}
+
+/// Runs a body that blocks its thread from its first poll (so the renewal future beside it is
+/// never polled) while node 2 goes down and node 1's clock steps forward; a vote of a probe on
+/// the same runtime reads node 1's clock, so the runtime has seen the step before the body ends.
+async fn blocking_body_through_a_step(renew: bool) -> Result<(), Error> {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap(), true);
+    until_nodes_vote(&runtime, TTL).await;
+    let in_body = cluster.clone();
+    let probe = runtime.clone();
+    let result = runtime
+        .run_with(
+            "blocking-step",
+            Options::new(TTL).renew(renew),
+            async move {
+                let key = lease().unwrap().key().to_owned();
+                let started = Instant::now();
+                {
+                    let mut cluster = in_body.lock().unwrap();
+                    cluster.kill(2).unwrap();
+                    cluster.step_clock(1, STEP_MS).unwrap();
+                }
+                // Node 1 applies the step at its next clock read: its copy expires.
+                loop {
+                    let mut node_1 = in_body.lock().unwrap().connection(1).unwrap();
+                    let exists: bool = redis::cmd("EXISTS").arg(&key).query(&mut node_1).unwrap();
+                    if !exists {
+                        break;
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(1), "node 1 stepped");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // A vote reads node 1's clock: the runtime sees the step now.
+                let probed = std::thread::spawn(move || {
+                    common::block_on(async move { probe.lock("probe", TTL).await })
+                })
+                .join()
+                .unwrap();
+                assert!(
+                    !matches!(probed, Ok(Some(_))),
+                    "node 1's vote was refused after its step, node 2 is down: {probed:?}"
+                );
+                // The runtime checks its leases on a step in a task of its own: given time to,
+                // still without an await (which would poll the renewal beside this body).
+                let lease = lease().unwrap();
+                let seen = Instant::now();
+                while lease.lost_reason().is_none() && seen.elapsed() < Duration::from_secs(1) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert!(
+                    started.elapsed() < TTL / 2,
+                    "the body ended well within the validity"
+                );
+            },
+            |_| true,
+        )
+        .await;
+    println!("renew {renew}: {result:?}");
+    result.map(|_| ())
+}
+
+/// Control: with renewal off, the step seen while the body blocked makes the call fail for it
+/// (`lose_unrenewed_leases_on_clock_jumps`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_body_without_renewal_through_a_step_is_lost() {
+    let result = blocking_body_through_a_step(false).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "expected ClockJumped, got {result:?}"
+    );
+}
+
+/// Review (renews set before the lease is queued): `Lease::renewal` sets `renews` when the call
+/// builds the renewal future, but the lease enters the renewal queue only when that future is
+/// first polled. A body that blocks from its first poll keeps it out of the queue; a step seen
+/// meanwhile is checked by neither renewal (not queued) nor
+/// `lose_unrenewed_leases_on_clock_jumps` (it "renews"), and the call says `Ran` where the same
+/// body with renewal off is lost for the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_body_with_renewal_through_a_step_is_lost() {
+    let result = blocking_body_through_a_step(true).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "a step seen before renewal queued the lease was never checked: {result:?}"
+    );
+}
+
+/// Review (e6fca49, `Renewer::stop` racing the round that confirms a lease after a step): node 2
+/// is frozen and node 1's clock steps forward while a renewed lease's body runs. The runtime sees
+/// the step (a lease of `Runtime::lock` on the same runtime, which nothing renews, is lost for
+/// it), and renewal sends the lease's confirming round, which waits for frozen node 2 (one node
+/// timeout) and can only come back undecided (node 1 stepped): the lease is to be lost for
+/// `ClockJumped`. The body ends as soon as the step was seen, while that round is out. The
+/// call's last check (`lease.lost()` in run.rs) finds the lease neither lost nor confirmed, and
+/// `stop` then takes it out of renewal's care: the step is never answered for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_ending_while_its_confirming_round_is_out_is_not_ran() {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap(), true);
+    until_nodes_vote(&runtime, TTL).await;
+    // Not renewed: the runtime's own check of steps loses it as soon as it sees one.
+    let canary = runtime
+        .lock("canary", TTL)
+        .await
+        .unwrap()
+        .expect("the canary lock is free");
+    let in_body = cluster.clone();
+    let probe = runtime.clone();
+    let seen: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let seen_in_body = seen.clone();
+    let result = runtime
+        .run_with(
+            "stop-vs-round",
+            Options::new(TTL),
+            async move {
+                // Lets the renewal beside this body queue the lease.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let started = Instant::now();
+                {
+                    let mut cluster = in_body.lock().unwrap();
+                    cluster.freeze(2).unwrap();
+                    cluster.step_clock(1, STEP_MS).unwrap();
+                }
+                // A vote reads node 1's clock (the runtime's once-a-second check would too).
+                let probing = tokio::spawn(async move { probe.lock("probe", TTL).await.is_ok() });
+                while canary.validity() > Duration::ZERO
+                    && started.elapsed() < Duration::from_secs(3)
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                *seen_in_body.lock().unwrap() =
+                    (canary.validity() == Duration::ZERO).then(|| started.elapsed());
+                probing.abort();
+                assert!(
+                    lease().unwrap().validity() > TTL / 4,
+                    "the body ends well within the validity"
+                );
+            },
+            |_| true,
+        )
+        .await;
+    cluster.lock().unwrap().resume(2).unwrap();
+    let seen = *seen.lock().unwrap();
+    println!("step seen after {seen:?}: {result:?}");
+    assert!(seen.is_some(), "the runtime saw the step");
+    assert!(
+        matches!(
+            result,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "a step seen while the body ran, never confirmed by renewal, ended in {result:?}"
+    );
+}
+
+/// Review (manual `Lease::extend` on a lease of `Runtime::lock`, which nothing renews): once the
+/// runtime has seen a node's clock step, the lease is lost for it, and a manual extension, which
+/// the two other nodes would confirm, does not bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_extension_after_a_step_does_not_bring_the_lease_back() {
+    let mut cluster = steppable_cluster();
+    let runtime = machine(&cluster, true);
+    until_nodes_vote(&runtime, TTL).await;
+    let mut held = runtime
+        .lock("manual", TTL)
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    cluster.step_clock(1, STEP_MS).unwrap();
+    // A vote reads node 1's clock: the runtime sees the step.
+    let probed = runtime.lock("manual-probe", TTL).await;
+    println!("probe: {probed:?}");
+    let started = Instant::now();
+    while held.validity() > Duration::ZERO && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(held.validity(), Duration::ZERO, "the step lost the lease");
+    let extended = held.extend().await;
+    assert!(
+        matches!(
+            extended,
+            Err(Error::LeaseLost {
+                reason: LostReason::ClockJumped,
+                ..
+            })
+        ),
+        "a manual extension after the step: {extended:?}"
+    );
+}
