@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use cluster_singleton::runtime::{Config, Options, Runtime};
-use cluster_singleton::{lease, Error, Lease, LostReason};
+use cluster_singleton::{lease, Error, Lease, LeaseInfo, LostReason};
 use cluster_singleton_testkit::Cluster;
 use common::{eventually, lose_copy_on_node_2, until_nodes_vote, NODE_TIMEOUT, PROMPTLY};
 
@@ -411,44 +411,90 @@ async fn a_lease_is_checked_at_once_when_a_clock_steps() {
     let cluster = steppable_cluster();
     let runtime = machine(&cluster, true);
     until_nodes_vote(&runtime, TTL).await;
-    let stepped_at: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
-    let seen = stepped_at.clone();
+    let stepped =
+        step_under_a_held_lease(cluster, &runtime, KEY, Options::new(TTL), |_| async {}).await;
+    stepped.assert_lost_for_the_step("");
+}
+
+/// What [`step_under_a_held_lease`] saw.
+struct SteppedUnderALease<T> {
+    result: Result<cluster_singleton::Outcome<T>, Error>,
+    stepped_at: Instant,
+    /// When the lease's validity would have ended, as it stood at the step.
+    valid_until: Instant,
+    lost_at: Instant,
+}
+
+impl<T: std::fmt::Debug> SteppedUnderALease<T> {
+    /// The lease was lost for the step, well before its validity would have ended.
+    fn assert_lost_for_the_step(&self, why: &str) {
+        let Self {
+            result,
+            stepped_at,
+            valid_until,
+            lost_at,
+        } = self;
+        println!(
+            "lost {:?} after the step, {:?} before the validity would have ended",
+            *lost_at - *stepped_at,
+            valid_until.saturating_duration_since(*lost_at)
+        );
+        let Err(Error::LeaseLost { reason, .. }) = result else {
+            panic!("expected a lost lease, got {result:?}");
+        };
+        assert_eq!(*reason, LostReason::ClockJumped, "{why}");
+        assert!(
+            *lost_at + Duration::from_secs(1) < *valid_until,
+            "the lease was lost only {:?} before its validity ended",
+            valid_until.saturating_duration_since(*lost_at)
+        );
+    }
+}
+
+/// Runs a call on `key` whose body, once `ready` is done with the lease, takes node 2 down and
+/// steps node 1's clock forward (so that the other nodes cannot confirm the lease), then waits
+/// until the lease is lost.
+async fn step_under_a_held_lease<F>(
+    cluster: Cluster,
+    runtime: &Runtime,
+    key: &str,
+    options: Options,
+    ready: impl FnOnce(LeaseInfo) -> F,
+) -> SteppedUnderALease<LostReason>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let seen: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
+    let seen_in_body = seen.clone();
     let cluster = Arc::new(Mutex::new(cluster));
     let in_body = cluster.clone();
     let result = runtime
         .run_with(
-            KEY,
-            Options::new(TTL),
+            key,
+            options,
             async move {
                 let lease = lease().unwrap();
+                ready(lease.clone()).await;
                 let valid_until = Instant::now() + lease.validity();
                 {
                     let mut cluster = in_body.lock().unwrap();
                     cluster.kill(2).unwrap();
                     cluster.step_clock(1, STEP_MS).unwrap();
                 }
-                *seen.lock().unwrap() = Some((Instant::now(), valid_until));
+                *seen_in_body.lock().unwrap() = Some((Instant::now(), valid_until));
                 lease.lost().await
             },
             |_| true,
         )
         .await;
     let lost_at = Instant::now();
-    let (stepped_at, valid_until) = stepped_at.lock().unwrap().expect("the body ran");
-    let Err(Error::LeaseLost { reason, .. }) = result else {
-        panic!("expected a lost lease, got {result:?}");
-    };
-    assert_eq!(reason, LostReason::ClockJumped);
-    println!(
-        "lost {:?} after the step, {:?} before the validity would have ended",
-        lost_at - stepped_at,
-        valid_until.saturating_duration_since(lost_at)
-    );
-    assert!(
-        lost_at + Duration::from_secs(1) < valid_until,
-        "the lease was lost only {:?} before its validity ended",
-        valid_until.saturating_duration_since(lost_at)
-    );
+    let (stepped_at, valid_until) = seen.lock().unwrap().expect("the body ran");
+    SteppedUnderALease {
+        result,
+        stepped_at,
+        valid_until,
+        lost_at,
+    }
 }
 
 /// With renewal off, nothing asks the other nodes to confirm the lease after the step: the
@@ -644,59 +690,30 @@ async fn a_lease_past_its_last_max_hold_extension_is_lost_when_a_clock_steps() {
     let cluster = steppable_cluster();
     let runtime = machine(&cluster, true);
     until_nodes_vote(&runtime, TTL).await;
-    let seen: Arc<Mutex<Option<(Instant, Instant)>>> = Arc::default();
-    let seen_in_body = seen.clone();
-    let cluster = Arc::new(Mutex::new(cluster));
-    let in_body = cluster.clone();
     // The first renewal (at a third of the ttl) is already the last: it extends by what is left
     // of `max_hold` (about 3.7 s), less than a ttl.
     let options = Options::new(TTL).max_hold(TTL + Duration::from_secs(1));
-    let result = runtime
-        .run_with(
-            "max-hold-step",
-            options,
-            async move {
-                let lease = lease().unwrap();
-                let first_until = Instant::now() + lease.validity();
-                // The last extension settled: the validity moved past the first one.
-                assert!(
-                    eventually(TTL, || {
-                        Instant::now() + lease.validity() > first_until + Duration::from_millis(500)
-                    })
-                    .await,
-                    "the last extension was confirmed"
-                );
-                let valid_until = Instant::now() + lease.validity();
-                {
-                    let mut cluster = in_body.lock().unwrap();
-                    cluster.kill(2).unwrap();
-                    cluster.step_clock(1, STEP_MS).unwrap();
-                }
-                *seen_in_body.lock().unwrap() = Some((Instant::now(), valid_until));
-                lease.lost().await
-            },
-            |_| true,
-        )
-        .await;
-    let lost_at = Instant::now();
-    let (stepped_at, valid_until) = seen.lock().unwrap().expect("the body ran");
-    println!(
-        "lost {:?} after the step, {:?} before the validity would have ended: {result:?}",
-        lost_at - stepped_at,
-        valid_until.saturating_duration_since(lost_at)
-    );
-    let Err(Error::LeaseLost { reason, .. }) = result else {
-        panic!("expected a lost lease, got {result:?}");
+    let last_extension_settled = |lease: LeaseInfo| async move {
+        let first_until = Instant::now() + lease.validity();
+        // The validity moved past the first one.
+        assert!(
+            eventually(TTL, || {
+                Instant::now() + lease.validity() > first_until + Duration::from_millis(500)
+            })
+            .await,
+            "the last extension was confirmed"
+        );
     };
-    assert_eq!(
-        reason,
-        LostReason::ClockJumped,
-        "a step after the lease's last (max_hold) extension was never checked for it"
-    );
-    assert!(
-        lost_at + Duration::from_secs(1) < valid_until,
-        "the lease was lost only {:?} before its validity ended",
-        valid_until.saturating_duration_since(lost_at)
+    let stepped = step_under_a_held_lease(
+        cluster,
+        &runtime,
+        "max-hold-step",
+        options,
+        last_extension_settled,
+    )
+    .await;
+    stepped.assert_lost_for_the_step(
+        "a step after the lease's last (max_hold) extension was never checked for it",
     );
 }
 
