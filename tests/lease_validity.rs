@@ -434,36 +434,6 @@ async fn a_waiter_first_polled_after_the_deadline_resolves_at_once() {
     }
 }
 
-/// For a body: waits on its lease's loss for at most `for_at_most`, noting in `seen` every
-/// `every` the latest deadline its validity gave, and when the loss was heard.
-async fn watch_the_deadline(
-    seen: &Mutex<(Instant, Option<Instant>)>,
-    every: Duration,
-    for_at_most: Duration,
-) {
-    let lease = lease().unwrap();
-    let lost = lease.lost();
-    tokio::pin!(lost);
-    let end = Instant::now() + for_at_most;
-    loop {
-        let until = Instant::now() + lease.validity();
-        {
-            let mut seen = seen.lock().unwrap();
-            seen.0 = seen.0.max(until);
-        }
-        tokio::select! {
-            _ = &mut lost => {
-                seen.lock().unwrap().1 = Some(Instant::now());
-                return;
-            }
-            () = tokio::time::sleep(every) => {}
-        }
-        if Instant::now() >= end {
-            return;
-        }
-    }
-}
-
 /// Renewals whose answers land about when the lease's deadline passes: the keeper may pop the
 /// lease's entry while an extension moves it. Either the extension came in time (and the lease
 /// goes on), or the lease is lost at the last deadline it had: never later, and never before a
@@ -489,7 +459,8 @@ async fn the_lost_signal_is_exact_when_renewals_answer_at_the_deadline() {
                     for proxy in proxies {
                         proxy.set_latency(Duration::from_millis(latency_ms));
                     }
-                    watch_the_deadline(&seen_in_body, Duration::from_millis(2), ttl * 4).await;
+                    common::watch_the_deadline(&seen_in_body, Duration::from_millis(2), ttl * 4)
+                        .await;
                 },
                 |_| true,
             )
@@ -549,7 +520,8 @@ async fn many_waiters_entered_at_different_times_each_hear_their_own_deadline() 
                     async move {
                         tokio::time::sleep(Duration::from_millis(i * 29)).await;
                         let every = Duration::from_millis(3);
-                        watch_the_deadline(&seen_in_body, every, Duration::from_secs(4)).await;
+                        common::watch_the_deadline(&seen_in_body, every, Duration::from_secs(4))
+                            .await;
                     },
                     |_| true,
                 )

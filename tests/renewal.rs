@@ -568,22 +568,8 @@ async fn a_call_ending_while_its_round_is_in_flight_is_never_renewed_again() {
         .unwrap();
     let runtime = common::runtime_for(&cluster);
     let key = "singleton:lock:in-flight";
-    let pttl = |i: usize| -> i64 {
-        let mut connection = cluster.connection(i).unwrap();
-        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
-    };
-    let scripts = |i: usize| -> u64 {
-        let mut connection = cluster.connection(i).unwrap();
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut connection)
-            .unwrap();
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().unwrap())
-    };
+    let pttl = |i: usize| common::pttl(&cluster, i, key);
+    let scripts = |i: usize| common::calls_on(&cluster, i, "evalsha");
     for round in 0..5 {
         cluster.proxy(0).set_latency(Duration::from_millis(70));
         let outcome = runtime

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use cluster_singleton::runtime::{OnLost, Options};
-use cluster_singleton::{lease, Error, LostReason};
+use cluster_singleton::{Error, LostReason};
 use cluster_singleton_testkit::Cluster;
-use common::{eventually, fresh_nodes, NODE_TIMEOUT};
+use common::{eventually, fresh_nodes, watch_the_deadline, NODE_TIMEOUT};
 
 /// How late past the end of the validity the lost signal may fire: a timer's wake-up on a loaded
 /// 2-core machine.
@@ -44,32 +44,15 @@ async fn max_hold_leases_waited_on_from_the_start_are_lost_by_their_last_deadlin
                         .on_lost(OnLost::Continue),
                     async {
                         *body_started.lock().unwrap() = Some(Instant::now());
-                        let lease = lease().unwrap();
-                        let lost = lease.lost();
-                        tokio::pin!(lost);
-                        let end = Instant::now() + max_hold + ttl * 2;
-                        loop {
-                            let until = Instant::now() + lease.validity();
-                            {
-                                let mut seen = seen.lock().unwrap();
-                                seen.0 = seen.0.max(until);
-                            }
-                            tokio::select! {
-                                _ = &mut lost => {
-                                    seen.lock().unwrap().1 = Some(Instant::now());
-                                    return;
-                                }
-                                () = tokio::time::sleep(Duration::from_millis(2)) => {}
-                            }
-                            assert!(Instant::now() < end, "lease {i} was never lost");
-                        }
+                        let for_at_most = max_hold + ttl * 2;
+                        watch_the_deadline(&seen, Duration::from_millis(2), for_at_most).await;
                     },
                     |_| true,
                 )
                 .await;
             let body_started = body_started.lock().unwrap().expect("the body ran");
             let (valid_until, lost_at) = *seen.lock().unwrap();
-            let lost_at = lost_at.expect("the loss was heard");
+            let lost_at = lost_at.unwrap_or_else(|| panic!("lease {i} was never lost"));
             let Err(Error::LeaseLost { reason, after, .. }) = result else {
                 panic!("lease {i}: expected a lost lease, got {result:?}");
             };
@@ -115,22 +98,8 @@ async fn a_call_ending_while_its_round_comes_back_undecided_is_never_retried() {
     let warm_up = runtime.lock("warm-up", ttl).await.unwrap().unwrap();
     warm_up.release().await.unwrap();
     let key = "singleton:lock:undecided";
-    let pttl = |i: usize| -> i64 {
-        let mut connection = cluster.connection(i).unwrap();
-        redis::cmd("PTTL").arg(key).query(&mut connection).unwrap()
-    };
-    let scripts = |i: usize| -> u64 {
-        let mut connection = cluster.connection(i).unwrap();
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut connection)
-            .unwrap();
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().unwrap())
-    };
+    let pttl = |i: usize| common::pttl(&cluster, i, key);
+    let scripts = |i: usize| common::calls_on(&cluster, i, "evalsha");
     for round in 0..3 {
         let outcome = runtime
             .run("undecided", ttl, async {

@@ -18,6 +18,31 @@ pub const PROMPTLY: Duration = Duration::from_secs(1);
 /// How often polling looks again.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 
+/// How many times node `i` of `cluster` has run `command` (lower case, as `INFO commandstats`
+/// names it; `evalsha` counts the scripts).
+pub fn calls_on(cluster: &Cluster, i: usize, command: &str) -> u64 {
+    let mut connection = cluster.connection(i).expect("connect to node");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connection)
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
+/// What is left of `key`'s ttl on node `i` of `cluster`, in milliseconds (`-2`: no such key).
+pub fn pttl(cluster: &Cluster, i: usize, key: &str) -> i64 {
+    let mut connection = cluster.connection(i).expect("connect to node");
+    redis::cmd("PTTL")
+        .arg(key)
+        .query(&mut connection)
+        .expect("PTTL")
+}
+
 /// `n` real redis-server nodes and a runtime that locks on them.
 pub struct Nodes {
     pub cluster: Cluster,
@@ -75,17 +100,7 @@ impl Nodes {
 
     /// How many times node `i` has run `command` (lower case, as `INFO commandstats` names it).
     pub fn calls(&self, i: usize, command: &str) -> u64 {
-        let mut connection = self.cluster.connection(i).expect("connect to node");
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut connection)
-            .expect("INFO commandstats");
-        let prefix = format!("cmdstat_{command}:calls=");
-        stats
-            .lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().expect("a count"))
+        calls_on(&self.cluster, i, command)
     }
 
     /// Sets `key` to `value` on every node, as another holder would.
@@ -181,4 +196,34 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .build()
         .expect("a tokio runtime")
         .block_on(future)
+}
+
+/// For a body: waits on its lease's loss for at most `for_at_most`, noting in `seen` every
+/// `every` the latest deadline its validity gave, and when the loss was heard.
+pub async fn watch_the_deadline(
+    seen: &std::sync::Mutex<(Instant, Option<Instant>)>,
+    every: Duration,
+    for_at_most: Duration,
+) {
+    let lease = cluster_singleton::lease().expect("called in a body");
+    let lost = lease.lost();
+    tokio::pin!(lost);
+    let end = Instant::now() + for_at_most;
+    loop {
+        let until = Instant::now() + lease.validity();
+        {
+            let mut seen = seen.lock().unwrap();
+            seen.0 = seen.0.max(until);
+        }
+        tokio::select! {
+            _ = &mut lost => {
+                seen.lock().unwrap().1 = Some(Instant::now());
+                return;
+            }
+            () = tokio::time::sleep(every) => {}
+        }
+        if Instant::now() >= end {
+            return;
+        }
+    }
 }
