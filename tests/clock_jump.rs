@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use cluster_singleton::runtime::{Config, Options, Runtime};
-use cluster_singleton::{lease, Error, Lease, LeaseInfo, LostReason};
+use cluster_singleton::{lease, Error, Lease, LeaseInfo, LostReason, Outcome};
 use cluster_singleton_testkit::Cluster;
 use common::{eventually, lose_copy_on_node_2, until_nodes_vote, NODE_TIMEOUT, PROMPTLY};
 
@@ -418,7 +418,7 @@ async fn a_lease_is_checked_at_once_when_a_clock_steps() {
 
 /// What [`step_under_a_held_lease`] saw.
 struct SteppedUnderALease<T> {
-    result: Result<cluster_singleton::Outcome<T>, Error>,
+    result: Result<Outcome<T>, Error>,
     stepped_at: Instant,
     /// When the lease's validity would have ended, as it stood at the step.
     valid_until: Instant,
@@ -918,4 +918,119 @@ async fn a_manual_extension_after_a_step_does_not_bring_the_lease_back() {
         ),
         "a manual extension after the step: {extended:?}"
     );
+}
+
+/// Long enough for the runtime to see a step (a probe's vote, or its once-a-second check).
+const TO_SEE_A_STEP: Duration = Duration::from_secs(3);
+
+/// A lock of `Runtime::lock`, which nothing renews: the runtime loses it as soon as it sees a
+/// step, which tells the test that the step was seen.
+async fn canary(runtime: &Runtime, key: &str) -> Lease {
+    runtime
+        .lock(key, TTL)
+        .await
+        .unwrap()
+        .expect("the canary lock is free")
+}
+
+/// Steps node 1's clock and waits until `runtime` has seen it (a probe's vote reads node 1's
+/// clock; the canary is lost for it). Returns whether it was seen in time.
+async fn step_node_1_and_see_it(
+    cluster: &Mutex<Cluster>,
+    runtime: &Runtime,
+    canary: &Lease,
+) -> bool {
+    cluster.lock().unwrap().step_clock(1, STEP_MS).unwrap();
+    let probe = runtime.clone();
+    let probing = tokio::spawn(async move {
+        let _ = probe.lock("probe", TTL).await;
+    });
+    let seen = eventually(TO_SEE_A_STEP, || canary.validity() == Duration::ZERO).await;
+    probing.abort();
+    seen
+}
+
+/// Liveness: a renewed lease, all three nodes up; node 1's clock steps while the body runs and
+/// the runtime sees it. Renewal confirms the lease at once on nodes 0 and 2 (the validity moves
+/// on); the body ends only after that, well within the validity. The call is `Ran`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_confirmed_by_renewal_leaves_the_call_ran() {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap(), true);
+    until_nodes_vote(&runtime, TTL).await;
+    let canary = canary(&runtime, "canary").await;
+    let in_body = cluster.clone();
+    let in_body_runtime = runtime.clone();
+    let confirmed: Arc<Mutex<Option<bool>>> = Arc::default();
+    let confirmed_in_body = confirmed.clone();
+    let result = runtime
+        .run_with(
+            "confirmed",
+            Options::new(TTL),
+            async move {
+                let lease = lease().unwrap();
+                // Before the first regular renewal (a third of the ttl), far enough from the
+                // acquisition that a confirming extension visibly moves the validity.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                assert!(
+                    step_node_1_and_see_it(&in_body, &in_body_runtime, &canary).await,
+                    "the runtime saw node 1's step"
+                );
+                let before = Instant::now() + lease.validity();
+                let moved = eventually(Duration::from_secs(2), || {
+                    Instant::now() + lease.validity() > before + Duration::from_millis(300)
+                })
+                .await;
+                *confirmed_in_body.lock().unwrap() = Some(moved);
+                // Past the confirmation: give it a moment to settle fully, then end.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(lease.validity() > TTL / 2, "ends well within the validity");
+            },
+            |_| true,
+        )
+        .await;
+    println!(
+        "confirmed: {:?}, result: {result:?}",
+        *confirmed.lock().unwrap()
+    );
+    assert_eq!(
+        *confirmed.lock().unwrap(),
+        Some(true),
+        "renewal extended the lease after the step (nodes 0 and 2 answered)"
+    );
+    assert!(
+        matches!(result, Ok(Outcome::Ran(()))),
+        "a lease confirmed by renewal after the step was reported {result:?}"
+    );
+}
+
+/// Liveness: a step seen (and handled) before a call begins is confirmed by the call's own
+/// acquisition (its votes come from nodes 0 and 2; node 1 is young). With renewal off nothing
+/// else would ever confirm it, so a wrong `steps_seen` shows as a spurious `ClockJumped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_taken_after_a_step_was_seen_runs_without_renewal() {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap(), true);
+    until_nodes_vote(&runtime, TTL).await;
+    let canary = canary(&runtime, "canary").await;
+    assert!(
+        step_node_1_and_see_it(&cluster, &runtime, &canary).await,
+        "the runtime saw node 1's step"
+    );
+    for renew in [false, true] {
+        let key = format!("after-{renew}");
+        let result = runtime
+            .run_with(
+                &key,
+                Options::new(TTL).renew(renew),
+                async { tokio::time::sleep(Duration::from_millis(200)).await },
+                |_| true,
+            )
+            .await;
+        println!("renew {renew}: {result:?}");
+        assert!(
+            matches!(result, Ok(Outcome::Ran(()))),
+            "renew {renew}: a call taken after the step was seen ended in {result:?}"
+        );
+    }
 }
