@@ -1016,3 +1016,26 @@ async fn a_call_taken_after_a_step_was_seen_runs_without_renewal() {
         );
     }
 }
+
+/// One step is one step: the vote that sees node 1's clock jump makes it young and announces the
+/// step, and the once-a-second check that then finds node 1 ahead of the other nodes does not
+/// announce it again (each announcement makes every call that ends before renewal confirms it
+/// fail, cautiously). A lease of `Runtime::lock` taken after the step was seen outlives two
+/// checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_seen_by_a_vote_is_not_announced_again_by_the_check() {
+    let cluster = Arc::new(Mutex::new(steppable_cluster()));
+    let runtime = machine(&cluster.lock().unwrap(), true);
+    until_nodes_vote(&runtime, TTL).await;
+    let first = canary(&runtime, "canary").await;
+    assert!(
+        step_node_1_and_see_it(&cluster, &runtime, &first).await,
+        "the runtime saw node 1's step"
+    );
+    let second = canary(&runtime, "second-canary").await;
+    let announced_again = eventually(PAST_A_CHECK, || second.validity() == Duration::ZERO).await;
+    assert!(
+        !announced_again,
+        "the check announced the step the vote had seen"
+    );
+}

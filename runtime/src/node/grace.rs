@@ -35,7 +35,10 @@ pub(super) struct Seen {
     pub(super) started: Option<(Instant, SystemTime)>,
     /// The node's clock over time.
     pub(super) clock: ClockWatch,
-    /// Whether the node's clock was last seen ahead of the other nodes' clocks.
+    /// Whether the node's clock was last seen ahead of the other nodes' clocks, or stepped
+    /// forward since it was last seen agreeing with them: either way the node was made young
+    /// for it once, and a step is announced once, not again when the check next finds the node
+    /// ahead.
     pub(super) ahead: bool,
     /// Whether the node's clock was compared with the other nodes' clocks yet (see
     /// [`Node::take_clock_reading`]).
@@ -287,6 +290,7 @@ impl Node {
                 );
                 telemetry::clock_jumped(&self.name, "forward");
                 jump = Some(seen.young_from_a_jump(by));
+                seen.ahead = true;
             }
             ClockMove::SteppedBack(by) => {
                 tracing::warn!(
