@@ -328,9 +328,9 @@ per second of it (100 %: one core saturated); memory per lease: resident size on
 was held and renewed once, minus before the first was taken, per lease (the harness's own task \
 per lease included); allocated per lease: the same for the bytes the allocator handed out and \
 was not given back (glibc's `mallinfo2`): the live data alone, without the allocator's free \
-memory and other pages the process touched; node commands per lease per second: lock commands the nodes ran over the window \
-(`INFO commandstats`, summed over nodes, commands inside scripts included), per lease and \
-second; lost: leases lost before the window ended (the call returned early, as it does when \
+memory and other pages the process touched; node commands per lease per second: lock commands \
+the nodes ran over the window (`INFO commandstats`, summed over nodes, commands inside scripts \
+included), per lease and second; lost: leases lost before the window ended (the call returned early, as it does when \
 its lease is lost); errors: calls that did not return `Ok(Ran)` once the window ended.\n";
 
 const LEGEND: &str = "ops/s: lock+release cycles per second (busy attempts per second in the \
