@@ -2,12 +2,15 @@
 
 use std::future::Future;
 
+use futures_util::future::Either;
+
 use crate::{Error, Outcome};
 
 pub use crate::{OnLost, Options};
 
 /// Runs `body` under the lock on `key`, as `options` say, with the runtime in scope for this
-/// task, else the global one. `succeeded` judges the body's output: only a success keeps the key
+/// task when this is called (the generated `async fn` calls it once polled), else the global
+/// one. `succeeded` judges the body's output: only a success keeps the key
 /// for `min_hold` or writes the done marker of a `slot` period or a cron tick.
 pub fn run_with<'a, F, S>(
     key: &'a str,
@@ -19,12 +22,14 @@ where
     F: Future + 'a,
     S: FnOnce(&F::Output) -> bool + 'a,
 {
-    // Boxed before any future holds it (see `Runtime::run_with`).
+    // Boxed before any future holds it, and the runtime found before the call's future is made,
+    // so that the future keeps each argument once (see `Runtime::run_boxed`).
     let body = Box::pin(body);
-    async move {
-        crate::Runtime::current()?
-            .run_boxed(key, options, body, succeeded)
-            .await
+    match crate::Runtime::current() {
+        Ok(runtime) => Either::Left(crate::Runtime::run_boxed(
+            runtime, key, options, body, succeeded,
+        )),
+        Err(err) => Either::Right(std::future::ready(Err(err))),
     }
 }
 

@@ -1,10 +1,13 @@
 //! Running a body under the lock: [`Runtime::run`] and [`Runtime::run_with`], what
 //! `#[singleton]` functions call.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::redlock::{Acquired, SplitVoteRetries};
@@ -77,83 +80,82 @@ impl Runtime {
         // Boxed before any future holds it: each future that holds a value keeps bytes of its
         // own for it for as long as it lives, and the call's futures live as long as the body
         // runs (for a lease held for hours, and for each of thousands held at once).
-        self.run_boxed(key, options, Box::pin(body), succeeded)
+        Runtime::run_boxed(self, key, options, Box::pin(body), succeeded)
     }
 
-    /// [`Runtime::run_with`], with the body already boxed.
+    /// [`Runtime::run_with`] on `runtime` (borrowed by `run_with`, owned by `#[singleton]`
+    /// functions, which find it when called), with the body already boxed.
     ///
-    /// An `async` block rather than an `async fn`: an `async fn` keeps each argument twice in its
-    /// future (as given, and as its own variable), and this future lives as long as the body runs.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its future"
-    )]
-    pub(crate) fn run_boxed<'a, F, S>(
-        &'a self,
+    /// The call's future lives as long as the body runs (for a lease held for hours, and for
+    /// each of thousands held at once), so it keeps each value once: the call is made here,
+    /// unpolled, with the arguments moved into it, rather than by a future that would keep them
+    /// too; and its span (made here, as the call is) wraps it in a boxed future of its own only
+    /// when something listens to it (entering a span on every poll costs even when nothing
+    /// listens, and a span kept in the future takes its bytes).
+    pub(crate) fn run_boxed<'a, R, F, S>(
+        runtime: R,
         key: &'a str,
         options: Options,
         body: Pin<Box<F>>,
         succeeded: S,
     ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
     where
+        R: Borrow<Runtime> + 'a,
         F: Future + 'a,
         S: FnOnce(&F::Output) -> bool + 'a,
     {
-        async move {
-            // One span per call; the votes and the validity are recorded on it by the attempt, and
-            // the body's own spans and events nest under it.
-            let span = tracing::info_span!(
-                "singleton",
-                key,
-                nodes = self.node_count(),
-                granted = tracing::field::Empty,
-                busy = tracing::field::Empty,
-                failed = tracing::field::Empty,
-                validity_ms = tracing::field::Empty,
-                held_ms = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                elapsed_ms = tracing::field::Empty,
-            );
-            let started = Instant::now();
-            let label = telemetry::key_label(self.metrics_key_label(), key, &options);
-            // Entering a span on every poll costs even when nothing listens: only when something does.
-            // (The call is made in each branch, not once before them: held in a variable, it would
-            // take its bytes twice in this future.)
-            let result = if span.is_disabled() {
-                self.run_traced(key, label, &options, body, succeeded).await
-            } else {
-                let call = self.run_traced(key, label, &options, body, succeeded);
-                call.instrument(span.clone()).await
-            };
-            let outcome = telemetry::outcome_name(&result);
-            span.record("outcome", outcome);
-            span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-            telemetry::finished(label, outcome);
-            span.in_scope(|| log_outcome(&result));
-            result
+        let this = runtime.borrow();
+        let label = telemetry::key_label(this.metrics_key_label(), key, &options);
+        // One span per call; the votes and the validity are recorded on it by the attempt, and
+        // the body's own spans and events nest under it.
+        let span = tracing::info_span!(
+            "singleton",
+            key,
+            nodes = this.node_count(),
+            granted = tracing::field::Empty,
+            busy = tracing::field::Empty,
+            failed = tracing::field::Empty,
+            validity_ms = tracing::field::Empty,
+            held_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        let call = Runtime::run_untraced(runtime, key, label, options, body, succeeded);
+        if span.is_disabled() {
+            return Either::Left(call.map(move |result| finished(label, result)));
         }
+        let started = Instant::now();
+        let traced = call.instrument(span.clone()).map(move |result| {
+            span.record("outcome", telemetry::outcome_name(&result));
+            span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+            span.in_scope(|| finished(label, result))
+        });
+        Either::Right(Box::pin(traced))
     }
 
-    /// `run_with` without its span and log event; `label` is the key as the metrics name it. (An
-    /// `async` block, as [`Runtime::run_boxed`] is.)
+    /// `run_with` without its span and log event; `label` is the key as the metrics name it. An
+    /// `async` block rather than an `async fn`: an `async fn` keeps each argument twice in its
+    /// future (as given, and as its own variable).
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future"
     )]
-    fn run_traced<'a, F, S>(
-        &'a self,
+    fn run_untraced<'a, R, F, S>(
+        runtime: R,
         key: &'a str,
         label: &'a str,
-        options: &'a Options,
+        options: Options,
         body: Pin<Box<F>>,
         succeeded: S,
     ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
     where
+        R: Borrow<Runtime> + 'a,
         F: Future + 'a,
         S: FnOnce(&F::Output) -> bool + 'a,
     {
         async move {
-            self.check_options(options)?;
+            let this: &Runtime = runtime.borrow();
+            this.check_options(&options)?;
             // The attempt's and the release's futures are boxed, and so is the done marker: the
             // call's own future, which lives as long as the body runs, then keeps only what the
             // body's run needs (a lease held for hours costs its bytes for hours, and so does each
@@ -164,9 +166,9 @@ impl Runtime {
                 // while the body runs.
                 let period_ends = slot::period_of(options.slot)?
                     .map(|period| Instant::now() + period.time_left());
-                let retries = SplitVoteRetries::new(period_ends, self.shutting_down());
+                let retries = SplitVoteRetries::new(period_ends, this.shutting_down());
                 let attempt_started = Instant::now();
-                let acquired = Box::pin(self.take(key, options, &retries)).await;
+                let acquired = Box::pin(this.take(key, &options, &retries)).await;
                 telemetry::attempted(
                     label,
                     attempt_started.elapsed(),
@@ -182,7 +184,7 @@ impl Runtime {
                 }
             };
             let done_marker = slot::period_of(options.slot)?.map(|period| {
-                let key = keys::done_marker(self.key_prefix(), key, period.index());
+                let key = keys::done_marker(this.key_prefix(), key, period.index());
                 Box::new(DoneMarker { period, key })
             });
             if let Some(DoneMarker {
@@ -190,7 +192,7 @@ impl Runtime {
                 key: marker,
             }) = done_marker.as_deref()
             {
-                if Box::pin(slot::done(self.nodes(), marker, period)).await? {
+                if Box::pin(slot::done(this.nodes(), marker, period)).await? {
                     Box::pin(lease.release()).await?;
                     return Ok(Outcome::Skipped(Skip::AlreadyDone {
                         period_start: period.start(),
@@ -204,7 +206,7 @@ impl Runtime {
             }
             // Renewal runs beside the body, and beside the done marker's write after it; it stops
             // before the release, so that it cannot extend a key we are deleting.
-            let mut renewal = std::pin::pin!(lease.renewal(options));
+            let mut renewal = std::pin::pin!(lease.renewal(&options));
             let body = lease.info().scope(body);
             let value = match options.on_lost {
                 OnLost::Cancel => {
@@ -242,7 +244,7 @@ impl Runtime {
                 // Written only where the lock is still ours, while renewal goes on; then the lease
                 // is checked again, so that `Ran` means the period was marked under the lock.
                 let marking =
-                    Box::pin(slot::mark_done(self.nodes(), marker, lease.claim(), period));
+                    Box::pin(slot::mark_done(this.nodes(), marker, lease.claim(), period));
                 let marked = tokio::select! {
                     marked = marking => marked,
                     never = &mut renewal => match never {},
@@ -275,6 +277,13 @@ impl Runtime {
             Ok(Outcome::Ran(value))
         }
     }
+}
+
+/// Logs the outcome of a call that ended with `result`, and counts it under `label`.
+fn finished<T>(label: &str, result: Result<Outcome<T>, Error>) -> Result<Outcome<T>, Error> {
+    log_outcome(&result);
+    telemetry::finished(label, telemetry::outcome_name(&result));
+    result
 }
 
 /// The one event of a call, at the level that says whether someone should look: `INFO` when the
