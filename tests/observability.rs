@@ -59,10 +59,14 @@ impl Visit for Collect<'_> {
 }
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Captured {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if attrs.metadata().name() == "singleton" {
             let mut fields = Fields::new();
             attrs.record(&mut Collect(&mut fields));
+            // The span it nests under, as `@parent`: the one in effect when it was made.
+            if let Some(parent) = ctx.span_scope(id).and_then(|mut scope| scope.nth(1)) {
+                fields.insert("@parent".to_owned(), parent.name().to_owned());
+            }
             self.spans.lock().unwrap().insert(id.into_u64(), fields);
         }
     }
@@ -126,6 +130,46 @@ async fn a_call_that_runs_leaves_a_span_with_its_votes_and_outcome() {
     let validity: u64 = field(span, "validity_ms").parse().unwrap();
     assert!(validity > 9_000 && validity <= 10_000, "{span:?}");
     assert!(field(span, "elapsed_ms").parse::<u64>().is_ok());
+}
+
+/// A call's span is made when the call is first polled, not when its future is made: under the
+/// span that instruments that future and the subscriber given to it, timed from then; and a call
+/// dropped unpolled makes none.
+#[tokio::test]
+async fn the_span_is_made_when_the_call_is_first_polled() {
+    use tracing::instrument::WithSubscriber;
+    use tracing::Instrument;
+    let global = captured();
+    let runtime = cluster_singleton::runtime::Config::new(["memory://span-at-first-poll"])
+        .build()
+        .unwrap();
+    let ttl = Duration::from_secs(10);
+
+    drop(runtime.run("span-never-polled", ttl, async {}));
+    assert_eq!(global.spans_for("span-never-polled"), Vec::<Fields>::new());
+
+    // Only this future's subscriber sees the call: a span made when the future was would have
+    // gone to the global one, with no parent, and would count the wait below.
+    let local = Captured::default();
+    let subscriber = tracing::Dispatch::new(tracing_subscriber::registry().with(local.clone()));
+    let request = tracing::dispatcher::with_default(&subscriber, || tracing::info_span!("request"));
+    let wait = Duration::from_millis(300);
+    let call = runtime.run("span-polled-later", ttl, async {});
+    tokio::time::sleep(wait).await;
+    let outcome = call
+        .instrument(request)
+        .with_subscriber(subscriber)
+        .await
+        .unwrap();
+
+    assert_eq!(outcome, Outcome::Ran(()));
+    assert_eq!(global.spans_for("span-polled-later"), Vec::<Fields>::new());
+    let spans = local.spans_for("span-polled-later");
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(field(&spans[0], "@parent"), "request");
+    assert_eq!(field(&spans[0], "outcome"), "ran");
+    let elapsed: u64 = field(&spans[0], "elapsed_ms").parse().unwrap();
+    assert!(elapsed < wait.as_millis() as u64, "{spans:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures_util::future::Either;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -83,15 +82,19 @@ impl Runtime {
         Runtime::run_boxed(self, key, options, Box::pin(body), succeeded)
     }
 
-    /// [`Runtime::run_with`] on `runtime` (borrowed by `run_with`, owned by `#[singleton]`
-    /// functions, which find it when called), with the body already boxed.
+    /// [`Runtime::run_with`] on `runtime` (borrowed by `run_with`; owned by `#[singleton]`
+    /// functions, which find it when they call this), with the body already boxed.
     ///
     /// The call's future lives as long as the body runs (for a lease held for hours, and for
-    /// each of thousands held at once), so it keeps each value once: the call is made here,
-    /// unpolled, with the arguments moved into it, rather than by a future that would keep them
-    /// too; and its span (made here, as the call is) wraps it in a boxed future of its own only
-    /// when something listens to it (entering a span on every poll costs even when nothing
-    /// listens, and a span kept in the future takes its bytes).
+    /// each of thousands held at once), so it keeps each value once: the arguments stay here,
+    /// and the call borrows them. The call's span is made when the call is first polled (under
+    /// the span and the subscriber in effect then); when something listens to it, the traced
+    /// call is a boxed future of its own, since entering a span on every poll costs even when
+    /// nothing listens, and a span kept in this future would take its bytes for every call.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
     pub(crate) fn run_boxed<'a, R, F, S>(
         runtime: R,
         key: &'a str,
@@ -104,58 +107,65 @@ impl Runtime {
         F: Future + 'a,
         S: FnOnce(&F::Output) -> bool + 'a,
     {
-        let this = runtime.borrow();
-        let label = telemetry::key_label(this.metrics_key_label(), key, &options);
-        // One span per call; the votes and the validity are recorded on it by the attempt, and
-        // the body's own spans and events nest under it.
-        let span = tracing::info_span!(
-            "singleton",
-            key,
-            nodes = this.node_count(),
-            granted = tracing::field::Empty,
-            busy = tracing::field::Empty,
-            failed = tracing::field::Empty,
-            validity_ms = tracing::field::Empty,
-            held_ms = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-        );
-        let call = Runtime::run_untraced(runtime, key, label, options, body, succeeded);
-        if span.is_disabled() {
-            return Either::Left(call.map(move |result| finished(label, result)));
+        async move {
+            // One span per call; the votes and the validity are recorded on it by the attempt,
+            // and the body's own spans and events nest under it.
+            let span = tracing::info_span!(
+                "singleton",
+                key,
+                nodes = runtime.borrow().node_count(),
+                granted = tracing::field::Empty,
+                busy = tracing::field::Empty,
+                failed = tracing::field::Empty,
+                validity_ms = tracing::field::Empty,
+                held_ms = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
+            );
+            let call = Runtime::run_untraced(runtime.borrow(), key, &options, body, succeeded);
+            let result = if span.is_disabled() {
+                drop(span);
+                let result = call.await;
+                log_outcome(&result);
+                result
+            } else {
+                let started = Instant::now();
+                let traced = call.instrument(span.clone()).map(move |result| {
+                    span.record("outcome", telemetry::outcome_name(&result));
+                    span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+                    span.in_scope(|| log_outcome(&result));
+                    result
+                });
+                Box::pin(traced).await
+            };
+            let label = telemetry::key_label(runtime.borrow().metrics_key_label(), key, &options);
+            telemetry::finished(label, telemetry::outcome_name(&result));
+            result
         }
-        let started = Instant::now();
-        let traced = call.instrument(span.clone()).map(move |result| {
-            span.record("outcome", telemetry::outcome_name(&result));
-            span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-            span.in_scope(|| finished(label, result))
-        });
-        Either::Right(Box::pin(traced))
     }
 
-    /// `run_with` without its span and log event; `label` is the key as the metrics name it. An
-    /// `async` block rather than an `async fn`: an `async fn` keeps each argument twice in its
-    /// future (as given, and as its own variable).
+    /// `run_with` without its span and log event. An `async` block rather than an `async fn`:
+    /// an `async fn` keeps each argument twice in its future (as given, and as its own
+    /// variable).
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future"
     )]
-    fn run_untraced<'a, R, F, S>(
-        runtime: R,
+    fn run_untraced<'a, F, S>(
+        &'a self,
         key: &'a str,
-        label: &'a str,
-        options: Options,
+        options: &'a Options,
         body: Pin<Box<F>>,
         succeeded: S,
     ) -> impl Future<Output = Result<Outcome<F::Output>, Error>> + 'a
     where
-        R: Borrow<Runtime> + 'a,
         F: Future + 'a,
         S: FnOnce(&F::Output) -> bool + 'a,
     {
         async move {
-            let this: &Runtime = runtime.borrow();
-            this.check_options(&options)?;
+            // The key as the metrics name it.
+            let label = telemetry::key_label(self.metrics_key_label(), key, options);
+            self.check_options(options)?;
             // The attempt's and the release's futures are boxed, and so is the done marker: the
             // call's own future, which lives as long as the body runs, then keeps only what the
             // body's run needs (a lease held for hours costs its bytes for hours, and so does each
@@ -166,9 +176,9 @@ impl Runtime {
                 // while the body runs.
                 let period_ends = slot::period_of(options.slot)?
                     .map(|period| Instant::now() + period.time_left());
-                let retries = SplitVoteRetries::new(period_ends, this.shutting_down());
+                let retries = SplitVoteRetries::new(period_ends, self.shutting_down());
                 let attempt_started = Instant::now();
-                let acquired = Box::pin(this.take(key, &options, &retries)).await;
+                let acquired = Box::pin(self.take(key, options, &retries)).await;
                 telemetry::attempted(
                     label,
                     attempt_started.elapsed(),
@@ -184,7 +194,7 @@ impl Runtime {
                 }
             };
             let done_marker = slot::period_of(options.slot)?.map(|period| {
-                let key = keys::done_marker(this.key_prefix(), key, period.index());
+                let key = keys::done_marker(self.key_prefix(), key, period.index());
                 Box::new(DoneMarker { period, key })
             });
             if let Some(DoneMarker {
@@ -192,7 +202,7 @@ impl Runtime {
                 key: marker,
             }) = done_marker.as_deref()
             {
-                if Box::pin(slot::done(this.nodes(), marker, period)).await? {
+                if Box::pin(slot::done(self.nodes(), marker, period)).await? {
                     Box::pin(lease.release()).await?;
                     return Ok(Outcome::Skipped(Skip::AlreadyDone {
                         period_start: period.start(),
@@ -206,7 +216,7 @@ impl Runtime {
             }
             // Renewal runs beside the body, and beside the done marker's write after it; it stops
             // before the release, so that it cannot extend a key we are deleting.
-            let mut renewal = std::pin::pin!(lease.renewal(&options));
+            let mut renewal = std::pin::pin!(lease.renewal(options));
             let body = lease.info().scope(body);
             let value = match options.on_lost {
                 OnLost::Cancel => {
@@ -244,7 +254,7 @@ impl Runtime {
                 // Written only where the lock is still ours, while renewal goes on; then the lease
                 // is checked again, so that `Ran` means the period was marked under the lock.
                 let marking =
-                    Box::pin(slot::mark_done(this.nodes(), marker, lease.claim(), period));
+                    Box::pin(slot::mark_done(self.nodes(), marker, lease.claim(), period));
                 let marked = tokio::select! {
                     marked = marking => marked,
                     never = &mut renewal => match never {},
@@ -277,13 +287,6 @@ impl Runtime {
             Ok(Outcome::Ran(value))
         }
     }
-}
-
-/// Logs the outcome of a call that ended with `result`, and counts it under `label`.
-fn finished<T>(label: &str, result: Result<Outcome<T>, Error>) -> Result<Outcome<T>, Error> {
-    log_outcome(&result);
-    telemetry::finished(label, telemetry::outcome_name(&result));
-    result
 }
 
 /// The one event of a call, at the level that says whether someone should look: `INFO` when the
