@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -108,36 +109,37 @@ impl Runtime {
         S: FnOnce(&F::Output) -> bool + 'a,
     {
         async move {
-            // One span per call; the votes and the validity are recorded on it by the attempt,
-            // and the body's own spans and events nest under it.
-            let span = tracing::info_span!(
-                "singleton",
-                key,
-                nodes = runtime.borrow().node_count(),
-                granted = tracing::field::Empty,
-                busy = tracing::field::Empty,
-                failed = tracing::field::Empty,
-                validity_ms = tracing::field::Empty,
-                held_ms = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                elapsed_ms = tracing::field::Empty,
-            );
             let call = Runtime::run_untraced(runtime.borrow(), key, &options, body, succeeded);
-            let result = if span.is_disabled() {
-                drop(span);
-                let result = call.await;
-                log_outcome(&result);
-                result
-            } else {
-                let started = Instant::now();
-                let traced = call.instrument(span.clone()).map(move |result| {
-                    span.record("outcome", telemetry::outcome_name(&result));
-                    span.record("elapsed_ms", started.elapsed().as_millis() as u64);
-                    span.in_scope(|| log_outcome(&result));
-                    result
-                });
-                Box::pin(traced).await
+            // Made in a block of its own, so that this future keeps no bytes for the span.
+            let call = {
+                // One span per call; the votes and the validity are recorded on it by the
+                // attempt, and the body's own spans and events nest under it.
+                let span = tracing::info_span!(
+                    "singleton",
+                    key,
+                    nodes = runtime.borrow().node_count(),
+                    granted = tracing::field::Empty,
+                    busy = tracing::field::Empty,
+                    failed = tracing::field::Empty,
+                    validity_ms = tracing::field::Empty,
+                    held_ms = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                    elapsed_ms = tracing::field::Empty,
+                );
+                if span.is_disabled() {
+                    Either::Left(call.inspect(log_outcome))
+                } else {
+                    let started = Instant::now();
+                    let traced = call.instrument(span.clone()).map(move |result| {
+                        span.record("outcome", telemetry::outcome_name(&result));
+                        span.record("elapsed_ms", started.elapsed().as_millis() as u64);
+                        span.in_scope(|| log_outcome(&result));
+                        result
+                    });
+                    Either::Right(Box::pin(traced))
+                }
             };
+            let result = call.await;
             let label = telemetry::key_label(runtime.borrow().metrics_key_label(), key, &options);
             telemetry::finished(label, telemetry::outcome_name(&result));
             result
