@@ -10,8 +10,8 @@ pub use crate::{OnLost, Options};
 
 /// Runs `body` under the lock on `key`, as `options` say, with the runtime in scope for this
 /// task when this is called (the generated `async fn` calls it once polled), else the global
-/// one. `succeeded` judges the body's output: only a success keeps the key
-/// for `min_hold` or writes the done marker of a `slot` period or a cron tick.
+/// one. `succeeded` judges the body's output: only a success keeps the key for `min_hold` or
+/// writes the done marker of a `slot` period or a cron tick.
 pub fn run_with<'a, F, S>(
     key: &'a str,
     options: Options,

@@ -140,6 +140,8 @@ impl Runtime {
                 }
             };
             let result = call.await;
+            // Worked out again rather than kept from the call's own: kept in this future, it
+            // would take its bytes for as long as the body runs.
             let label = telemetry::key_label(runtime.borrow().metrics_key_label(), key, &options);
             telemetry::finished(label, telemetry::outcome_name(&result));
             result
