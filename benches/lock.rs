@@ -599,7 +599,7 @@ fn hold_row(
         held.holding, held.acquiring, held.retried
     );
     eprintln!(
-        "  {:.1} s of CPU over {:?} ({:.1} s of it the runtime's own thread), {} lock commands, {} lost ({} before the window), {} errors{}",
+        "  {:.2} s of CPU over {:?} ({:.2} s of it the runtime's own thread), {} lock commands, {} lost ({} before the window), {} errors{}",
         held.cpu.as_secs_f64(),
         held.window,
         held.engine_cpu.as_secs_f64(),
