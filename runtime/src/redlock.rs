@@ -312,9 +312,10 @@ pub(crate) enum Extension {
 
 /// Extends each of `leases` to expire its `keep` from now on every node where its key still
 /// holds its token, and puts the token back (with that expiry) on nodes where the key is absent,
-/// in one round (one script call per node; see [`Extending::finish`] for what it found). The
-/// round's commands are queued before this returns (see [`Round::send`]): a release sent after
-/// this reaches each node after the extension, which could otherwise put a released key back.
+/// in one round (one script call per node; see [`Extending::next_decided`] for what it found).
+/// The round's commands are queued before this returns (see [`Round::send`]): a release sent
+/// after this reaches each node after the extension, which could otherwise put a released key
+/// back.
 ///
 /// Each validity counts from `started`, which must be no later than when each lease's `keep`
 /// was worked out: a `keep` that ends at `max_hold` then yields a validity that does too.
@@ -332,6 +333,9 @@ pub(crate) fn start_extending(
         nodes: nodes.clone(),
         round,
         started,
+        answers: vec![None; nodes.len()],
+        counts: vec![YesNo::default(); leases.len()],
+        undecided: leases.len(),
     }
 }
 
@@ -340,6 +344,13 @@ pub(crate) struct Extending {
     nodes: Arc<Nodes>,
     round: Round<Vec<Renewed>>,
     started: Instant,
+    /// Per node, its answer once in.
+    answers: Vec<Option<Result<Vec<Renewed>, NodeFailure>>>,
+    /// Per lease, how many nodes hold its token and how many another: a lease's votes without
+    /// an allocation of its own.
+    counts: Vec<YesNo>,
+    /// Leases whose answers do not decide them yet.
+    undecided: usize,
 }
 
 impl Extending {
@@ -348,42 +359,71 @@ impl Extending {
         self.started
     }
 
-    /// What each lease's extension found, in the order of `leases` (those the round was started
-    /// with), once each is decided (a quorum holds it, or so many nodes hold another token that a
-    /// quorum can no longer be ours) or no more answers can come. Each validity counts from the
-    /// start of the round; whether it still counts when the answers arrive is the lease's to say
-    /// (see `lease::Held`).
-    pub(crate) async fn finish(mut self, leases: &[LeaseToExtend<'_>]) -> Vec<Extension> {
+    /// Waits for the next node's answer, and returns the leases it decided, by their index in
+    /// `leases` (those the round was started with): each extended (a quorum holds its token, in
+    /// time for some validity to be left) or gone (so many nodes hold another token that a
+    /// quorum can no longer be ours). `None` once every lease is decided or no more answers can
+    /// come; [`Extending::rest`] then says what became of the others.
+    ///
+    /// A lease is handed out as soon as it is decided, so that one left undecided (a node that
+    /// holds another token, another that gives no answer) holds up no other's deadline until the
+    /// node timeout. Each validity counts from the start of the round; whether it still counts
+    /// when the answers arrive is the lease's to say (see `lease::Held`).
+    pub(crate) async fn next_decided(
+        &mut self,
+        leases: &[LeaseToExtend<'_>],
+    ) -> Option<Vec<(usize, Extension)>> {
         let nodes = self.nodes.clone();
-        let quorum = nodes.quorum();
-        // Per node, its answer once in; per lease, how many nodes hold its token and how many
-        // another: a lease's votes without an allocation of its own.
-        let mut answers: Vec<Option<Result<Vec<Renewed>, NodeFailure>>> = vec![None; nodes.len()];
-        let mut counts = vec![YesNo::default(); leases.len()];
-        let mut undecided = leases.len();
-        while undecided > 0 {
-            let Some((node, answer)) = self.round.next().await else {
-                break;
-            };
-            let answer = answer.map_err(|err| nodes.node(node).failure(&err));
-            if let Ok(renewed) = &answer {
-                for (count, &renewed) in counts.iter_mut().zip(renewed) {
-                    let was_decided = count.decided(quorum, nodes.len());
-                    match ours(renewed) {
-                        Vote::Yes => count.yes += 1,
-                        _ => count.no += 1,
-                    }
-                    if !was_decided && count.decided(quorum, nodes.len()) {
-                        undecided -= 1;
-                    }
-                }
-            }
-            answers[node] = Some(answer);
+        let (quorum, node_count) = (nodes.quorum(), nodes.len());
+        if self.undecided == 0 {
+            return None;
         }
-        // The slower nodes get the extension too, so that the keys live as long on all of them.
-        self.round.detach();
-        let took = self.started.elapsed();
-        let validity = |keep| validity(keep, took, nodes.drift_factor());
+        let (node, answer) = self.round.next().await?;
+        let answer = answer.map_err(|err| nodes.node(node).failure(&err));
+        let mut decided = Vec::new();
+        if let Ok(renewed) = &answer {
+            let took = self.started.elapsed();
+            let each = self.counts.iter_mut().zip(renewed).zip(leases);
+            for (index, ((count, &renewed), lease)) in each.enumerate() {
+                let was_decided = count.decided(quorum, node_count);
+                match ours(renewed) {
+                    Vote::Yes => count.yes += 1,
+                    _ => count.no += 1,
+                }
+                if was_decided || !count.decided(quorum, node_count) {
+                    continue;
+                }
+                self.undecided -= 1;
+                let extension = if count.refused(quorum, node_count) {
+                    Extension::Gone
+                } else if let Some(left) = validity(lease.keep, took, nodes.drift_factor()) {
+                    Extension::Extended {
+                        valid_until: self.started + took + left,
+                    }
+                } else {
+                    // Agreed too late for any validity to be left: undecided, for `rest` to say.
+                    continue;
+                };
+                count.handed_out = true;
+                decided.push((index, extension));
+            }
+        }
+        self.answers[node] = Some(answer);
+        Some(decided)
+    }
+
+    /// What became of the leases that [`Extending::next_decided`] did not hand out: each
+    /// undecided, with the answers of every node that gave one. The slower nodes get the
+    /// extension in the background, so that the keys live as long on all of them.
+    pub(crate) fn rest(self, leases: &[LeaseToExtend<'_>]) -> Vec<(usize, Extension)> {
+        let Extending {
+            nodes,
+            round,
+            answers,
+            counts,
+            ..
+        } = self;
+        round.detach();
         let tally_of = |lease: usize| {
             let mut tally = Tally::new(&nodes);
             for (node, answer) in answers.iter().enumerate() {
@@ -395,29 +435,39 @@ impl Extending {
             }
             tally
         };
-        let leases = leases.iter().zip(counts).enumerate();
         leases
-            .map(|(index, (lease, count))| {
-                if count.refused(quorum, nodes.len()) {
-                    return Extension::Gone;
-                }
-                match validity(lease.keep) {
-                    Some(left) if count.agreed(quorum) => Extension::Extended {
-                        valid_until: self.started + took + left,
-                    },
-                    _ => Extension::Undecided(tally_of(index).no_quorum(lease.key, &nodes)),
-                }
+            .iter()
+            .zip(&counts)
+            .enumerate()
+            .filter(|(_, (_, count))| !count.handed_out)
+            .map(|(index, (lease, _))| {
+                let no_quorum = tally_of(index).no_quorum(lease.key, &nodes);
+                (index, Extension::Undecided(no_quorum))
             })
             .collect()
+    }
+
+    /// What each lease's extension found, in the order of `leases`: [`Extending::next_decided`]
+    /// until no more answers can come, then [`Extending::rest`].
+    pub(crate) async fn finish(mut self, leases: &[LeaseToExtend<'_>]) -> Vec<Extension> {
+        let mut found = Vec::with_capacity(leases.len());
+        while let Some(decided) = self.next_decided(leases).await {
+            found.extend(decided);
+        }
+        found.extend(self.rest(leases));
+        found.sort_unstable_by_key(|(index, _)| *index);
+        found.into_iter().map(|(_, extension)| extension).collect()
     }
 }
 
 /// One lease's answers in a renewal: the nodes where the key holds its token, and those where it
-/// holds another (as [`Tally`] counts them).
+/// holds another (as [`Tally`] counts them); and whether its extension was handed out (see
+/// [`Extending::next_decided`]).
 #[derive(Clone, Copy, Default)]
 struct YesNo {
     yes: u32,
     no: u32,
+    handed_out: bool,
 }
 
 impl YesNo {

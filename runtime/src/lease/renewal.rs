@@ -68,6 +68,7 @@ struct Queue {
 }
 
 /// A lease in the queue.
+#[derive(Clone)]
 struct Renewing {
     held: Arc<Held>,
     /// When `max_hold` ends it, if set.
@@ -285,7 +286,7 @@ async fn work(
         }
         // Opened first, outside the lock: the round's commands never wait for a connection.
         nodes.open_connections().await;
-        let (batch, extending, steps) = {
+        let (batch, mut extending, steps) = {
             let mut queue = renewer.queue();
             let steps = StepsSince::taken(clock_jumps.clone());
             let now = Instant::now();
@@ -309,9 +310,18 @@ async fn work(
         let started = extending.started();
         let weak = Arc::downgrade(&renewer);
         drop(nodes.crate_thread().spawn(async move {
-            let extensions = extending.finish(&to_extend(&batch)).await;
+            let leases = to_extend(&batch);
+            // Each lease settled as soon as the answers decide it: one left undecided waits for
+            // the slowest node, and must not make the others wait with it past their deadlines.
+            while let Some(decided) = extending.next_decided(&leases).await {
+                let Some(renewer) = weak.upgrade() else {
+                    return;
+                };
+                settle(&renewer, &batch, decided, started, &steps);
+            }
+            let rest = extending.rest(&leases);
             if let Some(renewer) = weak.upgrade() {
-                settle(&renewer, batch, extensions, started, &steps);
+                settle(&renewer, &batch, rest, started, &steps);
             }
         }));
     }
@@ -325,20 +335,25 @@ fn to_extend(batch: &[(Renewing, Duration)]) -> Vec<LeaseToExtend<'_>> {
         .collect()
 }
 
-/// Applies each lease's extension, and queues those that go on: a third of the ttl after the
-/// round began, or, when too few nodes answered, a tenth of the ttl from now. The deadline itself
-/// is kept by [`Held`], not here: an extension still waiting for answers cannot make the loss
-/// late. A lease whose last extension (at its `max_hold`) was confirmed leaves renewal's care.
+/// Applies the extensions of some of a round's leases (`decided`, by their index in `batch`),
+/// and queues those that go on: a third of the ttl after the round began, or, when too few nodes
+/// answered, a tenth of the ttl from now. The deadline itself is kept by [`Held`], not here: an
+/// extension still waiting for answers cannot make the loss late. A lease whose last extension
+/// (at its `max_hold`) was confirmed leaves renewal's care.
 fn settle(
     renewer: &Renewer,
-    batch: Vec<(Renewing, Duration)>,
-    extensions: Vec<Extension>,
+    batch: &[(Renewing, Duration)],
+    decided: Vec<(usize, Extension)>,
     started: Instant,
     steps: &StepsSince,
 ) {
+    if decided.is_empty() {
+        return;
+    }
     let mut again = Vec::new();
     let mut leaving = Vec::new();
-    for ((mut renewing, _), extension) in batch.into_iter().zip(extensions) {
+    for (index, extension) in decided {
+        let mut renewing = batch[index].0.clone();
         let (held, last) = (&renewing.held, renewing.last);
         match extension {
             Extension::Extended { valid_until } => {
