@@ -1,5 +1,6 @@
 //! Many calls at once, from several "machines" (runtimes with their own connections): exactly one
-//! runs the body.
+//! runs the body. And a burst far beyond the calls a runtime lets vote at once, on one key: never
+//! two bodies inside at once.
 
 mod common;
 
@@ -7,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_singleton::runtime::Options;
 use cluster_singleton::{singleton, Outcome, Skip};
-use common::{runtime_for, Nodes};
+use common::{eventually, runtime_for, Nodes, PROMPTLY};
 
 const CALLS: usize = 50;
 const MACHINES: usize = 5;
@@ -64,4 +66,43 @@ async fn exactly_one_of_fifty_runs_on_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_of_fifty_runs_on_five_nodes() {
     exactly_one_of_fifty_runs(5).await;
+}
+
+/// 3,000 calls on one key at once, from one runtime (which lets 64 vote at a time, the rest
+/// waiting for their turn), with fencing and bodies that yield a few times: at most one body is
+/// inside at any moment, no call fails on healthy nodes, and the key is free afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_one_key_never_has_two_bodies_inside() {
+    let nodes = Nodes::start(3);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most_inside = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..3_000)
+        .map(|_| {
+            let runtime = nodes.runtime.clone();
+            let (inside, most_inside) = (inside.clone(), most_inside.clone());
+            tokio::spawn(async move {
+                let body = async move {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_inside.fetch_max(now, Ordering::SeqCst);
+                    for _ in 0..5 {
+                        tokio::task::yield_now().await;
+                    }
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                };
+                let options = Options::new(Duration::from_secs(5)).fencing(true);
+                runtime.run_with("one-key", options, body, |_| true).await
+            })
+        })
+        .collect();
+    let (mut ran, mut skipped) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(Outcome::Ran(())) => ran += 1,
+            Ok(Outcome::Skipped(_)) => skipped += 1,
+            Err(err) => panic!("a call failed on healthy nodes: {err}"),
+        }
+    }
+    assert!(ran >= 1, "no call ran ({skipped} skipped)");
+    assert_eq!(most_inside.load(Ordering::SeqCst), 1);
+    assert!(eventually(PROMPTLY, || nodes.absent("singleton:lock:one-key", &[])).await);
 }
