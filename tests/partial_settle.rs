@@ -131,8 +131,8 @@ fn steady_call(
     })
 }
 
-/// Starts the cluster and both calls, puts the fault in place; returns the setup, the calls,
-/// and when the locks were taken (before both calls began).
+/// Starts the cluster and both calls (`pinned` for 850 ms after the fault), puts the fault in
+/// place; returns the setup, the calls, and `steady`'s token.
 async fn start(
     steady_options: Options,
     end_after_jumps: usize,
@@ -143,37 +143,14 @@ async fn start(
     tokio::task::JoinHandle<Result<Outcome<Seen>, Error>>,
     String,
 ) {
-    let cluster = Cluster::start(3).expect("start redis-server nodes");
+    let mut cluster = Cluster::start(3).expect("start redis-server nodes");
     // Not about clocks: without the clock check, a loaded machine cannot refuse these votes for
     // answering too slowly for a 600 ms lock's allowance.
     let runtime = fresh_nodes(&cluster)
         .detect_clock_jumps(false)
         .build()
         .expect("valid configuration");
-    start_on(
-        cluster,
-        runtime,
-        steady_options,
-        end_after_jumps,
-        until,
-        Duration::from_millis(850),
-    )
-    .await
-}
-
-async fn start_on(
-    mut cluster: Cluster,
-    runtime: Runtime,
-    steady_options: Options,
-    end_after_jumps: usize,
-    until: Duration,
-    pinned_for: Duration,
-) -> (
-    Setup,
-    tokio::task::JoinHandle<Result<Outcome<()>, Error>>,
-    tokio::task::JoinHandle<Result<Outcome<Seen>, Error>>,
-    String,
-) {
+    let pinned_for = Duration::from_millis(850);
     let warm_up = runtime.lock("warm-up", ttl()).await.unwrap().unwrap();
     warm_up.release().await.unwrap();
 

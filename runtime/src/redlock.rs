@@ -373,12 +373,12 @@ impl Extending {
         &mut self,
         leases: &[LeaseToExtend<'_>],
     ) -> Option<Vec<(usize, Extension)>> {
-        let nodes = self.nodes.clone();
-        let (quorum, node_count) = (nodes.quorum(), nodes.len());
         if self.undecided == 0 {
             return None;
         }
         let (node, answer) = self.round.next().await?;
+        let nodes = &self.nodes;
+        let (quorum, node_count) = (nodes.quorum(), nodes.len());
         let answer = answer.map_err(|err| nodes.node(node).failure(&err));
         let mut decided = Vec::new();
         if let Ok(renewed) = &answer {

@@ -347,9 +347,6 @@ fn settle(
     started: Instant,
     steps: &StepsSince,
 ) {
-    if decided.is_empty() {
-        return;
-    }
     let mut again = Vec::new();
     let mut leaving = Vec::new();
     for (index, extension) in decided {
