@@ -107,7 +107,9 @@ impl ClockWatch {
     /// Takes in a reading and compares it with the anchor, a reading the check took: a node's
     /// clock that moved further than ours could have between the two readings (with
     /// [`STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward; one that
-    /// moved less far stepped back. The readings may have been taken in either order.
+    /// moved less far stepped back. The readings may have been handled in either order, and
+    /// the direction is that of the order in which the node took them; when their round trips
+    /// overlap, that order is unknown, and any step counts as one forward.
     ///
     /// A later check's reading becomes the anchor when its round trip is no longer than the
     /// anchor's plus what the clocks may have drifted since: the anchor is the reading that
@@ -130,10 +132,28 @@ impl ClockWatch {
         let least = between(anchor.answered, reading.sent);
         let tolerance = micros(STEP_TOLERANCE) + rate_allowance(most.abs());
         let blind_spot = duration(most - least + tolerance);
-        let moved = if moved - most > tolerance {
-            ClockMove::SteppedForward(duration(moved - most))
-        } else if least - moved > tolerance {
-            ClockMove::SteppedBack(duration(least - moved))
+        // The node's clock against ours was further ahead at the reading than at the anchor by
+        // at least `gained`, or further behind by at least `lost`. Which of the two was taken
+        // first decides whether that was a step forward or back: a reading answered before the
+        // anchor was sent came first (its task can be handled late), one sent after the anchor
+        // was answered came second, and one whose round trip overlaps the anchor's may have
+        // come either way, so it counts as the step that endangers locks, forward.
+        let gained = moved - most;
+        let lost = least - moved;
+        let came_first = reading.answered <= anchor.sent;
+        let came_second = reading.sent >= anchor.answered;
+        let moved = if gained > tolerance {
+            if came_first {
+                ClockMove::SteppedBack(duration(gained))
+            } else {
+                ClockMove::SteppedForward(duration(gained))
+            }
+        } else if lost > tolerance {
+            if came_second {
+                ClockMove::SteppedBack(duration(lost))
+            } else {
+                ClockMove::SteppedForward(duration(lost))
+            }
         } else {
             ClockMove::Steady
         };
@@ -390,6 +410,56 @@ mod tests {
             matches!(compared.moved, ClockMove::SteppedForward(_)),
             "{compared:?}"
         );
+    }
+
+    /// A vote answered before the check that saw a step back was sent, handled after it (its
+    /// task waited for a thread): its clock was ahead of the check's because the step came
+    /// between them, not because the clock stepped forward.
+    #[test]
+    fn a_reading_from_before_a_step_back_handled_late_is_not_a_step_forward() {
+        let (origin, mut watch) = checked_at(10_000);
+        let back = reading(origin, Duration::from_secs(1), MS, 6_000);
+        assert!(matches!(
+            watch.read(back, ClockReader::Check).moved,
+            ClockMove::SteppedBack(_)
+        ));
+        let before_the_check = reading(origin, Duration::from_millis(900), MS, 10_900);
+        assert!(matches!(
+            watch.read(before_the_check, ClockReader::Vote).moved,
+            ClockMove::SteppedBack(by) if by >= 4_990 * MS
+        ));
+    }
+
+    /// The first reading handled came after a step forward, a vote from before the step after
+    /// it: the clock moved forward between them, although the reading handled second is the
+    /// one behind.
+    #[test]
+    fn a_step_forward_is_seen_whichever_reading_is_handled_first() {
+        let (origin, mut watch) = (Instant::now(), ClockWatch::default());
+        let after_the_step = reading(origin, Duration::from_secs(1), MS, 16_000);
+        watch.read(after_the_step, ClockReader::Check);
+        let before_the_step = reading(origin, Duration::from_millis(900), MS, 10_900);
+        assert!(matches!(
+            watch.read(before_the_step, ClockReader::Vote).moved,
+            ClockMove::SteppedForward(by) if by >= 4_990 * MS
+        ));
+    }
+
+    /// Two readings whose round trips overlap may have been taken in either order: a clock
+    /// behind the anchor's may have been read before a step forward the anchor came after.
+    #[test]
+    fn readings_of_unknown_order_that_differ_count_as_a_step_forward() {
+        let (origin, mut watch) = checked_at(10_000);
+        let later_check = reading(origin, Duration::from_secs(1), MS, 11_000);
+        watch.read(later_check, ClockReader::Check);
+        for (sent_ms, node_ms) in [(999, 10_950), (1_000, 10_950), (999, 11_050)] {
+            let vote = reading(origin, Duration::from_millis(sent_ms), 3 * MS, node_ms);
+            let compared = watch.read(vote, ClockReader::Vote);
+            assert!(
+                matches!(compared.moved, ClockMove::SteppedForward(by) if by >= 45 * MS),
+                "sent at {sent_ms} ms, read {node_ms}: {compared:?}"
+            );
+        }
     }
 
     #[test]
