@@ -268,11 +268,17 @@ fn run(settings: &Settings) -> Result<()> {
         None
     };
 
-    let mut held = Vec::new();
+    let (mut held, mut floors) = (Vec::new(), Vec::new());
     if settings.wants(RowKind::Hold) {
         let site = site_with(&mut sites, SCALE_NODES, settings, &bench.tokio)?;
         for &leases in &settings.leases {
             held.push(hold_row(&bench.tokio, site, leases, settings.hold_window)?);
+            floors.push(hold_floor_row(
+                &bench.tokio,
+                site,
+                leases,
+                settings.hold_window,
+            )?);
         }
     }
     let burst = if settings.wants(RowKind::Burst) {
@@ -311,6 +317,14 @@ fn run(settings: &Settings) -> Result<()> {
             report::held(&held)
         );
         println!("{HOLD_LEGEND}");
+        println!(
+            "The same leases' keys renewed by the floor (nothing but redis-rs: every key set on \
+             every node, then one renewal script call per node and thousand keys every {} ms, all \
+             at once; no lease state, validity or loss detection), measured right after the \
+             crate's row over the same window:\n\n{}",
+            (HOLD_TTL / 3).as_millis(),
+            report::held_against_floor(&held, &floors)
+        );
     }
     if let Some(burst) = &burst {
         println!(
@@ -612,6 +626,33 @@ fn hold_row(
             .map_or_else(String::new, |message| format!(", for example: {message}")),
     );
     Ok(held)
+}
+
+/// The hold row's floor for one number of leases.
+fn hold_floor_row(
+    tokio: &tokio::runtime::Runtime,
+    site: &mut Site,
+    leases: usize,
+    window: Duration,
+) -> Result<scale::FloorHeld> {
+    eprintln!("hold row's floor: {leases} keys renewed by redis-rs alone, a {window:?} window");
+    let askable = site.askable();
+    let floor = scale::hold_floor(
+        tokio,
+        &site.floor,
+        &mut site.admin,
+        &askable,
+        leases,
+        window,
+    )?;
+    eprintln!(
+        "  {:.2} s of CPU over {:?}, {} lock commands, {} not renewed",
+        floor.cpu.as_secs_f64(),
+        floor.window,
+        floor.commands,
+        floor.not_renewed
+    );
+    Ok(floor)
 }
 
 /// The burst row.

@@ -28,6 +28,24 @@ const COMPARE_AND_DELETE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] the
 end
 return 0"#;
 
+/// The hold row's floor renews each key with the same work on the node as the runtime's renewal
+/// script (without its epoch check): `PEXPIRE` where the key holds our token, one digit per key
+/// in one string for the answer.
+const EXTEND_EACH: &str = r#"local n = #KEYS
+local renewed = {}
+for i = 1, n do
+    if redis.call("GET", KEYS[i]) == ARGV[i] then
+        redis.call("PEXPIRE", KEYS[i], ARGV[n + i])
+        renewed[i] = "1"
+    else
+        renewed[i] = "0"
+    end
+end
+return table.concat(renewed)"#;
+
+/// Keys per renewal call of the hold row's floor: the most the runtime puts in one.
+const KEYS_PER_RENEWAL: usize = 1_000;
+
 /// The answers a round waits for, tagged with the round they belong to.
 type Answers = FuturesUnordered<BoxFuture<'static, (u64, RedisResult<Value>)>>;
 
@@ -37,6 +55,8 @@ pub struct Floor {
     ttl_ms: u64,
     /// The SHA1 of [`COMPARE_AND_DELETE`], loaded on every node when connecting.
     release_sha: String,
+    /// The SHA1 of [`EXTEND_EACH`], likewise.
+    extend_sha: String,
     /// Per task (by index): its answers still outstanding, see [`Stragglers`].
     stragglers: Mutex<Vec<Stragglers>>,
 }
@@ -68,7 +88,7 @@ impl Floor {
     /// Connects to every node; must run on the runtime that will drive the connections.
     pub async fn connect(urls: &[String], ttl: Duration) -> RedisResult<Floor> {
         let mut connections = Vec::with_capacity(urls.len());
-        let mut release_sha = String::new();
+        let (mut release_sha, mut extend_sha) = (String::new(), String::new());
         for url in urls {
             let mut connection = redis::Client::open(url.as_str())?
                 .get_multiplexed_async_connection()
@@ -85,6 +105,11 @@ impl Floor {
                 .arg(COMPARE_AND_DELETE)
                 .query_async(&mut connection)
                 .await?;
+            extend_sha = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(EXTEND_EACH)
+                .query_async(&mut connection)
+                .await?;
             connections.push(connection);
         }
         Ok(Floor {
@@ -92,6 +117,7 @@ impl Floor {
             connections,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             release_sha,
+            extend_sha,
             stragglers: Mutex::new(Vec::new()),
         })
     }
@@ -139,6 +165,69 @@ impl Floor {
         };
         self.put_back_stragglers(task, stragglers);
         attempt
+    }
+
+    /// Sets every one of `leases` (key, token) on every node, with `ttl`: the leases that
+    /// [`Floor::renew`] then keeps.
+    pub async fn put(&self, leases: &[(String, String)], ttl: Duration) -> RedisResult<()> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        for chunk in leases.chunks(KEYS_PER_RENEWAL) {
+            let mut pipeline = redis::pipe();
+            for (key, token) in chunk {
+                pipeline.set(key, token).arg("PX").arg(ttl_ms).ignore();
+            }
+            for connection in &self.connections {
+                pipeline.query_async::<()>(&mut connection.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One renewal of every one of `leases` to `ttl` on every node, all calls at once, each of
+    /// at most [`KEYS_PER_RENEWAL`] keys: the least a renewal round can cost the client. How
+    /// many of the keys a node did not renew (another token, or gone).
+    pub async fn renew(&self, leases: &[(String, String)], ttl: Duration) -> RedisResult<u64> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let calls: FuturesUnordered<_> = leases
+            .chunks(KEYS_PER_RENEWAL)
+            .flat_map(|chunk| {
+                let mut call = redis::cmd("EVALSHA");
+                call.arg(&self.extend_sha).arg(chunk.len());
+                for (key, _) in chunk {
+                    call.arg(key);
+                }
+                for (_, token) in chunk {
+                    call.arg(token);
+                }
+                for _ in chunk {
+                    call.arg(ttl_ms);
+                }
+                self.connections.iter().map(move |connection| {
+                    let (mut connection, call) = (connection.clone(), call.clone());
+                    async move { call.query_async::<Vec<u8>>(&mut connection).await }
+                })
+            })
+            .collect();
+        let answers: Vec<RedisResult<Vec<u8>>> = calls.collect().await;
+        let mut not_renewed = 0;
+        for answer in answers {
+            not_renewed += answer?.iter().filter(|&&digit| digit != b'1').count() as u64;
+        }
+        Ok(not_renewed)
+    }
+
+    /// Deletes every one of `leases`' keys on every node.
+    pub async fn delete(&self, leases: &[(String, String)]) -> RedisResult<()> {
+        for chunk in leases.chunks(KEYS_PER_RENEWAL) {
+            let keys: Vec<&str> = chunk.iter().map(|(key, _)| key.as_str()).collect();
+            for connection in &self.connections {
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<()>(&mut connection.clone())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// The compare-and-delete script on every node at once, until a quorum answered; whether

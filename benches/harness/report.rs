@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::model::{p50, p99, rate, Contender, Figures, Results, Row, Shape};
-use super::scale::{Burst, Held};
+use super::scale::{Burst, FloorHeld, Held};
 
 /// The concurrency of the latency targets: one task, so that latency is not queueing.
 const LATENCY_TASKS: usize = 1;
@@ -206,6 +206,29 @@ pub fn held(held: &[Held]) -> String {
         if let Some(error) = &row.first_error {
             let _ = writeln!(out, "The first call that failed: {error}");
         }
+    }
+    out
+}
+
+/// The hold row against its floor, the same numbers of leases, measured one after the other.
+pub fn held_against_floor(held: &[Held], floors: &[FloorHeld]) -> String {
+    let mut out = String::new();
+    out.push_str("| leases | CPU % of one core: the crate | the floor | ×floor | node commands per lease per second: the crate | the floor | not renewed by the floor |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (row, floor) in held.iter().zip(floors) {
+        let ours = row.cpu.as_secs_f64() / row.window.as_secs_f64();
+        let least = floor.cpu.as_secs_f64() / floor.window.as_secs_f64();
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} % | {:.2} % | {:.2} | {:.2} | {:.2} | {} |",
+            per_second(Some(row.leases as f64)),
+            ours * 100.0,
+            least * 100.0,
+            ours / least,
+            row.commands as f64 / row.leases as f64 / row.window.as_secs_f64(),
+            floor.commands as f64 / floor.leases as f64 / floor.window.as_secs_f64(),
+            floor.not_renewed,
+        );
     }
     out
 }

@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::drive::Usage;
+use super::floor::Floor;
 use super::nodes::{self, Admin};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -187,6 +188,77 @@ pub fn hold(
         retried,
         acquiring,
         first_error,
+    })
+}
+
+/// What the hold row's floor measured for one number of leases.
+pub struct FloorHeld {
+    pub leases: usize,
+    pub window: Duration,
+    /// CPU time of the whole process over the window.
+    pub cpu: Duration,
+    /// Lock commands the nodes ran over the window, summed over nodes.
+    pub commands: u64,
+    /// Keys that a node did not renew, over every round of the window (none should).
+    pub not_renewed: u64,
+}
+
+/// The hold row's floor: `leases` keys set on every node and renewed every third of
+/// [`HOLD_TTL`] by [`Floor::renew`], nothing but redis-rs on the benchmark's runtime. No lease
+/// state, no validity, no loss detection, no task per lease: what renewing that many keys costs
+/// the client at least, measured over `window` as the hold row is.
+pub fn hold_floor(
+    tokio: &tokio::runtime::Runtime,
+    floor: &Arc<Floor>,
+    admin: &mut Admin,
+    nodes: &[usize],
+    leases: usize,
+    window: Duration,
+) -> Result<FloorHeld> {
+    for &node in nodes {
+        admin.wait_quiet(node)?;
+    }
+    // Tokens as long as the runtime's (32 hex digits, a space, a holder id).
+    let keys: Arc<Vec<(String, String)>> = Arc::new(
+        (0..leases)
+            .map(|index| {
+                let token = format!("{:032x} bench-floor:{index}", fastrand::u128(..));
+                (format!("singleton:lock:hold-floor:{index}"), token)
+            })
+            .collect(),
+    );
+    tokio.block_on(floor.put(&keys, HOLD_TTL))?;
+    let (stop, mut stopped) = watch::channel(false);
+    let renewing = {
+        let (floor, keys) = (floor.clone(), keys.clone());
+        tokio.spawn(async move {
+            let mut not_renewed = 0;
+            let mut rounds = tokio::time::interval(HOLD_TTL / 3);
+            loop {
+                tokio::select! {
+                    _ = rounds.tick() => not_renewed += floor.renew(&keys, HOLD_TTL).await?,
+                    _ = stopped.changed() => return Ok::<u64, redis::RedisError>(not_renewed),
+                }
+            }
+        })
+    };
+    std::thread::sleep(HOLD_TTL / 2);
+    let commands_before = admin.lock_commands(nodes)?;
+    let usage_before = Usage::now();
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let usage = Usage::now().since(&usage_before);
+    let elapsed = started.elapsed();
+    let commands = admin.lock_commands(nodes)? - commands_before;
+    stop.send_replace(true);
+    let not_renewed = tokio.block_on(renewing)??;
+    tokio.block_on(floor.delete(&keys))?;
+    Ok(FloorHeld {
+        leases,
+        window: elapsed,
+        cpu: usage.cpu,
+        commands,
+        not_renewed,
     })
 }
 
