@@ -14,6 +14,7 @@
 //! Every bound comes from when the command that read a clock was sent and answered on our
 //! monotonic clock, so a slow answer never looks like a step.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -92,82 +93,148 @@ pub(crate) struct ClockComparison {
     pub(crate) blind_spot: Duration,
 }
 
-/// One node's clock over time: the reading that the next are compared with.
+/// How many anchors a watch keeps, so that a reading handled late (its task waited for a thread
+/// while later readings were handled) still finds one that the node read before it: a check's
+/// reading replaces the anchor about once a second at most, and a step's reading once per step,
+/// while a reading is in flight for a node timeout at most.
+const ANCHORS_KEPT: usize = 8;
+
+/// One node's clock over time: the readings that the next are compared with.
 #[derive(Debug, Default)]
 pub(crate) struct ClockWatch {
-    anchor: Option<ClockReading>,
+    /// The anchors, in the order they were sent; the last is the current one.
+    anchors: VecDeque<ClockReading>,
 }
 
-impl ClockWatch {
-    /// Forgets the readings: the server behind the node changed, and its clock with it.
-    pub(crate) fn restart(&mut self) {
-        self.anchor = None;
-    }
+/// When the node read its clock for an anchor, against when it did for a reading.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Before: the anchor was answered before the reading was sent.
+    Before,
+    /// After: the reading was answered before the anchor was sent.
+    After,
+    /// Either: their round trips overlap.
+    Unknown,
+}
 
-    /// Takes in a reading and compares it with the anchor, a reading the check took: a node's
-    /// clock that moved further than ours could have between the two readings (with
-    /// [`STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward; one that
-    /// moved less far stepped back. The readings may have been handled in either order, and
-    /// the direction is that of the order in which the node took them; when their round trips
-    /// overlap, that order is unknown, and any step counts as one forward.
-    ///
-    /// A later check's reading becomes the anchor when its round trip is no longer than the
-    /// anchor's plus what the clocks may have drifted since: the anchor is the reading that
-    /// bounds the node's clock most tightly, so that slow answers widen the comparisons as
-    /// little as they can. A later step's reading always does. A vote's never does otherwise: were every vote's to, a
-    /// clock that gains a little less than the tolerance at every vote, thousands of times a
-    /// second, would never be seen to step.
-    pub(crate) fn read(&mut self, reading: ClockReading, reader: ClockReader) -> ClockComparison {
-        let Some(anchor) = self.anchor else {
-            self.anchor = Some(reading);
-            return ClockComparison {
-                moved: ClockMove::Steady,
-                blind_spot: Duration::ZERO,
-            };
-        };
+/// What comparing a reading with one anchor bounds, in microseconds: the node's clock was ahead
+/// of ours by at least `gained` more at the reading than at the anchor, or by at least `lost`
+/// less; either beyond `tolerance` is a step.
+struct Change {
+    order: Order,
+    gained: i128,
+    lost: i128,
+    tolerance: i128,
+    blind_spot: i128,
+}
+
+impl Change {
+    fn between(anchor: &ClockReading, reading: &ClockReading) -> Change {
         let moved = i128::from(reading.node_micros) - i128::from(anchor.node_micros);
         // How far our clock moved between the node's two readings of its own, at most and at
         // least: each happened between its command's sending and its answer.
         let most = between(anchor.sent, reading.answered);
         let least = between(anchor.answered, reading.sent);
-        let tolerance = micros(STEP_TOLERANCE) + rate_allowance(most.abs());
-        let blind_spot = duration(most - least + tolerance);
-        // The node's clock against ours was further ahead at the reading than at the anchor by
-        // at least `gained`, or further behind by at least `lost`. Which of the two was taken
-        // first decides whether that was a step forward or back: a reading answered before the
-        // anchor was sent came first (its task can be handled late), one sent after the anchor
-        // was answered came second, and one whose round trip overlaps the anchor's may have
-        // come either way, so it counts as the step that endangers locks, forward.
-        let gained = moved - most;
-        let lost = least - moved;
-        let came_first = reading.answered <= anchor.sent;
-        let came_second = reading.sent >= anchor.answered;
-        let moved = if gained > tolerance {
-            if came_first {
-                ClockMove::SteppedBack(duration(gained))
-            } else {
-                ClockMove::SteppedForward(duration(gained))
+        let tolerance = micros(STEP_TOLERANCE) + rate_allowance(most.abs().max(least.abs()));
+        let order = if least >= 0 {
+            Order::Before
+        } else if most <= 0 {
+            Order::After
+        } else {
+            Order::Unknown
+        };
+        Change {
+            order,
+            gained: moved - most,
+            lost: least - moved,
+            tolerance,
+            blind_spot: most - least + tolerance,
+        }
+    }
+}
+
+impl ClockWatch {
+    /// Forgets the readings: the server behind the node changed, and its clock with it.
+    pub(crate) fn restart(&mut self) {
+        self.anchors.clear();
+    }
+
+    /// Takes in a reading and compares it with the anchors, readings the check took: a node's
+    /// clock that moved further than ours could have between two readings (with
+    /// [`STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward; one that
+    /// moved less far stepped back.
+    ///
+    /// Readings are handled in whatever order their tasks get a thread, so a reading is compared
+    /// in the order the node took them: with the newest anchor the node read before it (which
+    /// tells whether the clock stepped before the reading, up to the blind spot), and with each
+    /// anchor read after it, or at an unknown time (round trips that overlap), which tells whether
+    /// it stepped since. Against an anchor of unknown order any difference is a step forward, and
+    /// so is a reading ahead of a later anchor when no anchor before it tells whether the clock
+    /// had stepped forward before the reading and back after it.
+    ///
+    /// A later check's reading becomes the anchor when its round trip is no longer than the
+    /// anchor's plus what the clocks may have drifted since: the anchor is the reading that
+    /// bounds the node's clock most tightly, so that slow answers widen the comparisons as
+    /// little as they can. A later step's reading always does. A vote's never does otherwise:
+    /// were every vote's to, a clock that gains a little less than the tolerance at every vote,
+    /// thousands of times a second, would never be seen to step.
+    pub(crate) fn read(&mut self, reading: ClockReading, reader: ClockReader) -> ClockComparison {
+        let Some(&current) = self.anchors.back() else {
+            self.anchors.push_back(reading);
+            return ClockComparison {
+                moved: ClockMove::Steady,
+                blind_spot: Duration::ZERO,
+            };
+        };
+        let newest_before = self
+            .anchors
+            .iter()
+            .filter(|anchor| anchor.answered <= reading.sent)
+            .max_by_key(|anchor| anchor.answered);
+        let (mut forward, mut back) = (0, 0);
+        let compared = newest_before.into_iter().chain(
+            self.anchors
+                .iter()
+                .filter(|anchor| anchor.answered > reading.sent),
+        );
+        for anchor in compared {
+            let change = Change::between(anchor, &reading);
+            let (forward_by, back_by) = match change.order {
+                Order::Before => (change.gained, change.lost),
+                Order::After if newest_before.is_some() => (change.lost, change.gained),
+                Order::After | Order::Unknown => (change.gained.max(change.lost), i128::MIN),
+            };
+            if forward_by > change.tolerance {
+                forward = forward.max(forward_by);
+            } else if back_by > change.tolerance {
+                back = back.max(back_by);
             }
-        } else if lost > tolerance {
-            if came_second {
-                ClockMove::SteppedBack(duration(lost))
-            } else {
-                ClockMove::SteppedForward(duration(lost))
-            }
+        }
+        let moved = if forward > 0 {
+            ClockMove::SteppedForward(duration(forward))
+        } else if back > 0 {
+            ClockMove::SteppedBack(duration(back))
         } else {
             ClockMove::Steady
         };
-        let age = between(anchor.answered, reading.answered);
+        // The blind spot of the comparison that rules out a step before the reading: with the
+        // anchor read before it, or else with the oldest, which differs from it by no step.
+        let against = newest_before.unwrap_or(&self.anchors[0]);
+        let blind_spot = duration(Change::between(against, &reading).blind_spot);
+        let age = between(current.answered, reading.answered);
         let better_anchor = || {
-            let anchor_spread = between(anchor.sent, anchor.answered) + rate_allowance(age.max(0));
+            let anchor_spread =
+                between(current.sent, current.answered) + rate_allowance(age.max(0));
             between(reading.sent, reading.answered) <= anchor_spread
         };
-        // Never an earlier reading: a check's reading from before a step, handled after the
-        // vote that saw it, would otherwise put the step back in front of the next vote.
-        if reading.sent >= anchor.sent
+        // Never an earlier reading: the current anchor would no longer be the last one sent.
+        if reading.sent >= current.sent
             && (moved != ClockMove::Steady || (reader == ClockReader::Check && better_anchor()))
         {
-            self.anchor = Some(reading);
+            if self.anchors.len() == ANCHORS_KEPT {
+                self.anchors.pop_front();
+            }
+            self.anchors.push_back(reading);
         }
         ClockComparison { moved, blind_spot }
     }
@@ -443,6 +510,128 @@ mod tests {
             watch.read(before_the_step, ClockReader::Vote).moved,
             ClockMove::SteppedForward(by) if by >= 4_990 * MS
         ));
+    }
+
+    /// Whether a vote for a lock of `ttl` (drift factor 0.01) with this comparison counts: no
+    /// step forward, and a blind spot within the lock's allowance (see `Node::vote_clock`).
+    fn vote_counts(compared: ClockComparison, ttl: Duration) -> bool {
+        !matches!(compared.moved, ClockMove::SteppedForward(_))
+            && compared.blind_spot <= drift_allowance(ttl, 0.01)
+    }
+
+    /// The node's clock steps 5 s forward at 500 ms and back again at 950 ms. A vote sent at
+    /// 900 ms (its `SET` ran while keys expired 5 s early) is handled only after the check at
+    /// 1 s, which read the clock where the first check did: the vote is ahead of that check
+    /// because the clock stepped forward before it, not only back after it, which the first
+    /// check tells.
+    #[test]
+    fn a_vote_inside_a_step_forward_undone_before_the_check_does_not_count() {
+        for check_reads in [11_000, 10_000] {
+            let (origin, mut watch) = checked_at(10_000);
+            let vote = reading(origin, Duration::from_millis(900), MS, 15_900);
+            let check = reading(origin, Duration::from_secs(1), MS, check_reads);
+            watch.read(check, ClockReader::Check);
+            let compared = watch.read(vote, ClockReader::Vote);
+            assert!(
+                matches!(compared.moved, ClockMove::SteppedForward(by) if by >= 4_990 * MS),
+                "check read {check_reads}: {compared:?}"
+            );
+            assert!(!vote_counts(compared, Duration::from_secs(10)));
+        }
+    }
+
+    /// A vote sent before the clock stepped forward, handled after the check that saw the step:
+    /// its key expires early with every other key set before the step.
+    #[test]
+    fn a_vote_from_before_a_step_forward_handled_late_is_a_step_forward() {
+        let (origin, mut watch) = checked_at(10_000);
+        let check = reading(origin, Duration::from_secs(1), MS, 16_000);
+        assert!(matches!(
+            watch.read(check, ClockReader::Check).moved,
+            ClockMove::SteppedForward(_)
+        ));
+        let vote = reading(origin, Duration::from_millis(900), MS, 10_900);
+        assert!(matches!(
+            watch.read(vote, ClockReader::Vote).moved,
+            ClockMove::SteppedForward(by) if by >= 4_990 * MS
+        ));
+    }
+
+    /// A clock 50 ms behind at a vote, back where it was at the next check: it stepped back
+    /// before the vote and forward after it, and the vote's key expires 50 ms early, whichever
+    /// of the two is handled first.
+    #[test]
+    fn a_step_forward_after_a_vote_is_seen_whichever_is_handled_first() {
+        for check_first in [false, true] {
+            let (origin, mut watch) = checked_at(10_000);
+            let vote = reading(origin, Duration::from_millis(500), MS, 10_450);
+            let check = reading(origin, Duration::from_secs(1), MS, 11_000);
+            let (first, second) = match check_first {
+                true => ((check, ClockReader::Check), (vote, ClockReader::Vote)),
+                false => ((vote, ClockReader::Vote), (check, ClockReader::Check)),
+            };
+            watch.read(first.0, first.1);
+            let compared = watch.read(second.0, second.1);
+            assert!(
+                matches!(compared.moved, ClockMove::SteppedForward(by) if by >= 45 * MS),
+                "check first: {check_first}: {compared:?}"
+            );
+        }
+    }
+
+    /// No step: a node clock that runs 0.1 % fast (the rate tolerance), a slow vote (sent at
+    /// 1 s, answered at 3 s, the node reading its clock as it was sent) handled after a check
+    /// sent at 3 s (the node reading its clock as it answered). The rate tolerance is taken
+    /// over the longest time that may lie between the readings.
+    #[test]
+    fn a_slow_vote_on_a_fast_clock_handled_after_a_check_is_steady() {
+        let origin = Instant::now();
+        let mut watch = ClockWatch::default();
+        let node = |at_us: u64| 10_000_000 + at_us + at_us / 1_000;
+        let check = ClockReading {
+            node_micros: node(3_001_000),
+            sent: origin + Duration::from_millis(3_000),
+            answered: origin + Duration::from_millis(3_001),
+        };
+        watch.read(check, ClockReader::Check);
+        let vote = ClockReading {
+            node_micros: node(1_000_000),
+            sent: origin + Duration::from_millis(1_000),
+            answered: origin + Duration::from_millis(3_000),
+        };
+        let compared = watch.read(vote, ClockReader::Vote);
+        assert_eq!(compared.moved, ClockMove::Steady, "{compared:?}");
+    }
+
+    /// A reading handled after eight later anchors (steps, each of which replaces the anchor)
+    /// is still compared with the anchor read before it; the ninth step pushes that one out,
+    /// and the reading is then compared with the later anchors only.
+    #[test]
+    fn a_late_reading_is_compared_with_the_anchor_before_it_while_it_is_kept() {
+        for steps in [7u64, 8] {
+            let (origin, mut watch) = checked_at(10_000);
+            // Steps back of a second each, a second apart: the node's clock stands still.
+            for step in 1..=steps {
+                let back = reading(origin, Duration::from_secs(step), MS, 10_000);
+                assert!(matches!(
+                    watch.read(back, ClockReader::Check).moved,
+                    ClockMove::SteppedBack(_)
+                ));
+            }
+            // Sent at 500 ms, before any of them, on a clock that had not stepped.
+            let vote = reading(origin, Duration::from_millis(500), MS, 10_500);
+            let compared = watch.read(vote, ClockReader::Vote);
+            match steps {
+                7 => assert!(
+                    matches!(compared.moved, ClockMove::SteppedBack(_)),
+                    "{compared:?}"
+                ),
+                _ => assert!(
+                    matches!(compared.moved, ClockMove::SteppedForward(_)),
+                    "{compared:?}"
+                ),
+            }
+        }
     }
 
     /// Two readings whose round trips overlap may have been taken in either order: a clock
