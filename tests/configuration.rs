@@ -80,6 +80,39 @@ async fn a_ttl_redis_cannot_take_is_an_error() {
     }
 }
 
+/// A ttl no longer than what a lock sets aside for clocks (`ttl × drift_factor + 2 ms`) leaves
+/// no validity: no lock could ever be held, and a campaign on it would retry forever. It is
+/// refused before anything is sent, by every entry point; the shortest that leaves some is taken.
+#[tokio::test]
+async fn a_ttl_that_leaves_no_validity_is_an_error() {
+    let nodes = common::Nodes::start(1);
+    let runtime = Config::new(nodes.cluster.urls())
+        .drift_factor(0.25)
+        .build()
+        .unwrap();
+    // 0.25 × 2 ms + 2 ms = 2.5 ms: nothing left.
+    let no_validity = Duration::from_millis(2);
+    let err = runtime.lock("too-short", no_validity).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("sets aside for clocks"), "{err}");
+    let err = runtime
+        .run_with("too-short", Options::new(no_validity), async {}, |_| true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    let err = runtime.campaign("too-short", no_validity).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    assert!(
+        nodes.absent("singleton:lock:too-short", &[]),
+        "nothing was sent"
+    );
+    // 0.25 × 3 ms + 2 ms = 2.75 ms: a quarter of a millisecond is left, and the ttl is accepted.
+    assert!(!matches!(
+        runtime.lock("short", Duration::from_millis(3)).await,
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
 #[tokio::test]
 async fn errors_from_unreachable_nodes_hide_passwords() {
     // Port 1 on loopback: nothing listens there, so connecting is refused at once.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::checks::{check_duration, check_millis};
+use crate::clock::drift_allowance;
 use crate::Error;
 
 /// How a call takes and keeps its lock; `#[singleton(...)]` builds one from its arguments, and
@@ -250,9 +251,10 @@ impl Options {
 }
 
 impl Options {
-    /// Checks the options against each other and against `max_ttl` (`Config::max_ttl`), before
-    /// anything is sent: each mistake is an [`Error::InvalidConfig`] that names the option.
-    pub(crate) fn check(&self, max_ttl: Duration) -> Result<(), Error> {
+    /// Checks the options against each other, against `max_ttl` (`Config::max_ttl`) and
+    /// against what a lock sets aside for clocks (`Config::drift_factor`), before anything is
+    /// sent: each mistake is an [`Error::InvalidConfig`] that names the option.
+    pub(crate) fn check(&self, max_ttl: Duration, drift_factor: f64) -> Result<(), Error> {
         if self.ttl > max_ttl {
             return Err(Error::InvalidConfig(format!(
                 "the ttl ({:?}) is longer than `Config::max_ttl` ({:?}), the longest ttl the \
@@ -262,6 +264,15 @@ impl Options {
             )));
         }
         check_millis("ttl", self.ttl)?;
+        let allowance = drift_allowance(self.ttl, drift_factor);
+        if self.ttl <= allowance {
+            return Err(Error::InvalidConfig(format!(
+                "the ttl ({:?}) leaves no validity after what a lock sets aside for clocks \
+                 (ttl × drift factor + 2 ms = {allowance:?}), so no lock could ever be held; use \
+                 a ttl well above the round trip to the nodes",
+                self.ttl
+            )));
+        }
         if let Some(wait) = self.wait {
             check_duration("wait", wait, true)?;
         }

@@ -374,7 +374,7 @@ impl Runtime {
     /// Checks a call's options against each other and this runtime's settings (see
     /// [`Options::check`]).
     pub(crate) fn check_options(&self, options: &Options) -> Result<(), Error> {
-        options.check(self.inner.max_ttl)
+        options.check(self.inner.max_ttl, self.nodes().drift_factor())
     }
 
     /// Whether `shutdown` has begun: a campaign and a cron schedule stop then.
