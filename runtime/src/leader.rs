@@ -57,8 +57,10 @@ pub enum LeaderEvent {
     },
     /// This process no longer leads: its lease was lost (renewal could not reach a quorum before
     /// the lease ran out, a majority of nodes no longer holds it, the process was paused past its
-    /// validity, or the runtime was shut down). Sent at the end of the validity at the latest;
-    /// [`Leadership::is_leader`] is false from then on even before it is received. The campaign
+    /// validity, or the runtime was shut down). Sent at the end of the validity at the latest,
+    /// by a timer on the crate's own thread: code that blocks that thread (a log writer that
+    /// stalls on the runtime's events) delays it as long as it blocks. [`Leadership::is_leader`]
+    /// is false from the end of the validity on, even before it is received. The campaign
     /// goes on: a later `Elected` may follow.
     Revoked {
         /// Why the lease was lost.
@@ -294,7 +296,8 @@ impl Leadership {
     /// ended and the `Leadership` is gone.
     ///
     /// `Revoked` is sent no later than the end of the lease's validity (the runtime's deadline
-    /// timer marks the lease lost then, not the next renewal).
+    /// timer marks the lease lost then, not the next renewal), as long as the crate's thread,
+    /// which runs that timer, is not blocked (see [`LeaderEvent::Revoked`]).
     ///
     /// ```no_run
     /// # use std::time::Duration;

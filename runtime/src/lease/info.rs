@@ -66,8 +66,9 @@ impl LeaseInfo {
     }
 
     /// Resolves when the lease is lost, with the reason, at the end of its validity at the
-    /// latest (whatever renewal is doing, and even with renewal off); never, if the call ends
-    /// with the lease kept.
+    /// latest (whatever renewal is doing, and even with renewal off; later only while code
+    /// blocks the crate's own thread, which runs the deadlines' timer, such as a log writer
+    /// that stalls); never, if the call ends with the lease kept.
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
         self.held.clone().lost()
     }
