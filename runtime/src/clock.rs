@@ -80,6 +80,10 @@ pub(crate) enum ClockMove {
     SteppedForward(Duration),
     /// Less far than ours by at least this much: keys on the node live longer.
     SteppedBack(Duration),
+    /// Less far than ours by at least this much if the node took the reading after the one it
+    /// is compared with, further (a step forward) if it took it before: the reading was handled
+    /// late, and which it took first cannot be told. Acted on as a step forward.
+    Unordered(Duration),
 }
 
 /// What comparing a reading with the one before showed.
@@ -108,8 +112,9 @@ impl ClockWatch {
     /// clock that moved further than ours could have between the two readings (with
     /// [`STEP_TOLERANCE`] and [`CLOCK_RATE_TOLERANCE_PPM`] to spare) stepped forward; one that
     /// moved less far stepped back. The readings may have been handled in either order: a
-    /// reading that the node may have taken before the anchor and that is behind it counts as
-    /// a step forward (see below), one ahead of it does whichever came first.
+    /// reading that the node may have taken before the anchor and that is behind it is
+    /// [`ClockMove::Unordered`] (see below), one ahead of it a step forward whichever came
+    /// first.
     ///
     /// A later check's reading becomes the anchor when its round trip is no longer than the
     /// anchor's plus what the clocks may have drifted since: the anchor is the reading that
@@ -142,7 +147,7 @@ impl ClockWatch {
         } else if least - moved > tolerance && reading.sent >= anchor.answered {
             ClockMove::SteppedBack(duration(least - moved))
         } else if least - moved > tolerance {
-            ClockMove::SteppedForward(duration(least - moved))
+            ClockMove::Unordered(duration(least - moved))
         } else {
             ClockMove::Steady
         };
@@ -410,10 +415,16 @@ mod tests {
         let after_the_step = reading(origin, Duration::from_secs(1), MS, 16_000);
         watch.read(after_the_step, ClockReader::Check);
         let before_the_step = reading(origin, Duration::from_millis(900), MS, 10_900);
-        assert!(matches!(
+        assert!(acted_on_as_forward(
             watch.read(before_the_step, ClockReader::Vote).moved,
-            ClockMove::SteppedForward(by) if by >= 4_990 * MS
+            4_990 * MS
         ));
+    }
+
+    /// Whether the node is taken to have stepped forward: a step forward, or a difference whose
+    /// direction cannot be told.
+    fn acted_on_as_forward(moved: ClockMove, at_least: Duration) -> bool {
+        matches!(moved, ClockMove::SteppedForward(by) | ClockMove::Unordered(by) if by >= at_least)
     }
 
     /// Whether a vote for a lock of `ttl` (drift factor 0.01) with this comparison counts: no
@@ -455,9 +466,9 @@ mod tests {
             ClockMove::SteppedForward(_)
         ));
         let vote = reading(origin, Duration::from_millis(900), MS, 10_900);
-        assert!(matches!(
+        assert!(acted_on_as_forward(
             watch.read(vote, ClockReader::Vote).moved,
-            ClockMove::SteppedForward(by) if by >= 4_990 * MS
+            4_990 * MS
         ));
     }
 
@@ -477,7 +488,7 @@ mod tests {
             watch.read(first.0, first.1);
             let compared = watch.read(second.0, second.1);
             assert!(
-                matches!(compared.moved, ClockMove::SteppedForward(by) if by >= 45 * MS),
+                acted_on_as_forward(compared.moved, 45 * MS),
                 "check first: {check_first}: {compared:?}"
             );
         }
@@ -536,7 +547,7 @@ mod tests {
             let vote = reading(origin, Duration::from_millis(sent_ms), 3 * MS, node_ms);
             let compared = watch.read(vote, ClockReader::Vote);
             assert!(
-                matches!(compared.moved, ClockMove::SteppedForward(by) if by >= 45 * MS),
+                acted_on_as_forward(compared.moved, 45 * MS),
                 "sent at {sent_ms} ms, read {node_ms}: {compared:?}"
             );
         }

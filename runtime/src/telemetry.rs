@@ -94,8 +94,8 @@ fn describe_every_metric() {
     describe_counter!(
         "cluster_singleton_clock_jumps_total",
         Unit::Count,
-        "Steps of a Redis node's clock, by `direction`: `forward` and `ahead` (the node's votes \
-         wait out the restart grace), `back` (keys live longer than asked)"
+        "Steps of a Redis node's clock, by `direction`: `forward`, `ahead` and `unknown` (the \
+         node's votes wait out the restart grace), `back` (keys live longer than asked)"
     );
     describe_counter!(
         "cluster_singleton_node_votes_refused_total",
@@ -222,7 +222,8 @@ pub(crate) fn released(key: &str, held: Duration, reached_quorum: bool) {
     let _ = (key, held, reached_quorum);
 }
 
-/// A node's clock was seen to step, `direction` "forward" or "back" (see
+/// A node's clock was seen to step, `direction` "forward", "back", "ahead" (of the other nodes'
+/// clocks) or "unknown" (forward or back: a reading handled out of order; see
 /// `Config::detect_clock_jumps`).
 pub(crate) fn clock_jumped(node: &str, direction: &'static str) {
     #[cfg(feature = "metrics")]

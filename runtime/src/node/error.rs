@@ -158,7 +158,8 @@ impl fmt::Display for NodeError {
             ),
             NodeError::ClockJumped { by, ago, grace } => write!(
                 f,
-                "the node's clock stepped forward (or was seen ahead of the other nodes') by \
+                "the node's clock stepped forward (or was seen ahead of the other nodes', or \
+                 differed by a step of unknown direction from a reading handled out of order) by \
                  {by:?} {}s ago, so keys on it may have expired early; its vote counts once the \
                  restart grace ({grace:?}) has passed since (see `Config::detect_clock_jumps`)",
                 ago.as_secs()

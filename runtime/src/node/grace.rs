@@ -292,6 +292,19 @@ impl Node {
                 jump = Some(seen.young_from_a_jump(by));
                 seen.ahead = true;
             }
+            ClockMove::Unordered(by) => {
+                tracing::warn!(
+                    node = self.name,
+                    jumped_by = ?by,
+                    "Redis node's clock stepped, forward or back (a reading handled out of order \
+                     cannot tell): keys on it may have expired early, so its votes count again \
+                     once the restart grace has passed from now"
+                );
+                telemetry::clock_jumped(&self.name, "unknown");
+                // Not `seen.ahead`: that says a step forward was seen, whose clock the check's
+                // next comparison with the other nodes would find ahead again.
+                jump = Some(seen.young_from_a_jump(by));
+            }
             ClockMove::SteppedBack(by) => {
                 tracing::warn!(
                     node = self.name,
