@@ -430,7 +430,7 @@ mod tests {
     /// Whether a vote for a lock of `ttl` (drift factor 0.01) with this comparison counts: no
     /// step forward, and a blind spot within the lock's allowance (see `Node::vote_clock`).
     fn vote_counts(compared: ClockComparison, ttl: Duration) -> bool {
-        !matches!(compared.moved, ClockMove::SteppedForward(_))
+        !acted_on_as_forward(compared.moved, Duration::ZERO)
             && compared.blind_spot <= drift_allowance(ttl, 0.01)
     }
 
