@@ -148,14 +148,12 @@ pub fn hold(
     let resident_after = nodes::resident_bytes()?;
     let allocated_after = allocated_bytes();
 
-    let commands_before = admin.lock_commands(nodes)?;
-    let usage_before = Usage::now();
     let lost_before_window = shared.lost.load(Ordering::SeqCst);
-    let started = Instant::now();
-    std::thread::sleep(window);
-    let usage = Usage::now().since(&usage_before);
-    let elapsed = started.elapsed();
-    let commands = admin.lock_commands(nodes)? - commands_before;
+    let Measured {
+        usage,
+        elapsed,
+        commands,
+    } = measure(admin, nodes, window)?;
     shared.over.store(true, Ordering::SeqCst);
     let lost = shared.lost.load(Ordering::SeqCst);
 
@@ -188,6 +186,32 @@ pub fn hold(
         retried,
         acquiring,
         first_error,
+    })
+}
+
+/// What the process and the nodes did over one measuring window.
+struct Measured {
+    usage: Usage,
+    elapsed: Duration,
+    /// Lock commands the nodes ran, summed over nodes.
+    commands: u64,
+}
+
+/// Sleeps through `window` while leases or keys are renewed in the background: the process's
+/// resource usage and the lock commands `nodes` ran meanwhile. The hold row and its floor are
+/// measured by this one function, so that their figures compare.
+fn measure(admin: &mut Admin, nodes: &[usize], window: Duration) -> Result<Measured> {
+    let commands_before = admin.lock_commands(nodes)?;
+    let usage_before = Usage::now();
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let usage = Usage::now().since(&usage_before);
+    let elapsed = started.elapsed();
+    let commands = admin.lock_commands(nodes)? - commands_before;
+    Ok(Measured {
+        usage,
+        elapsed,
+        commands,
     })
 }
 
@@ -243,13 +267,11 @@ pub fn hold_floor(
         })
     };
     std::thread::sleep(HOLD_TTL / 2);
-    let commands_before = admin.lock_commands(nodes)?;
-    let usage_before = Usage::now();
-    let started = Instant::now();
-    std::thread::sleep(window);
-    let usage = Usage::now().since(&usage_before);
-    let elapsed = started.elapsed();
-    let commands = admin.lock_commands(nodes)? - commands_before;
+    let Measured {
+        usage,
+        elapsed,
+        commands,
+    } = measure(admin, nodes, window)?;
     stop.send_replace(true);
     let not_renewed = tokio.block_on(renewing)??;
     tokio.block_on(floor.delete(&keys))?;
