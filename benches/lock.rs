@@ -46,7 +46,7 @@ use harness::model::{Contender, Figures, Results, Row, Shape};
 use harness::nodes::{self, Admin};
 use harness::report::{self, Memory};
 use harness::rslock::Rslock;
-use harness::scale::{self, BURST_TTL, HOLD_ATTEMPTS, HOLD_TTL, HOLD_WAVE};
+use harness::scale::{self, HOLD_ATTEMPTS, HOLD_TTL, HOLD_WAVE};
 use harness::settings::{Pick, RowKind, Settings, USAGE};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -283,7 +283,12 @@ fn run(settings: &Settings) -> Result<()> {
     }
     let burst = if settings.wants(RowKind::Burst) {
         let site = site_with(&mut sites, SCALE_NODES, settings, &bench.tokio)?;
-        Some(burst_row(&bench.tokio, site, settings.burst)?)
+        Some(burst_row(
+            &bench.tokio,
+            site,
+            settings.burst,
+            settings.burst_ttl,
+        )?)
     } else {
         None
     };
@@ -329,8 +334,8 @@ fn run(settings: &Settings) -> Result<()> {
     if let Some(burst) = &burst {
         println!(
             "Burst (issue 12): {SCALE_NODES} healthy nodes, every call started at once, each on a \
-             key of its own with ttl {} s and an empty body.\n\n{}",
-            BURST_TTL.as_secs(),
+             key of its own with ttl {:?} and an empty body.\n\n{}",
+            settings.burst_ttl,
             report::burst(burst)
         );
     }
@@ -660,10 +665,14 @@ fn burst_row(
     tokio: &tokio::runtime::Runtime,
     site: &mut Site,
     calls: usize,
+    ttl: Duration,
 ) -> Result<scale::Burst> {
-    eprintln!("burst row: {calls} calls at once on {} nodes", site.nodes());
+    eprintln!(
+        "burst row: {calls} calls at once on {} nodes, ttl {ttl:?}",
+        site.nodes()
+    );
     let askable = site.askable();
-    let burst = scale::burst(tokio, &site.runtime, &mut site.admin, &askable, calls)?;
+    let burst = scale::burst(tokio, &site.runtime, &mut site.admin, &askable, calls, ttl)?;
     for message in [&burst.first_no_quorum, &burst.first_failure]
         .into_iter()
         .flatten()

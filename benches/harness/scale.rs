@@ -36,8 +36,9 @@ pub const HOLD_ATTEMPTS: usize = 3;
 /// Pause before a wave's failed acquisitions are tried again, so that the nodes' backlog drains.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
-/// The ttl of each call of the burst row: long against the burst, so that no lock expires
-/// while the calls are still being answered.
+/// The ttl of each call of the burst row by default, and the longest it takes (the bench
+/// runtime's `max_ttl`): long against the burst, so that no lock expires while the calls are
+/// still being answered.
 pub const BURST_TTL: Duration = Duration::from_secs(10);
 
 /// What the hold row measured for one number of leases.
@@ -405,6 +406,7 @@ pub fn burst(
     admin: &mut Admin,
     nodes: &[usize],
     calls: usize,
+    ttl: Duration,
 ) -> Result<Burst> {
     for &node in nodes {
         admin.wait_quiet(node)?;
@@ -428,7 +430,7 @@ pub fn burst(
                 tokio::spawn(async move {
                     let key = format!("burst:{index}");
                     runtime
-                        .run_with(&key, Options::new(BURST_TTL), async {}, |_| true)
+                        .run_with(&key, Options::new(ttl), async {}, |_| true)
                         .await
                 })
             })

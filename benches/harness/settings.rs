@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::scale::BURST_TTL;
+
 /// Repetitions by default: five gives a median that one noisy window cannot move.
 const DEFAULT_REPETITIONS: usize = 5;
 /// The measured window of one contender in one row, by default.
@@ -51,6 +53,7 @@ options:
   --hold-window-ms N    the hold row's measuring window (default 10000: ten renewal
                         rounds at its 3 s ttl)
   --burst N             calls the burst row starts at once (default 50000)
+  --burst-ttl-ms N      the ttl of each burst call (default and most 10000)
   --no-restart-grace    the runtime with `restart_grace(Duration::ZERO)`, as for nodes that
                         persist every write: no epoch read with each vote (default: the
                         grace on, as a user gets it, with `max_ttl` the bench's ttl; the run
@@ -96,6 +99,8 @@ pub struct Settings {
     pub hold_window: Duration,
     /// Calls started at once in the burst row.
     pub burst: usize,
+    /// The ttl of each burst call.
+    pub burst_ttl: Duration,
     /// The runtime's restart grace on (its default), rather than off.
     pub restart_grace: bool,
     pub help: bool,
@@ -120,6 +125,7 @@ impl Default for Settings {
             leases: DEFAULT_LEASES.to_vec(),
             hold_window: DEFAULT_HOLD_WINDOW,
             burst: DEFAULT_BURST,
+            burst_ttl: BURST_TTL,
             restart_grace: true,
             help: false,
         }
@@ -195,6 +201,15 @@ impl Settings {
                 }
                 "--hold-window-ms" => settings.hold_window = millis(&arg, &value()?)?,
                 "--burst" => settings.burst = number::<usize>(&arg, &value()?)?.max(1),
+                "--burst-ttl-ms" => {
+                    settings.burst_ttl = millis(&arg, &value()?)?;
+                    if settings.burst_ttl.is_zero() || settings.burst_ttl > BURST_TTL {
+                        return Err(format!(
+                            "`{arg}` takes 1 to {} (the bench runtime's `max_ttl`)",
+                            BURST_TTL.as_millis()
+                        ));
+                    }
+                }
                 "--no-restart-grace" => settings.restart_grace = false,
                 other => return Err(format!("unknown argument `{other}`; see --help")),
             }
