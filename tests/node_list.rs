@@ -1,27 +1,45 @@
 //! Redlock's quorums exclude each other because any two majorities of the same N nodes share a
 //! node, which refuses the second `SET NX`. So every machine must lock on the same nodes: the
 //! order of its list does not matter, but a machine given another list (a node added, removed or
-//! replaced by a rolling deploy) has quorums that need not meet the others' (README, "Safety" 11).
+//! replaced by a rolling deploy) has quorums that need not meet the others' (README, "Safety"
+//! 11). Every machine that locks announces how many nodes it locks on, and one that reads
+//! different numbers on any of its nodes counts no vote; lists of the same length are not
+//! compared.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cluster_singleton::runtime::{Config, Runtime};
+use cluster_singleton::{Error, FailureKind};
 use cluster_singleton_testkit::Cluster;
-use common::{lose_copy_on_node_2, NODE_TIMEOUT};
+use common::{lose_copy_on, until_nodes_vote, NODE_TIMEOUT};
 
 const KEY: &str = "node-list-job";
-const TTL: Duration = Duration::from_secs(10);
+/// The fleet's longest ttl, and so the restart grace the fresh nodes serve first.
+const MAX_TTL: Duration = Duration::from_secs(3);
+/// The once-a-second check of each node reads the announcements again.
+const PAST_A_CHECK: Duration = Duration::from_secs(3);
 
-/// A machine locking on `urls`, fresh nodes that hold no lock a restart could have made them
-/// forget.
+/// A machine locking on `urls`, with the restart grace on, as a user has it.
 fn machine(urls: &[String]) -> Runtime {
     Config::new(urls)
-        .restart_grace(Duration::ZERO)
+        .max_ttl(MAX_TTL)
         .node_timeout(NODE_TIMEOUT)
         .build()
         .expect("valid configuration")
+}
+
+/// The failures of a call that must not take the lock: it found no quorum, most of its nodes
+/// refusing (`Error::Refused`, a configuration to fix) or not.
+fn no_quorum(
+    result: Result<Option<cluster_singleton::Lease>, Error>,
+) -> cluster_singleton::NoQuorum {
+    match result {
+        Err(Error::NoQuorum(no_quorum) | Error::Refused(no_quorum)) => no_quorum,
+        Ok(Some(lease)) => panic!("a second holder: {}", lease.token()),
+        other => panic!("expected NoQuorum, got {other:?}"),
+    }
 }
 
 /// The first machine holds the lock on a bare quorum, nodes 0 and 1; the second lists the same
@@ -32,14 +50,12 @@ async fn machines_that_list_the_same_nodes_in_another_order_exclude_each_other()
     let urls = cluster.urls();
     let reversed: Vec<String> = urls.iter().rev().cloned().collect();
     let (first, second) = (machine(&urls), machine(&reversed));
+    until_nodes_vote(&first, MAX_TTL).await;
+    until_nodes_vote(&second, MAX_TTL).await;
 
-    let held = first
-        .lock(KEY, TTL)
-        .await
-        .unwrap()
-        .expect("the key is free");
-    lose_copy_on_node_2(&cluster, &held).await;
-    let intruder = second.lock(KEY, TTL).await.unwrap();
+    let held = first.lock(KEY, MAX_TTL).await.unwrap().expect("free");
+    lose_copy_on(&cluster, 2, &held).await;
+    let intruder = second.lock(KEY, MAX_TTL).await.unwrap();
 
     assert!(
         intruder.is_none(),
@@ -48,26 +64,162 @@ async fn machines_that_list_the_same_nodes_in_another_order_exclude_each_other()
     assert!(held.validity() > Duration::ZERO, "the first lease ran out");
 }
 
-/// What happens when the assumption fails: a fleet moving from three nodes to five, with one
-/// machine on each list. The old machine holds the lock on nodes 0 and 1, a majority of its
-/// three; nodes 2, 3 and 4 are a majority of the new machine's five, and grant it too.
+/// A fleet moving from three nodes to five, with one machine on each list. The old machine holds
+/// the lock on nodes 0 and 1, a majority of its three; nodes 2, 3 and 4 are a majority of the
+/// new machine's five, and would grant it too. But nodes 0 to 2 have both announcements: the new
+/// machine counts no node's vote, and the old one none from its next check of its nodes on.
 #[tokio::test]
-async fn machines_that_list_different_nodes_can_both_hold() {
+async fn machines_that_list_different_numbers_of_nodes_get_no_vote() {
     let cluster = Cluster::start(5).unwrap();
     let urls = cluster.urls();
-    let (old, new) = (machine(&urls[..3]), machine(&urls));
+    let old = machine(&urls[..3]);
+    until_nodes_vote(&old, MAX_TTL).await;
+    let held = old.lock(KEY, MAX_TTL).await.unwrap().expect("free");
+    lose_copy_on(&cluster, 2, &held).await;
 
-    let held = old.lock(KEY, TTL).await.unwrap().expect("the key is free");
-    lose_copy_on_node_2(&cluster, &held).await;
+    let new = machine(&urls);
+    let refused = no_quorum(new.lock(KEY, MAX_TTL).await);
+    assert!(held.validity() > Duration::ZERO, "the first lease ran out");
+    assert_eq!(refused.answered, 0, "{refused}");
+    for node in &urls {
+        let failure = refused
+            .failures
+            .iter()
+            .find(|failure| failure.node == *node)
+            .unwrap_or_else(|| panic!("{node} is not named: {refused}"));
+        assert_eq!(failure.kind, FailureKind::Refused, "{refused}");
+        let says = "different numbers of them (3 to 5, as announced on them; this one on 5)";
+        assert!(failure.cause.contains(says), "{refused}");
+    }
+
+    // The old machine reads the new announcement at its next check of each node.
+    let deadline = Instant::now() + PAST_A_CHECK;
+    let refused = loop {
+        match old.lock("another-job", MAX_TTL).await {
+            Err(Error::NoQuorum(no_quorum) | Error::Refused(no_quorum)) => break no_quorum,
+            Ok(Some(lease)) => lease.release().await.unwrap(),
+            other => panic!("expected a lease or NoQuorum, got {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the old machine still locks");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.to_string().contains("this one on 3"), "{refused}");
+}
+
+/// The fix, as `docs/deployment.md` gives it: the old machines stop, the announcements of their
+/// list are deleted on every node, and the new machine locks from its next check of the nodes on.
+#[tokio::test]
+async fn once_the_old_list_is_gone_and_its_announcements_deleted_the_new_one_locks() {
+    let cluster = Cluster::start(5).unwrap();
+    let urls = cluster.urls();
+    let old = machine(&urls[..3]);
+    until_nodes_vote(&old, MAX_TTL).await;
+    let new = machine(&urls);
+    no_quorum(new.lock(KEY, MAX_TTL).await);
+
+    old.shutdown(MAX_TTL).await.unwrap();
+    drop(old);
+    // Deleted again at each try: a check of the old runtime's that was under way when it was
+    // dropped may still announce its list once.
+    let forget_the_lists = || {
+        for node in 0..urls.len() {
+            let mut connection = cluster.connection(node).unwrap();
+            let _: () = redis::cmd("DEL")
+                .arg("singleton:nodes-fewest")
+                .arg("singleton:nodes-most")
+                .query(&mut connection)
+                .unwrap();
+        }
+    };
+    let deadline = Instant::now() + PAST_A_CHECK + MAX_TTL;
+    loop {
+        forget_the_lists();
+        if let Ok(Some(_)) = new.lock(KEY, MAX_TTL).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new machine never locked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A machine with another list need not have announced it on every node: here the old machine
+/// cannot reach its third node (node 2 of the cluster, which the new machine reaches), and holds
+/// the lock on nodes 0 and 1. Nodes 2, 3 and 4 never heard of a list of three, and would make a
+/// majority of the new machine's five; but nodes 0 and 1 did, so the new machine counts no vote.
+#[tokio::test]
+async fn a_list_seen_on_some_nodes_stops_the_votes_of_all() {
+    let cluster = Cluster::start(5).unwrap();
+    let urls = cluster.urls();
+    let closed_port = "redis://127.0.0.1:1".to_owned();
+    let old = machine(&[urls[0].clone(), urls[1].clone(), closed_port]);
+    until_nodes_vote(&old, MAX_TTL).await;
+    let held = old.lock(KEY, MAX_TTL).await.unwrap().expect("free");
+
+    let new = machine(&urls);
+    let refused = no_quorum(new.lock(KEY, MAX_TTL).await);
+    assert!(held.validity() > Duration::ZERO, "the first lease ran out");
+    assert_eq!(refused.answered, 0, "{refused}");
+    assert!(
+        refused
+            .failures
+            .iter()
+            .all(|failure| failure.kind == FailureKind::Refused),
+        "{refused}"
+    );
+}
+
+/// What happens where the check cannot see: a machine whose list replaces node 2 of three with
+/// node 3. Both list three nodes, so their announcements agree. The old machine holds the lock on
+/// nodes 0 and 2; nodes 1 and 3 are a majority of the new machine's list, and grant it too.
+#[tokio::test]
+async fn machines_that_list_as_many_nodes_but_other_ones_can_both_hold() {
+    let cluster = Cluster::start(4).unwrap();
+    let urls = cluster.urls();
+    let old = machine(&urls[..3]);
+    let replaced = [urls[0].clone(), urls[1].clone(), urls[3].clone()];
+    let new = machine(&replaced);
+    until_nodes_vote(&old, MAX_TTL).await;
+    until_nodes_vote(&new, MAX_TTL).await;
+
+    let held = old.lock(KEY, MAX_TTL).await.unwrap().expect("free");
+    lose_copy_on(&cluster, 1, &held).await;
     let intruder = new
-        .lock(KEY, TTL)
+        .lock(KEY, MAX_TTL)
         .await
         .unwrap()
-        .expect("nodes 2, 3 and 4 are a majority of five, and none of them holds the lock");
+        .expect("nodes 1 and 3 are a majority of the new list, and neither holds the lock");
 
     assert!(
         held.validity() > Duration::ZERO && intruder.validity() > Duration::ZERO,
         "both leases are valid at once"
     );
     assert_ne!(held.token(), intruder.token());
+}
+
+/// A runtime that only looks at some of the fleet's nodes (`health` on one of them, as the
+/// command-line tool does) announces no list: a machine of the fleet that connects after it still
+/// gets every vote. Its list counts from its first lock attempt on.
+#[tokio::test]
+async fn a_runtime_that_only_looks_at_some_of_the_nodes_does_not_count() {
+    let cluster = Cluster::start(3).unwrap();
+    let urls = cluster.urls();
+    until_nodes_vote(&machine(&urls), MAX_TTL).await;
+    let looking = machine(&urls[..1]);
+    let health = looking.health().await;
+    assert!(health[0].votes, "{health:?}");
+
+    let late = machine(&urls);
+    let deadline = Instant::now() + PAST_A_CHECK;
+    loop {
+        match late.lock(KEY, MAX_TTL).await {
+            Ok(Some(_)) => break,
+            Err(err) => assert!(
+                !err.to_string().contains("different numbers"),
+                "the looking runtime counted as a machine of the fleet: {err}"
+            ),
+            Ok(None) => panic!("nobody holds the key"),
+        }
+        assert!(Instant::now() < deadline, "the late machine never locked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -124,7 +124,7 @@ impl Config {
     /// The prefix put before every key in Redis (default [`DEFAULT_KEY_PREFIX`]); give each
     /// application its own when they share Redis nodes, none of them the beginning of another.
     /// Under it, each kind of key has a namespace of its own: `lock:{key}`, `done:{key}:{n}`,
-    /// `fence:{key}`, `epoch` and `max-ttl`.
+    /// `fence:{key}`, `epoch`, `max-ttl`, `nodes-fewest` and `nodes-most`.
     ///
     /// ```
     /// let config = cluster_singleton::runtime::Config::new(["redis://127.0.0.1"]).key_prefix("app1:");
@@ -214,7 +214,10 @@ impl Config {
     /// more (Redis gives its uptime in whole seconds, and the runtime errs late; the error says
     /// which node counts again when). `Duration::ZERO` turns the check off: right only for
     /// nodes that persist every write before answering (`appendonly yes`, `appendfsync always`),
-    /// and for tests that start fresh nodes. The check needs the `INFO` command.
+    /// and for tests that start fresh nodes. The check needs the `INFO` command. What rides on
+    /// the same once-a-second announcements goes with it: the clock check
+    /// ([`Config::detect_clock_jumps`]) and the check that every machine using a node locks on as
+    /// many nodes (README, "Safety" 11).
     ///
     /// [`max_ttl`]: Config::max_ttl
     ///

@@ -44,8 +44,9 @@ pub enum Error {
 
     /// Nodes answered, but with an error instead of a vote, and too few voted to decide: a key of
     /// another type where the crate keeps its keys, a missing ACL permission, a wrong password, a
-    /// script the server refused. Not an outage: restarting nodes will not help, fixing what
-    /// [`NoQuorum::failures`] says will. The body did not run.
+    /// script the server refused, or machines using the nodes that lock on different numbers of
+    /// them (every machine must list the same nodes). Not an outage: restarting nodes will not
+    /// help, fixing what [`NoQuorum::failures`] says will. The body did not run.
     #[error("{}", .0.refusal())]
     Refused(NoQuorum),
 
@@ -189,7 +190,8 @@ impl NoQuorum {
                 it.write_failures(f)?;
                 f.write_str(
                     "; this is not an outage: fix what the nodes said (a missing ACL permission, \
-                     a wrong password, a key of another type under the key prefix)",
+                     a wrong password, a key of another type under the key prefix, machines that \
+                     list different nodes)",
                 )
             }
         }
@@ -248,7 +250,9 @@ pub enum FailureKind {
     /// The node had not answered yet when the call's outcome was decided without it.
     Unanswered,
     /// The node answered with an error instead of a vote: a missing ACL permission, a wrong
-    /// password, a key of another type, a script error.
+    /// password, a key of another type, a script error. Or the machines using it announced
+    /// there that they lock on different numbers of nodes, so that their majorities need not
+    /// overlap (every machine must list the same nodes).
     Refused,
     /// The node restarted too recently for its vote to count (see `Config::restart_grace`), or
     /// for a "no done marker" answer to count (`slot`); or it lost its data, or its clock

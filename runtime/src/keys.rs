@@ -4,7 +4,8 @@
 //! With the default prefix, the job `daily-email` has the lock `singleton:lock:daily-email`, the
 //! done markers `singleton:done:daily-email:<period>` and the fencing counter
 //! `singleton:fence:daily-email`; the machines' longest ttl is announced at `singleton:max-ttl`,
-//! and each node's epoch is at `singleton:epoch`.
+//! the fewest and the most nodes they lock on at `singleton:nodes-fewest` and
+//! `singleton:nodes-most`, and each node's epoch is at `singleton:epoch`.
 //! The kinds differ right after the prefix, and a marker's period (digits only) is what follows
 //! its last `:`, so no two keys of any kinds or jobs are the same. (Within one prefix: two
 //! applications on the same nodes need prefixes of which neither begins the other.)
@@ -23,6 +24,15 @@ pub(crate) fn done_marker(prefix: &str, key: &str, period: u64) -> String {
 /// `node::FleetGrace`).
 pub(crate) fn max_ttl(prefix: &str) -> String {
     format!("{prefix}max-ttl")
+}
+
+/// Where the machines using the nodes announce the fewest and the most nodes any of them locks on
+/// (see `node::FleetGrace`).
+pub(crate) fn node_counts(prefix: &str) -> [String; 2] {
+    [
+        format!("{prefix}nodes-fewest"),
+        format!("{prefix}nodes-most"),
+    ]
 }
 
 /// Each node's epoch: a random value that tells a node that lost its data (see

@@ -109,6 +109,7 @@ impl Node {
                 ahead: false,
                 compared: false,
                 jump: None,
+                node_counts: None,
             }),
             crate_thread: crate_thread.clone(),
         })

@@ -232,6 +232,22 @@ impl Nodes {
         let _ = driver::timeout(&self.crate_thread, self.timeout, join_all(opening)).await;
     }
 
+    /// Before the runtime's first lock attempt, and at once after it: every node is checked
+    /// (within the node timeout), which announces how many nodes this runtime locks on, so that a
+    /// machine with another list finds it before either can hold a lock on a majority of its
+    /// own (see `FleetGrace`).
+    pub(crate) async fn begin_locking(&self) {
+        let Some(grace) = &self.grace else {
+            return;
+        };
+        grace
+            .begin_locking(|| async {
+                let checks = join_all(self.list.iter().map(Node::check));
+                let _ = driver::timeout(&self.crate_thread, self.timeout, checks).await;
+            })
+            .await;
+    }
+
     /// Waits for a turn to start a lock attempt or a release (see [`ROUNDS_IN_FLIGHT`]); the
     /// turn ends when the returned permit is dropped. A caller whose clock (a lock's validity, a round's deadline)
     /// starts only after this returns does not count the wait against it.

@@ -124,6 +124,7 @@ pub(crate) async fn acquire(
     retries: &SplitVoteRetries,
 ) -> Result<Acquired, Error> {
     let fence_key = fence_key.map(Arc::<str>::from);
+    nodes.begin_locking().await;
     let mut window = SPLIT_VOTE_FIRST_WINDOW;
     let first_started = Instant::now();
     let (retry_until, widest_window) = match retries.period_ends {

@@ -102,8 +102,9 @@ fn describe_every_metric() {
         Unit::Count,
         "Answers of a Redis node that did not count (a vote, or its part of a renewal, release \
          or done marker), by `reason`: `young` (inside its restart grace), `lost_data`, \
-         `clock_jumped`, `clock_unverified`, `started_in_period`, `refused` (the server refused \
-         the command: ACL, password), `unreachable`; timeouts are counted apart"
+         `clock_jumped`, `clock_unverified`, `started_in_period`, `node_lists_differ` (machines \
+         using the node lock on different numbers of nodes), `refused` (the server refused the \
+         command: ACL, password), `unreachable`; timeouts are counted apart"
     );
     describe_counter!(
         "cluster_singleton_node_timeouts_total",

@@ -136,17 +136,23 @@ pub async fn until_nodes_vote(runtime: &Runtime, grace: Duration) {
 }
 
 /// Deletes `held`'s copy on node 2, as a `SET` that never arrived would have left it: the lease
-/// then stands on a bare quorum of nodes 0 and 1. A lock is taken once a majority granted it, so
-/// the `SET` on node 2 may still be on its way: the copy is deleted once it has landed (or, if it
-/// has not within a second, at once), or it could land after the delete.
+/// then stands on a bare quorum of nodes 0 and 1 (see [`lose_copy_on`]).
 pub async fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Lease) {
-    let mut node_2 = cluster.connection(2).expect("connect to node 2");
+    lose_copy_on(cluster, 2, held).await;
+}
+
+/// Deletes `held`'s copy on node `node`, as a `SET` that never arrived would have left it. A lock
+/// is taken once a majority granted it, so the `SET` on that node may still be on its way: the
+/// copy is deleted once it has landed (or, if it has not within a second, at once), or it could
+/// land after the delete.
+pub async fn lose_copy_on(cluster: &Cluster, node: usize, held: &cluster_singleton::Lease) {
+    let mut connection = cluster.connection(node).expect("connect to the node");
     let deadline = Instant::now() + PROMPTLY;
     loop {
         let value: Option<String> = redis::cmd("GET")
             .arg(held.key())
-            .query(&mut node_2)
-            .expect("GET on node 2");
+            .query(&mut connection)
+            .expect("GET on the node");
         if value.as_deref() == Some(held.token()) || Instant::now() >= deadline {
             break;
         }
@@ -154,8 +160,8 @@ pub async fn lose_copy_on_node_2(cluster: &Cluster, held: &cluster_singleton::Le
     }
     let _: () = redis::cmd("DEL")
         .arg(held.key())
-        .query(&mut node_2)
-        .expect("DEL on node 2");
+        .query(&mut connection)
+        .expect("DEL on the node");
 }
 
 /// A configuration for nodes the test has just started: they hold no lock that a restart could

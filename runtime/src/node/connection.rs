@@ -118,8 +118,8 @@ impl Node {
         let read = driver::timeout(&self.crate_thread, within, async {
             match &self.grace {
                 Some(grace) => {
-                    grace.announce(&mut connection).await?;
-                    Server::read(&mut connection, &grace.epoch_key)
+                    let node_counts = grace.announce(&mut connection).await?;
+                    Server::read(&mut connection, &grace.epoch_key, node_counts)
                         .await
                         .map(Some)
                 }
@@ -520,8 +520,8 @@ async fn open(
             .await?;
         let server = match &grace {
             Some(grace) => {
-                grace.announce(&mut connection).await?;
-                Some(Server::read(&mut connection, &grace.epoch_key).await?)
+                let node_counts = grace.announce(&mut connection).await?;
+                Some(Server::read(&mut connection, &grace.epoch_key, node_counts).await?)
             }
             None => None,
         };

@@ -50,6 +50,13 @@ pub(crate) enum NodeError {
         ago: Duration,
         grace: Duration,
     },
+    /// Machines using the nodes announced lists of `fewest` to `most` nodes (this one's
+    /// included); this one locks on `ours` (`None`: it only looks).
+    NodeListsDiffer {
+        ours: Option<u64>,
+        fewest: u64,
+        most: u64,
+    },
 }
 
 impl NodeError {
@@ -64,6 +71,7 @@ impl NodeError {
             NodeError::ClockJumped { .. } => "clock_jumped",
             NodeError::ClockNotCompared | NodeError::ClockUncertain { .. } => "clock_unverified",
             NodeError::StartedInPeriod => "started_in_period",
+            NodeError::NodeListsDiffer { .. } => "node_lists_differ",
             NodeError::Down(_) | NodeError::Redis(_) if self.kind() == FailureKind::Refused => {
                 "refused"
             }
@@ -87,6 +95,7 @@ impl NodeError {
                 FailureKind::Unverified
             }
             NodeError::Unanswered => FailureKind::Unanswered,
+            NodeError::NodeListsDiffer { .. } => FailureKind::Refused,
         }
     }
 }
@@ -156,6 +165,23 @@ impl fmt::Display for NodeError {
                  ({allowance:?}, `ttl × drift_factor + 2 ms`); a lock with a longer ttl allows \
                  more (see `Config::detect_clock_jumps`)"
             ),
+            NodeError::NodeListsDiffer { ours, fewest, most } => {
+                write!(
+                    f,
+                    "the machines using these nodes lock on different numbers of them ({fewest} \
+                     to {most}, as announced on them; "
+                )?;
+                match ours {
+                    Some(ours) => write!(f, "this one on {ours}")?,
+                    None => f.write_str("this one only looks")?,
+                }
+                f.write_str(
+                    "), so their majorities need not overlap and two of them could hold one key: \
+                     give every machine the same nodes; the nodes vote again once the other \
+                     machines' announcements have expired, a minute after their `max_ttl` (see \
+                     docs/deployment.md, \"Changing the nodes\")",
+                )
+            }
             NodeError::ClockJumped { by, ago, grace } => write!(
                 f,
                 "the node's clock stepped forward (or was seen ahead of the other nodes', or \

@@ -1,7 +1,8 @@
 //! Whether a node's vote counts: its restart grace, its epoch and its clock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::MultiplexedConnection;
@@ -14,8 +15,8 @@ use crate::clock::{
 use crate::{keys, telemetry, Config};
 
 use super::connection::Session;
-use super::scripts::ANNOUNCE_MAX_TTL;
-use super::server::Server;
+use super::scripts::ANNOUNCE;
+use super::server::{NodeCounts, Server};
 use super::{millis, Node, NodeError};
 
 /// How much longer than its `max_ttl` an announcement lives without being renewed: its machine
@@ -45,6 +46,8 @@ pub(super) struct Seen {
     pub(super) compared: bool,
     /// The last forward step of the node's clock this process saw.
     pub(super) jump: Option<Jump>,
+    /// How many nodes the machines using this one lock on, as last read there.
+    pub(super) node_counts: Option<NodeCounts>,
 }
 
 impl Seen {
@@ -90,6 +93,13 @@ pub(super) struct Jump {
 /// votes only after that long. So a machine given a shorter `max_ttl` than another's (a deploy
 /// that raised it on some machines first) still waits long enough for the other's locks.
 ///
+/// A runtime that locks also announces how many nodes it locks on (before its first attempt, then
+/// with its `max_ttl`), and reads back the fewest and the most announced on each node. Quorums
+/// exclude each other only among machines that lock on the same nodes: a runtime that read
+/// different numbers on any of its nodes (a node added or removed by a rolling deploy, a machine
+/// left with an old list) counts no node's vote, until the odd announcements have expired, a
+/// minute after their announcers' `max_ttl`.
+///
 /// The epoch is a random value at one key of each node, written by the first client that finds
 /// none, and read with the server's `run_id`. Every vote reads it back in the same round trip
 /// (a `GET` after the `SET`, or inside the script): a node that no longer has the epoch this
@@ -106,6 +116,22 @@ pub(crate) struct FleetGrace {
     /// The longest `max_ttl` seen announced by any machine, in milliseconds. It only grows for
     /// the life of the process: lowering `max_ttl` fleet-wide takes effect on restart.
     announced_ms: AtomicU64,
+    /// The keys the fewest and the most nodes are announced at.
+    node_count_keys: [String; 2],
+    /// How many nodes this runtime locks on.
+    node_count: u64,
+    /// Whether the runtime has begun to lock: it announces its node count from then on. A
+    /// runtime that only looks (`health`, `inspect`, `list`, the command-line tool) never does,
+    /// so that one pointed at some of the nodes does not count as a machine with another list.
+    locking: AtomicBool,
+    /// Done once the node count was first announced where it could be, before the first lock
+    /// attempt.
+    first_announced: tokio::sync::OnceCell<()>,
+    /// Per node, the fewest and the most nodes announced there, as last read, and when.
+    node_lists: Mutex<Vec<Option<(NodeCounts, Instant)>>>,
+    /// The fewest and the most over every node and this runtime, packed (see
+    /// `NodeCounts::packed`), when they differ; 0 while they agree. Read by every vote.
+    node_lists_differ: AtomicU64,
     /// Whether a node's clock stepping forward makes it young (`Config::detect_clock_jumps`).
     detect_clock_jumps: bool,
     /// `Config::drift_factor`: a vote must rule out a step larger than a lock's allowance.
@@ -127,6 +153,12 @@ impl FleetGrace {
             epoch_key: keys::epoch(&config.key_prefix),
             max_ttl_ms,
             announced_ms: AtomicU64::new(max_ttl_ms),
+            node_count_keys: keys::node_counts(&config.key_prefix),
+            node_count: config.urls.len() as u64,
+            locking: AtomicBool::new(false),
+            first_announced: tokio::sync::OnceCell::new(),
+            node_lists: Mutex::new(vec![None; config.urls.len()]),
+            node_lists_differ: AtomicU64::new(0),
             detect_clock_jumps: config.detect_clock_jumps,
             drift_factor: config.drift_factor,
             clock_jumps: watch::Sender::new(0),
@@ -146,19 +178,77 @@ impl FleetGrace {
         ))
     }
 
-    /// Announces our `max_ttl` on `connection`'s node and takes in the largest announced there.
+    /// Announces our `max_ttl` and how many nodes we lock on, on `connection`'s node; takes in
+    /// the largest `max_ttl` announced there, and returns the fewest and the most nodes.
     pub(super) async fn announce(
         &self,
         connection: &mut MultiplexedConnection,
-    ) -> Result<(), RedisError> {
-        let mut invocation = ANNOUNCE_MAX_TTL.key(&self.key);
-        invocation.arg(self.max_ttl_ms).arg(
-            self.max_ttl_ms
-                .saturating_add(millis(ANNOUNCEMENT_OUTLIVES_ITS_LOCKS)),
-        );
-        let largest: u64 = invocation.invoke_async(connection).await?;
+    ) -> Result<NodeCounts, RedisError> {
+        let mut invocation = ANNOUNCE.key(&self.key);
+        let [fewest_key, most_key] = &self.node_count_keys;
+        invocation
+            .key(fewest_key)
+            .key(most_key)
+            .arg(self.max_ttl_ms)
+            .arg(
+                self.max_ttl_ms
+                    .saturating_add(millis(ANNOUNCEMENT_OUTLIVES_ITS_LOCKS)),
+            )
+            .arg(self.announced_node_count().unwrap_or(0));
+        let (largest, fewest, most): (u64, u64, u64) = invocation.invoke_async(connection).await?;
         self.announced_ms.fetch_max(largest, Ordering::Relaxed);
-        Ok(())
+        Ok(NodeCounts { fewest, most })
+    }
+
+    /// The node count this runtime announces: its own once it locks, none before.
+    fn announced_node_count(&self) -> Option<u64> {
+        self.locking
+            .load(Ordering::SeqCst)
+            .then_some(self.node_count)
+    }
+
+    /// Before the runtime's first lock attempt: from now on it announces how many nodes it
+    /// locks on, and `check` (every node's check, which announces it) has done so where it can,
+    /// so that a machine with another list that tries next finds it. Every other attempt waits
+    /// for the first one's announcement.
+    pub(crate) async fn begin_locking<F: Future<Output = ()>>(&self, check: impl FnOnce() -> F) {
+        if self.first_announced.initialized() {
+            return;
+        }
+        self.locking.store(true, Ordering::SeqCst);
+        self.first_announced.get_or_init(check).await;
+    }
+
+    /// Takes in what node `node` said of the machines' lists, read now, and works out again
+    /// whether they differ: over every node, not only those where the odd announcement was read,
+    /// since a machine with another list may have announced it only where this one is cut off.
+    /// A reading counts for as long as an announcement in it may last.
+    fn note_node_counts(&self, node: usize, counts: NodeCounts) {
+        let lasts = self.current() + ANNOUNCEMENT_OUTLIVES_ITS_LOCKS;
+        let mut lists = self
+            .node_lists
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lists[node] = Some((counts, Instant::now()));
+        let all = lists
+            .iter()
+            .flatten()
+            .filter(|(_, read)| read.elapsed() < lasts)
+            .fold(NodeCounts::NONE, |all, (counts, _)| all.with(*counts))
+            .with_ours(self.announced_node_count());
+        let differ = if all.differ() { all.packed() } else { 0 };
+        self.node_lists_differ.store(differ, Ordering::SeqCst);
+    }
+
+    /// Why no node gives a vote: machines announced different numbers of nodes on one of them,
+    /// or this runtime locks on another number than they do (see `note_node_counts`).
+    fn node_lists_differ(&self) -> Option<NodeError> {
+        let counts = NodeCounts::unpacked(self.node_lists_differ.load(Ordering::SeqCst))?;
+        Some(NodeError::NodeListsDiffer {
+            ours: self.announced_node_count(),
+            fewest: counts.fewest,
+            most: counts.most,
+        })
     }
 }
 
@@ -170,6 +260,9 @@ impl Node {
         let Some(grace) = &self.grace else {
             return Ok(session);
         };
+        if let Some(err) = grace.node_lists_differ() {
+            return Err(err);
+        }
         let up_since = session.with_server(|server| match server {
             Some(Server {
                 epoch: Some(_),
@@ -239,6 +332,33 @@ impl Node {
         }
         seen.started = Some((server.up_since, server.started_at));
         seen.identity = Some(identity);
+        let ours = self
+            .grace
+            .as_ref()
+            .and_then(|grace| grace.announced_node_count());
+        let counts = server.node_counts.with_ours(ours);
+        if let Some(grace) = &self.grace {
+            grace.note_node_counts(self.index, server.node_counts);
+        }
+        match seen.node_counts.replace(counts) {
+            Some(last) if last == counts => {}
+            _ if counts.differ() => tracing::error!(
+                node = self.name,
+                fewest = counts.fewest,
+                most = counts.most,
+                ours,
+                "machines using this Redis node lock on different numbers of nodes: their \
+                 majorities need not overlap, so two of them could hold one key; no node gives \
+                 this runtime a vote until every machine lists the same nodes and the other \
+                 announcements have expired (see docs/deployment.md, \"Changing the nodes\")"
+            ),
+            Some(last) if last.differ() => tracing::warn!(
+                node = self.name,
+                nodes = counts.most,
+                "machines using this Redis node lock on the same number of nodes again"
+            ),
+            _ => {}
+        }
         if let ClockVerdict::Jumped(_) =
             self.take_clock_reading(&mut seen, server.clock, ClockReader::Check)
         {

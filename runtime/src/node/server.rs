@@ -28,14 +28,71 @@ pub(super) struct Server {
     pub(super) started_at: SystemTime,
     /// Its clock, as read with the epoch.
     pub(super) clock: ClockReading,
+    /// How many nodes the machines using it lock on, as announced there.
+    pub(super) node_counts: NodeCounts,
+}
+
+/// The fewest and the most nodes that the machines using a node lock on, as they announced there
+/// (see [`FleetGrace`]); both 0 when none announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NodeCounts {
+    pub(crate) fewest: u64,
+    pub(crate) most: u64,
+}
+
+impl NodeCounts {
+    /// None announced.
+    pub(crate) const NONE: NodeCounts = NodeCounts { fewest: 0, most: 0 };
+
+    /// The fewest and the most of both.
+    pub(crate) fn with(self, other: NodeCounts) -> NodeCounts {
+        match (self.fewest, other.fewest) {
+            (0, _) => other,
+            (_, 0) => self,
+            _ => NodeCounts {
+                fewest: self.fewest.min(other.fewest),
+                most: self.most.max(other.most),
+            },
+        }
+    }
+
+    /// These with `ours`, the nodes this runtime locks on (`None`: it announces none).
+    pub(crate) fn with_ours(self, ours: Option<u64>) -> NodeCounts {
+        ours.map_or(self, |ours| {
+            self.with(NodeCounts {
+                fewest: ours,
+                most: ours,
+            })
+        })
+    }
+
+    /// Whether machines lock on different numbers of nodes.
+    pub(crate) fn differ(self) -> bool {
+        self.fewest != self.most
+    }
+
+    /// Both in one word, for an atomic: never 0 when any was announced.
+    pub(crate) fn packed(self) -> u64 {
+        (self.fewest.min(u64::from(u32::MAX)) << 32) | self.most.min(u64::from(u32::MAX))
+    }
+
+    /// What [`NodeCounts::packed`] made; `None` for 0.
+    pub(crate) fn unpacked(packed: u64) -> Option<NodeCounts> {
+        (packed != 0).then(|| NodeCounts {
+            fewest: packed >> 32,
+            most: packed & u64::from(u32::MAX),
+        })
+    }
 }
 
 impl Server {
     /// Reads `INFO server` on `connection`, and the node's epoch at `epoch_key`, writing one
-    /// first if the node has none (it started since anyone last did).
+    /// first if the node has none (it started since anyone last did); `node_counts` is what the
+    /// announcement just before read.
     pub(super) async fn read(
         connection: &mut MultiplexedConnection,
         epoch_key: &str,
+        node_counts: NodeCounts,
     ) -> Result<Server, RedisError> {
         let info: InfoDict = redis::cmd("INFO")
             .arg("server")
@@ -103,6 +160,7 @@ impl Server {
                 sent,
                 answered: answered_at,
             },
+            node_counts,
         })
     }
 }
