@@ -80,7 +80,7 @@
 //!
 //! | name | kind | extra labels | counts |
 //! | --- | --- | --- | --- |
-//! | `cluster_singleton_node_votes_refused_total` | counter | `reason`: `young` (inside its restart grace), `lost_data`, `clock_jumped`, `clock_unverified`, `started_in_period`, `node_lists_differ` (machines using the node lock on different numbers of nodes), `refused` (ACL, password), `unreachable` | answers of the node that did not count: votes, and its part of renewals, releases and done markers |
+//! | `cluster_singleton_node_votes_refused_total` | counter | `reason`: `young` (inside its restart grace), `lost_data`, `clock_jumped`, `clock_unverified`, `started_in_period`, `node_lists_differ` (machines using the node lock on different numbers of nodes), `node_lists_unread` (not read yet since this runtime began to lock), `refused` (ACL, password), `unreachable` | answers of the node that did not count: votes, and its part of renewals, releases and done markers |
 //! | `cluster_singleton_node_timeouts_total` | counter | | commands the node did not answer within the node timeout |
 //! | `cluster_singleton_node_reconnects_total` | counter | | connections given up for a new one (broken, or silent on the once-a-second check) |
 //! | `cluster_singleton_clock_jumps_total` | counter | `direction`: `forward`, `back`, `ahead` | steps of the node's clock (see `runtime::Config::detect_clock_jumps`) |

@@ -168,6 +168,67 @@ async fn a_list_seen_on_some_nodes_stops_the_votes_of_all() {
     );
 }
 
+/// A node counts only once it has been read in the script that announced this runtime's own
+/// list: a reading that comes too late is no reading. (From a review: before this rule, the
+/// second machine's first lock went on when its checks of the shared nodes timed out, and held a
+/// majority of its own list beside the first machine's.) The first machine, on nodes 0 to 2 and
+/// connected directly, holds the lock on nodes 0 and 1. The second, on all five through proxies,
+/// takes its first lock while its links to nodes 0 to 2 hold their traffic: its checks of them
+/// time out, and node 2's link heals just after, in time for a vote. Nodes 3 and 4 alone are no
+/// majority of five.
+#[tokio::test]
+async fn a_node_whose_reading_stalled_at_the_first_lock_does_not_count() {
+    // Long enough that a vote answered a stall later still passes the clock check.
+    const LONG_TTL: Duration = Duration::from_secs(10);
+    let cluster = Cluster::builder().nodes(5).proxied(true).start().unwrap();
+    let direct: Vec<String> = (0..3).map(|i| cluster.direct_url(i)).collect();
+    let fleet = |urls: &[String], timeout| {
+        Config::new(urls)
+            .max_ttl(LONG_TTL)
+            .node_timeout(timeout)
+            .build()
+            .expect("valid configuration")
+    };
+    let old = fleet(&direct, NODE_TIMEOUT);
+    let new = fleet(&cluster.urls(), Duration::from_millis(250));
+    // Both connect (no lock, so no list announced), and the nodes serve out the restart grace.
+    let deadline = Instant::now() + LONG_TTL * 2;
+    while !new.health().await.iter().all(|node| node.votes) {
+        assert!(Instant::now() < deadline, "the nodes never came of age");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for node in 0..3 {
+        cluster.proxy(node).partition();
+    }
+    let held = old.lock(KEY, LONG_TTL).await.unwrap().expect("free");
+    lose_copy_on(&cluster, 2, &held).await;
+    let intruder = tokio::spawn({
+        let new = new.clone();
+        async move { new.lock(KEY, LONG_TTL).await }
+    });
+    // The first lock's checks give up after the node timeout (250 ms); the votes follow.
+    tokio::time::sleep(Duration::from_millis(290)).await;
+    cluster.proxy(2).heal();
+    let refused = no_quorum(intruder.await.unwrap());
+    for node in 0..2 {
+        cluster.proxy(node).heal();
+    }
+
+    assert!(held.validity() > Duration::ZERO, "the first lease ran out");
+    let node_2 = refused
+        .failures
+        .iter()
+        .find(|failure| failure.node == cluster.urls()[2])
+        .unwrap_or_else(|| panic!("node 2 is not named: {refused}"));
+    assert!(
+        node_2
+            .cause
+            .contains("has not read the node since it began to lock"),
+        "{refused}"
+    );
+}
+
 /// What happens where the check cannot see: a machine whose list replaces node 2 of three with
 /// node 3. Both list three nodes, so their announcements agree. The old machine holds the lock on
 /// nodes 0 and 2; nodes 1 and 3 are a majority of the new machine's list, and grant it too.

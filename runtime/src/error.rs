@@ -260,7 +260,9 @@ pub enum FailureKind {
     Restarted,
     /// The node's clock could not be compared with the other nodes' clocks yet (a process that
     /// just started, whose connections to them are still opening), so its vote could not be
-    /// trusted yet (see `Config::detect_clock_jumps`).
+    /// trusted yet (see `Config::detect_clock_jumps`); or its answers came too late for that
+    /// check; or the node has not been read since this runtime began to lock, which tells
+    /// whether the machines using it list as many nodes (README, "Safety" 11).
     Unverified,
 }
 

@@ -110,6 +110,7 @@ impl Node {
                 compared: false,
                 jump: None,
                 node_counts: None,
+                lists_read: false,
             }),
             crate_thread: crate_thread.clone(),
         })

@@ -232,10 +232,11 @@ impl Nodes {
         let _ = driver::timeout(&self.crate_thread, self.timeout, join_all(opening)).await;
     }
 
-    /// Before the runtime's first lock attempt, and at once after it: every node is checked
-    /// (within the node timeout), which announces how many nodes this runtime locks on, so that a
-    /// machine with another list finds it before either can hold a lock on a majority of its
-    /// own (see `FleetGrace`).
+    /// Before the runtime's first lock attempt: every node is checked (within the node timeout),
+    /// which announces how many nodes this runtime locks on and reads the other machines'. A node
+    /// whose check did not answer in time gives no vote until a later check has read it (see
+    /// `Node::voting_session`), so that of two machines with lists of different lengths, the one
+    /// that reads a node where the other announced counts no vote (see `FleetGrace`).
     pub(crate) async fn begin_locking(&self) {
         let Some(grace) = &self.grace else {
             return;

@@ -103,7 +103,8 @@ fn describe_every_metric() {
         "Answers of a Redis node that did not count (a vote, or its part of a renewal, release \
          or done marker), by `reason`: `young` (inside its restart grace), `lost_data`, \
          `clock_jumped`, `clock_unverified`, `started_in_period`, `node_lists_differ` (machines \
-         using the node lock on different numbers of nodes), `refused` (the server refused the \
+         using the node lock on different numbers of nodes), `node_lists_unread` (not read yet \
+         since this runtime began to lock), `refused` (the server refused the \
          command: ACL, password), `unreachable`; timeouts are counted apart"
     );
     describe_counter!(

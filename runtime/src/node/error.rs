@@ -57,6 +57,9 @@ pub(crate) enum NodeError {
         fewest: u64,
         most: u64,
     },
+    /// The node has not been read since this runtime began to lock, in the script that announces
+    /// its node count.
+    NodeListsUnread,
 }
 
 impl NodeError {
@@ -72,6 +75,7 @@ impl NodeError {
             NodeError::ClockNotCompared | NodeError::ClockUncertain { .. } => "clock_unverified",
             NodeError::StartedInPeriod => "started_in_period",
             NodeError::NodeListsDiffer { .. } => "node_lists_differ",
+            NodeError::NodeListsUnread => "node_lists_unread",
             NodeError::Down(_) | NodeError::Redis(_) if self.kind() == FailureKind::Refused => {
                 "refused"
             }
@@ -96,6 +100,7 @@ impl NodeError {
             }
             NodeError::Unanswered => FailureKind::Unanswered,
             NodeError::NodeListsDiffer { .. } => FailureKind::Refused,
+            NodeError::NodeListsUnread => FailureKind::Unverified,
         }
     }
 }
@@ -182,6 +187,12 @@ impl fmt::Display for NodeError {
                      docs/deployment.md, \"Changing the nodes\")",
                 )
             }
+            NodeError::NodeListsUnread => f.write_str(
+                "this runtime has not read the node since it began to lock (the check that tells \
+                 whether the machines using it list as many nodes did not answer in time), so its \
+                 vote cannot count yet; it counts once the node's next check, within a second, \
+                 has answered",
+            ),
             NodeError::ClockJumped { by, ago, grace } => write!(
                 f,
                 "the node's clock stepped forward (or was seen ahead of the other nodes', or \

@@ -48,6 +48,9 @@ pub(super) struct Seen {
     pub(super) jump: Option<Jump>,
     /// How many nodes the machines using this one lock on, as last read there.
     pub(super) node_counts: Option<NodeCounts>,
+    /// Whether this server was read in the same script that announced our own node count (see
+    /// [`Node::voting_session`]).
+    pub(super) lists_read: bool,
 }
 
 impl Seen {
@@ -178,12 +181,14 @@ impl FleetGrace {
         ))
     }
 
-    /// Announces our `max_ttl` and how many nodes we lock on, on `connection`'s node; takes in
-    /// the largest `max_ttl` announced there, and returns the fewest and the most nodes.
+    /// Announces our `max_ttl` and, once this runtime locks, how many nodes we lock on, on
+    /// `connection`'s node; takes in the largest `max_ttl` announced there, and returns the fewest
+    /// and the most nodes, and whether our own count was announced with them.
     pub(super) async fn announce(
         &self,
         connection: &mut MultiplexedConnection,
-    ) -> Result<NodeCounts, RedisError> {
+    ) -> Result<(NodeCounts, bool), RedisError> {
+        let ours = self.announced_node_count();
         let mut invocation = ANNOUNCE.key(&self.key);
         let [fewest_key, most_key] = &self.node_count_keys;
         invocation
@@ -194,10 +199,10 @@ impl FleetGrace {
                 self.max_ttl_ms
                     .saturating_add(millis(ANNOUNCEMENT_OUTLIVES_ITS_LOCKS)),
             )
-            .arg(self.announced_node_count().unwrap_or(0));
+            .arg(ours.unwrap_or(0));
         let (largest, fewest, most): (u64, u64, u64) = invocation.invoke_async(connection).await?;
         self.announced_ms.fetch_max(largest, Ordering::Relaxed);
-        Ok(NodeCounts { fewest, most })
+        Ok((NodeCounts { fewest, most }, ours.is_some()))
     }
 
     /// The node count this runtime announces: its own once it locks, none before.
@@ -260,8 +265,29 @@ impl Node {
         let Some(grace) = &self.grace else {
             return Ok(session);
         };
+        // What this process saw of the node since, on any connection: a step seen by a vote on
+        // another connection counts here at once.
+        let (seen_young, jump, lists_read) = {
+            let seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            (
+                seen.young_from.map(|(instant, _)| instant),
+                seen.jump,
+                seen.lists_read,
+            )
+        };
+        // Looked at after `lists_read`: the reading that set it had already taken its counts in
+        // (see `Node::witness`), so a difference it found is seen here.
         if let Some(err) = grace.node_lists_differ() {
             return Err(err);
+        }
+        // The lists count only as read from a reading that announced our own: a machine with
+        // another list that announced on the node before it is in it, one that announces later
+        // finds ours. A reading that timed out (a stalled link at the first lock) never came.
+        if grace.announced_node_count().is_some() && !lists_read {
+            return Err(NodeError::NodeListsUnread);
         }
         let up_since = session.with_server(|server| match server {
             Some(Server {
@@ -272,15 +298,6 @@ impl Node {
             Some(_) => Err(NodeError::LostData),
             None => Ok(None),
         })?;
-        // What this process saw of the node since, on any connection: a step seen by a vote on
-        // another connection counts here at once.
-        let (seen_young, jump) = {
-            let seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            (seen.young_from.map(|(instant, _)| instant), seen.jump)
-        };
         let young = up_since
             .map(|up_since| up_since.max(seen_young.unwrap_or(up_since)))
             .and_then(|up_since| young_error(up_since, jump, grace.current()));
@@ -329,6 +346,7 @@ impl Node {
             // Another server, perhaps with another clock: its readings start afresh.
             seen.clock.restart();
             seen.compared = false;
+            seen.lists_read = false;
         }
         seen.started = Some((server.up_since, server.started_at));
         seen.identity = Some(identity);
@@ -337,9 +355,12 @@ impl Node {
             .as_ref()
             .and_then(|grace| grace.announced_node_count());
         let counts = server.node_counts.with_ours(ours);
+        // The counts first, then `lists_read`, both under the lock of `seen`: a vote that finds
+        // the node read finds what the reading said (see `Node::voting_session`).
         if let Some(grace) = &self.grace {
             grace.note_node_counts(self.index, server.node_counts);
         }
+        seen.lists_read |= server.announced_ours;
         match seen.node_counts.replace(counts) {
             Some(last) if last == counts => {}
             _ if counts.differ() => tracing::error!(

@@ -30,6 +30,9 @@ pub(super) struct Server {
     pub(super) clock: ClockReading,
     /// How many nodes the machines using it lock on, as announced there.
     pub(super) node_counts: NodeCounts,
+    /// Whether this runtime's own count was announced in the same script that read them: a
+    /// machine with another list that announces on the node later finds it.
+    pub(super) announced_ours: bool,
 }
 
 /// The fewest and the most nodes that the machines using a node lock on, as they announced there
@@ -88,11 +91,11 @@ impl NodeCounts {
 impl Server {
     /// Reads `INFO server` on `connection`, and the node's epoch at `epoch_key`, writing one
     /// first if the node has none (it started since anyone last did); `node_counts` is what the
-    /// announcement just before read.
+    /// announcement just before read, `announced_ours` whether it announced our own count.
     pub(super) async fn read(
         connection: &mut MultiplexedConnection,
         epoch_key: &str,
-        node_counts: NodeCounts,
+        (node_counts, announced_ours): (NodeCounts, bool),
     ) -> Result<Server, RedisError> {
         let info: InfoDict = redis::cmd("INFO")
             .arg("server")
@@ -161,6 +164,7 @@ impl Server {
                 answered: answered_at,
             },
             node_counts,
+            announced_ours,
         })
     }
 }
