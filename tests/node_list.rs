@@ -257,6 +257,36 @@ async fn machines_that_list_as_many_nodes_but_other_ones_can_both_hold() {
     assert_ne!(held.token(), intruder.token());
 }
 
+/// The other thing the check cannot see (from a review): a longer list with a majority outside
+/// the shorter one, on a machine cut off from the nodes the two share. A fleet moving from nodes
+/// 0 to 2 to nodes 0, 1 and 3 to 5: the old machine, connected directly, holds the lock on all of
+/// its nodes; the new one cannot reach nodes 0 and 1, so it reads only 3, 4 and 5, where no other
+/// list was announced, and they are a majority of its five.
+#[tokio::test]
+async fn a_list_with_a_majority_outside_the_other_is_not_seen_from_behind_a_cut() {
+    let cluster = Cluster::builder().nodes(6).proxied(true).start().unwrap();
+    let old_urls: Vec<String> = (0..3).map(|i| cluster.direct_url(i)).collect();
+    let all = cluster.urls();
+    let new_urls: Vec<String> = [0, 1, 3, 4, 5].iter().map(|&i| all[i].clone()).collect();
+    cluster.proxy(0).partition();
+    cluster.proxy(1).partition();
+    let (old, new) = (machine(&old_urls), machine(&new_urls));
+    until_nodes_vote(&old, MAX_TTL).await;
+    until_nodes_vote(&new, MAX_TTL).await;
+
+    let held = old.lock(KEY, MAX_TTL).await.unwrap().expect("free");
+    let intruder = new
+        .lock(KEY, MAX_TTL)
+        .await
+        .unwrap()
+        .expect("nodes 3, 4 and 5 are a majority of the new list, and know of no other");
+
+    assert!(
+        held.validity() > Duration::ZERO && intruder.validity() > Duration::ZERO,
+        "both leases are valid at once"
+    );
+}
+
 /// A runtime that only looks at some of the fleet's nodes (`health` on one of them, as the
 /// command-line tool does) announces no list: a machine of the fleet that connects after it still
 /// gets every vote. Its list counts from its first lock attempt on.
