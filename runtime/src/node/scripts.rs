@@ -51,7 +51,8 @@ return {redis.call("GET", KEYS[1]), now}"#,
 /// A machine's announcement of its `Config::max_ttl` (`ARGV[1]`, milliseconds) at `KEYS[1]`, and of
 /// how many nodes it locks on (`ARGV[3]`; 0 announces none) at `KEYS[2]` (the fewest announced) and
 /// `KEYS[3]` (the most). Each is kept, with an expiry of `ARGV[2]` milliseconds, when it is at
-/// least the largest there (at most the fewest, for `KEYS[2]`). Returns the largest `max_ttl`, the
+/// least the largest there (at most the fewest, for `KEYS[2]`); 0 is never kept (`max_ttl` is at
+/// least a millisecond). Returns the largest `max_ttl`, the
 /// fewest nodes and the most nodes announced (0 when none are). Each announcer renews its own every
 /// second, so an announcement lasts as long as its machine may hold a lock of that ttl, and a
 /// little longer.
@@ -59,21 +60,20 @@ pub(super) static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"local function keep(key, ours, wins)
     local there = tonumber(redis.call("GET", key) or "")
-    if there == nil or wins(ours, there) then
+    if ours > 0 and (there == nil or wins(ours, there)) then
         redis.call("SET", key, ours, "PX", ARGV[2])
         return ours
     end
-    return there
+    return there or 0
 end
 local function at_least(ours, there) return ours >= there end
 local function at_most(ours, there) return ours <= there end
-local largest = keep(KEYS[1], tonumber(ARGV[1]), at_least)
 local nodes = tonumber(ARGV[3])
-if nodes == 0 then
-    local announced = function(key) return tonumber(redis.call("GET", key) or "") or 0 end
-    return {largest, announced(KEYS[2]), announced(KEYS[3])}
-end
-return {largest, keep(KEYS[2], nodes, at_most), keep(KEYS[3], nodes, at_least)}"#,
+return {
+    keep(KEYS[1], tonumber(ARGV[1]), at_least),
+    keep(KEYS[2], nodes, at_most),
+    keep(KEYS[3], nodes, at_least),
+}"#,
     )
 });
 
